@@ -1,0 +1,87 @@
+"""Settings shared by every service: Kafka and Cassandra connection sections.
+
+Each service subclasses `PipelineSettings` with its own section (producer, stream,
+sink). Settings are built in a service's `main()` and passed down; nothing here reads
+the environment at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Defaults match the local clusters that `python -m infra up` starts.
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+DEFAULT_CONTACT_POINTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "LOCAL_ONE")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    # One partition count for every pipeline topic: up to this many workers share a stage.
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=3, ge=1)
+    min_insync_replicas: int = Field(default=2, ge=1)
+    # Largest raw image the pipeline accepts (topic max.message.bytes and producer limit).
+    max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Passthrough librdkafka settings, applied over our defaults (e.g. security).
+    client_config: dict[str, str] = Field(default_factory=dict)
+    sasl_password: SecretStr | None = None
+
+    @field_validator("min_insync_replicas")
+    @classmethod
+    def _isr_fits(cls, v: int, info: Any) -> int:
+        rf = info.data.get("replication_factor", 3)
+        if v > rf:
+            raise ValueError(f"min_insync_replicas={v} exceeds replication_factor={rf}")
+        return v
+
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+
+class CassandraSettings(BaseModel):
+    contact_points: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTACT_POINTS))
+    port: int = 9042
+    local_datacenter: str = "datacenter1"
+    keyspace: str = "vision"
+    replication_factor: int = Field(default=3, ge=1)
+    write_consistency: str = "LOCAL_QUORUM"
+    read_consistency: str = "LOCAL_QUORUM"
+    request_timeout_s: float = 10.0
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_validator("write_consistency", "read_consistency")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in CONSISTENCY_LEVELS:
+            raise ValueError(f"unknown consistency level {v!r}; use one of {', '.join(CONSISTENCY_LEVELS)}")
+        return v
+
+    @field_validator("contact_points", mode="before")
+    @classmethod
+    def _split_points(cls, v: Any) -> Any:
+        # Env vars give "a,b,c"; accept that as well as JSON lists.
+        if isinstance(v, str) and not v.lstrip().startswith("["):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+
+class PipelineSettings(BaseSettings):
+    """Base of every service's settings: env prefix PIPELINE_, nested with __."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    log_level: str = "INFO"
+
+    def masked(self) -> dict[str, Any]:
+        """A dict safe to log: secrets show as '**********'."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,38 @@
+"""The Cassandra DDL, rendered for a keyspace name, datacenter and replication factor."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+PREDICTIONS_TABLE = "predictions"
+PREDICTIONS_BY_LABEL_TABLE = "predictions_by_label"
+REJECTIONS_TABLE = "rejections"
+TABLES = (PREDICTIONS_TABLE, PREDICTIONS_BY_LABEL_TABLE, REJECTIONS_TABLE)
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+
+def _check_ident(kind: str, value: str) -> str:
+    if not _IDENT.match(value):
+        raise ValueError(f"{kind} {value!r} is not a valid Cassandra identifier")
+    return value
+
+
+def _statements(keyspace: str, replication_factor: int, datacenter: str) -> list[str]:
+    text = resources.files("schemas").joinpath("ddl", "vision.cql").read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    rendered = text.format(
+        keyspace=_check_ident("keyspace", keyspace),
+        datacenter=datacenter,
+        replication_factor=int(replication_factor),
+    )
+    return [s.strip() for s in rendered.split(";") if s.strip()]
+
+
+def keyspace_ddl(keyspace: str, replication_factor: int = 3, datacenter: str = "datacenter1") -> str:
+    return _statements(keyspace, replication_factor, datacenter)[0]
+
+
+def table_ddl(keyspace: str) -> list[str]:
+    return _statements(keyspace, 3, "datacenter1")[1:]
