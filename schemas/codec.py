@@ -85,7 +85,10 @@ def encode(name: str, record: dict[str, Any], version: int | None = None) -> tup
     """Serialize `record` with the newest (or given) version; returns value and headers."""
     sv = schema(name, version)
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, sv.parsed, record)
+    try:
+        fastavro.schemaless_writer(buf, sv.parsed, record)
+    except Exception as exc:  # missing field, wrong type: name the field, not fastavro's internals
+        raise SchemaError("invalid-record", f"{name} v{sv.version}: {_why_invalid(sv, record, exc)}") from exc
     headers = [(H_SCHEMA_NAME, name.encode()), (H_SCHEMA_VERSION, str(sv.version).encode())]
     return buf.getvalue(), headers
 
@@ -108,7 +111,29 @@ def decode(
     reader = schema(name)
     if not value:
         raise SchemaError("empty-record", f"{name} record has no value")
+    buf = io.BytesIO(value)
     try:
-        return fastavro.schemaless_reader(io.BytesIO(value), writer.parsed, reader.parsed)
+        record = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)
     except Exception as exc:  # fastavro raises a zoo of types on garbage input
         raise SchemaError("undecodable", f"{name} v{writer_version}: {type(exc).__name__}: {exc}") from exc
+    if buf.tell() != len(value):
+        # Schemaless Avro has no framing: leftover bytes mean the value is not this record.
+        raise SchemaError(
+            "undecodable",
+            f"{name} v{writer_version}: {len(value) - buf.tell()} trailing bytes after the record",
+        )
+    return record
+
+
+def _why_invalid(sv: SchemaVersion, record: Any, exc: Exception) -> str:
+    if not isinstance(record, dict):
+        return f"record must be a dict, got {type(record).__name__}"
+    try:
+        from fastavro.validation import ValidationError, validate
+
+        validate(record, sv.parsed, raise_errors=True)
+    except ValidationError as verr:
+        return f"invalid record: {verr}"
+    except Exception:  # noqa: BLE001 - fall back to the writer's own error below
+        pass
+    return f"{type(exc).__name__}: {exc}"

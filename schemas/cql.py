@@ -11,10 +11,12 @@ REJECTIONS_TABLE = "rejections"
 TABLES = (PREDICTIONS_TABLE, PREDICTIONS_BY_LABEL_TABLE, REJECTIONS_TABLE)
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+# Datacenter names go inside a quoted map key: no quotes or braces.
+_DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _check_ident(kind: str, value: str) -> str:
-    if not _IDENT.match(value):
+    if not _IDENT.fullmatch(value):
         raise ValueError(f"{kind} {value!r} is not a valid Cassandra identifier")
     return value
 
@@ -22,6 +24,10 @@ def _check_ident(kind: str, value: str) -> str:
 def _statements(keyspace: str, replication_factor: int, datacenter: str) -> list[str]:
     text = resources.files("schemas").joinpath("ddl", "vision.cql").read_text()
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    if not _DATACENTER.fullmatch(datacenter):
+        raise ValueError(f"datacenter {datacenter!r} is not a valid datacenter name")
+    if int(replication_factor) < 1:
+        raise ValueError(f"replication_factor must be >= 1, got {replication_factor}")
     rendered = text.format(
         keyspace=_check_ident("keyspace", keyspace),
         datacenter=datacenter,
@@ -31,8 +37,10 @@ def _statements(keyspace: str, replication_factor: int, datacenter: str) -> list
 
 
 def keyspace_ddl(keyspace: str, replication_factor: int = 3, datacenter: str = "datacenter1") -> str:
+    """`CREATE KEYSPACE IF NOT EXISTS` with NetworkTopologyStrategy {datacenter: rf}."""
     return _statements(keyspace, replication_factor, datacenter)[0]
 
 
 def table_ddl(keyspace: str) -> list[str]:
+    """`CREATE TABLE IF NOT EXISTS` for every table in TABLES, in that order."""
     return _statements(keyspace, 3, "datacenter1")[1:]

@@ -10,7 +10,7 @@ import hashlib
 import re
 
 # Ids travel as Kafka keys and Cassandra partition keys: keep them printable and bounded.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,200}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@+=-]{1,200}")
 
 
 class InvalidImageId(ValueError):
@@ -30,7 +30,8 @@ def image_id_for(data: bytes, supplied: str | None = None) -> str:
 
 
 def validate_image_id(image_id: str) -> str:
-    if not _ID_PATTERN.match(image_id):
+    # fullmatch, not match: `$` would accept a trailing newline.
+    if not isinstance(image_id, str) or not _ID_PATTERN.fullmatch(image_id):
         raise InvalidImageId(
             f"image id {image_id!r} must be 1-200 characters of letters, digits and ._:/@+=-"
         )

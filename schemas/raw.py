@@ -28,10 +28,10 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
     (b"GIF87a", 0, "image/gif"),
     (b"GIF89a", 0, "image/gif"),
-    (b"BM", 0, "image/bmp"),
     (b"II*\x00", 0, "image/tiff"),
     (b"MM\x00*", 0, "image/tiff"),
 )
+_BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 SUPPORTED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/gif", "image/bmp", "image/tiff", "image/webp"}
 )
@@ -54,6 +54,9 @@ def sniff_content_type(data: bytes) -> str | None:
             return mime
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    # "BM" alone matches too much text; also require a known DIB header size.
+    if len(data) >= 18 and data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_DIB_SIZES:
+        return "image/bmp"
     return None
 
 

@@ -1,0 +1,170 @@
+"""The Cassandra DDL: rendered statements checked structurally (no CQL parser installed).
+
+The last test runs the same statements on the real cluster; it is marked `cassandra`
+and needs the `cassandra_cluster` and `pipeline_settings` fixtures from tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from schemas import cql
+
+CQL_TYPES = re.compile(
+    r"^(text|int|bigint|float|double|boolean|timestamp|blob|uuid|timeuuid"
+    r"|list<.+>|map<.+>|set<.+>|frozen<.+>)$"
+)
+TABLE_RE = re.compile(
+    r"^CREATE TABLE IF NOT EXISTS (?P<ks>\w+)\.(?P<table>\w+) \((?P<body>.*)\)$", re.DOTALL
+)
+
+
+def _balanced(s: str) -> bool:
+    pairs = {")": "(", ">": "<", "}": "{"}
+    stack: list[str] = []
+    for ch in re.sub(r"'[^']*'", "''", s):
+        if ch in "(<{":
+            stack.append(ch)
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            return False
+    return not stack and s.count("'") % 2 == 0
+
+
+def _split_columns(body: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in body:
+        depth += ch in "(<"
+        depth -= ch in ")>"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
+def parse_table(stmt: str) -> tuple[str, str, dict[str, str], list[str]]:
+    m = TABLE_RE.match(" ".join(stmt.split()).replace("( ", "(").replace(" )", ")"))
+    assert m, stmt
+    columns: dict[str, str] = {}
+    pk: list[str] = []
+    for part in _split_columns(m["body"]):
+        if part.startswith("PRIMARY KEY"):
+            pk = re.findall(r"\w+", part.removeprefix("PRIMARY KEY"))
+            continue
+        name, ctype = part.split(" ", 1)
+        if ctype.endswith(" PRIMARY KEY"):
+            ctype = ctype.removesuffix(" PRIMARY KEY")
+            pk = [name]
+        ctype = ctype.replace(" ", "")
+        assert CQL_TYPES.match(ctype), f"{m['table']}.{name}: unknown type {ctype}"
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", name), name
+        assert name not in columns, f"duplicate column {name}"
+        columns[name] = ctype
+    return m["ks"], m["table"], columns, pk
+
+
+def test_keyspace_ddl_renders_network_topology_rf() -> None:
+    stmt = cql.keyspace_ddl("vision_test", replication_factor=3, datacenter="dc-1")
+    flat = " ".join(stmt.split())
+    assert flat == (
+        "CREATE KEYSPACE IF NOT EXISTS vision_test WITH replication = "
+        "{'class': 'NetworkTopologyStrategy', 'dc-1': 3} AND durable_writes = true"
+    )
+    assert _balanced(stmt)
+    assert ";" not in stmt and "--" not in stmt
+
+
+def test_keyspace_ddl_defaults() -> None:
+    assert "'datacenter1': 3" in cql.keyspace_ddl("vision")
+
+
+def test_table_ddl_one_statement_per_table_in_order() -> None:
+    stmts = cql.table_ddl("vision")
+    assert [parse_table(s)[1] for s in stmts] == list(cql.TABLES)
+    for s in stmts:
+        assert _balanced(s), s
+        assert ";" not in s and "{" not in s and "--" not in s
+        assert parse_table(s)[0] == "vision"
+
+
+def test_table_keys() -> None:
+    tables = {t: (cols, pk) for _, t, cols, pk in map(parse_table, cql.table_ddl("vision"))}
+    assert tables[cql.PREDICTIONS_TABLE][1] == ["image_id"]
+    assert tables[cql.REJECTIONS_TABLE][1] == ["image_id"]
+    assert tables[cql.PREDICTIONS_BY_LABEL_TABLE][1] == ["label", "image_id"]
+    for cols, pk in tables.values():
+        assert set(pk) <= set(cols)
+
+
+def test_tables_hold_what_the_records_carry() -> None:
+    """Every fact the sink must store has a column (lineage, timing, failure reason)."""
+    tables = {t: cols for _, t, cols, _ in map(parse_table, cql.table_ddl("vision"))}
+    pred = tables[cql.PREDICTIONS_TABLE]
+    for col in ("label", "score", "top_k", "model_name", "model_version", "source",
+                "raw_topic", "raw_partition", "raw_offset", "produced_at", "processed_at", "stage_ms"):
+        assert col in pred, col
+    rej = tables[cql.REJECTIONS_TABLE]
+    for col in ("stage", "reason", "error_class", "message", "origin_topic",
+                "origin_partition", "origin_offset", "produced_at", "rejected_at"):
+        assert col in rej, col
+    assert pred["raw_offset"] == rej["origin_offset"] == "bigint"
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "vision-test", "vision;drop", "a" * 49, "vision\n"])
+def test_invalid_keyspace_names_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        cql.keyspace_ddl(bad)
+    with pytest.raises(ValueError):
+        cql.table_ddl(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "dc'1", "dc}1", "dc 1"])
+def test_invalid_datacenter_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        cql.keyspace_ddl("vision", datacenter=bad)
+
+
+def test_invalid_replication_factor_rejected() -> None:
+    with pytest.raises(ValueError):
+        cql.keyspace_ddl("vision", replication_factor=0)
+
+
+@pytest.mark.cassandra
+def test_ddl_applies_on_real_cluster(cassandra_cluster, pipeline_settings) -> None:
+    """Render, execute on the 3-node cluster, read the schema back, drop."""
+    from infra.cassandra_session import connect
+
+    ks = f"ddl_test_{uuid.uuid4().hex[:12]}"
+    settings = pipeline_settings.cassandra
+    cluster, session = connect(settings)
+    try:
+        session.execute(cql.keyspace_ddl(ks, 3, settings.local_datacenter), timeout=60)
+        for stmt in cql.table_ddl(ks):
+            session.execute(stmt, timeout=60)
+        # Idempotent: IF NOT EXISTS everywhere.
+        session.execute(cql.keyspace_ddl(ks, 3, settings.local_datacenter), timeout=60)
+        for stmt in cql.table_ddl(ks):
+            session.execute(stmt, timeout=60)
+        rows = session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,)
+        )
+        assert sorted(r.table_name for r in rows) == sorted(cql.TABLES)
+        repl = session.execute(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
+        ).one().replication
+        assert repl[settings.local_datacenter] == "3"
+        cols = session.execute(
+            "SELECT column_name, type FROM system_schema.columns "
+            "WHERE keyspace_name = %s AND table_name = %s",
+            (ks, cql.PREDICTIONS_TABLE),
+        )
+        expected = parse_table(cql.table_ddl(ks)[0])[2]
+        assert {r.column_name for r in cols} == set(expected)
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)
+        cluster.shutdown()
