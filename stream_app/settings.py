@@ -1,0 +1,134 @@
+"""Settings of the stream app: `PIPELINE_STREAM__...` on top of the shared sections.
+
+Examples:
+  PIPELINE_STREAM__MODEL__KIND=torchscript
+  PIPELINE_STREAM__MODEL__TORCHSCRIPT_PATH=/models/mine.pt
+  PIPELINE_STREAM__MODEL__LABELS_PATH=/models/labels.txt
+  PIPELINE_STREAM__INFER__TORCH_THREADS=2
+  PIPELINE_STREAM__POSTPROCESS__TOP_K=3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from infra.settings import PipelineSettings
+
+# ImageNet statistics on a [0, 1] pixel scale: the torchvision convention, the usual
+# choice for a user's own TorchScript model.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelSettings(BaseModel):
+    """Which model infer runs and how its input is prepared.
+
+    kind=efficientnet-lite0: the ImageNet-pretrained EfficientNet-Lite0 shipped in the
+    installed packages; its preprocessing is fixed (224 px, (x-127)/128) and the
+    preprocessing fields below must stay unset.
+    kind=torchscript: `torchscript_path` (torch.jit.save'd module taking float32
+    N x 3 x S x S, returning N x classes logits) with `labels_path` (one label per line);
+    input_size/resize_size/mean/std describe its preprocessing (defaults: 224, 256,
+    ImageNet mean/std on a [0, 1] scale).
+    """
+
+    kind: Literal["efficientnet-lite0", "torchscript"] = "efficientnet-lite0"
+    torchscript_path: Path | None = None
+    labels_path: Path | None = None
+    # Name and version reported with every prediction; derived when unset.
+    name: str | None = None
+    version: str | None = None
+    input_size: int | None = Field(default=None, ge=8, le=4096)
+    resize_size: int | None = Field(default=None, ge=8, le=8192)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSettings:
+        if self.kind == "torchscript":
+            if self.torchscript_path is None:
+                raise ValueError("model.kind=torchscript needs model.torchscript_path")
+            if self.labels_path is None:
+                raise ValueError("model.kind=torchscript needs model.labels_path")
+        else:
+            fixed = {
+                k: v
+                for k, v in (
+                    ("torchscript_path", self.torchscript_path),
+                    ("input_size", self.input_size),
+                    ("resize_size", self.resize_size),
+                    ("mean", self.mean),
+                    ("std", self.std),
+                )
+                if v is not None
+            }
+            if fixed:
+                raise ValueError(
+                    f"model.kind={self.kind} has fixed preprocessing; unset {sorted(fixed)} "
+                    "or use model.kind=torchscript"
+                )
+        if (
+            self.input_size is not None
+            and self.resize_size is not None
+            and self.resize_size < self.input_size
+        ):
+            raise ValueError("model.resize_size must be >= model.input_size")
+        return self
+
+
+class DecodeSettings(BaseModel):
+    # Bigger inputs are refused before Pillow sees them (reason too-large).
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Width x height above this is a decompression bomb; below Pillow's own 89 Mpx.
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    # Pillow plugins allowed to parse input; the rest (EPS runs Ghostscript!) never run.
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class InferSettings(BaseModel):
+    # Intra-op threads of torch in this process (torch.set_num_threads).
+    torch_threads: int = Field(default=1, ge=1, le=256)
+
+
+class PostprocessSettings(BaseModel):
+    top_k: int = Field(default=5, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = "torchstream"
+    # Web endpoint of a worker (health view); workers started by `workers -n N` use
+    # web_port, web_port+1, ...
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_host: str = "127.0.0.1"
+    # Micro-batching: up to batch_size events or batch_window_s seconds, whichever first.
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    batch_window_s: float = Field(default=0.2, gt=0)
+    # Stages this worker runs (a worker may run a subset, e.g. only infer).
+    stages: tuple[Literal["decode", "infer", "postprocess"], ...] = (
+        "decode",
+        "infer",
+        "postprocess",
+    )
+    # How often the health view is logged.
+    health_log_interval_s: float = Field(default=30.0, gt=0)
+    # Where faust keeps local state (tables are not used, but faust wants a dir).
+    data_dir: Path = Path(".run/stream_app")
+    # How long a send may take before the batch fails and the worker restarts.
+    send_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class StreamSection(BaseModel):
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
+    postprocess: PostprocessSettings = Field(default_factory=PostprocessSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+
+class StreamSettings(PipelineSettings):
+    """Settings of a stream worker: shared kafka/cassandra sections plus `stream`."""
+
+    stream: StreamSection = Field(default_factory=StreamSection)
