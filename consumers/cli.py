@@ -1,0 +1,179 @@
+"""`python -m consumers sink|query`: the sink process and the result queries.
+
+Exit codes: 0 ok; 1 query found none of / not all of the asked ids; 2 refused to start
+(configuration: consistency check, missing keyspace) or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from consumers import queries
+from consumers.consistency import ConsistencyConfigError
+from consumers.settings import SinkSettings
+from infra import logs
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m consumers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sink", help="consume predictions and dead letters into Cassandra")
+    s.add_argument("--group", help="consumer group id (default: settings sink.group_id)")
+    s.add_argument("--concurrency", type=int, help="Cassandra writes in flight")
+    s.add_argument("--keyspace", help="Cassandra keyspace (default: settings cassandra.keyspace)")
+    s.add_argument("--health-interval", type=float, help="seconds between health lines")
+
+    q = sub.add_parser("query", help="read stored results at the read consistency")
+    q.add_argument("image_ids", nargs="*", metavar="IMAGE_ID")
+    q.add_argument("--ids-from", metavar="FILE", help="read image ids, one a line ('-': stdin)")
+    q.add_argument("--label", help="images whose top-1 label is LABEL")
+    q.add_argument("--limit", type=int, default=100, help="rows for --label/--rejections")
+    q.add_argument("--rejections", action="store_true",
+                   help="rejections (of the given ids, or the newest ones)")
+    q.add_argument("--stats", action="store_true", help="counts by label and reason, newest")
+    q.add_argument("--json", action="store_true", help="JSON output for machines")
+    q.add_argument("--keyspace", help="Cassandra keyspace (default: settings cassandra.keyspace)")
+    return p
+
+
+# -- sink ------------------------------------------------------------------------------
+def run_sink(args: argparse.Namespace, settings: SinkSettings) -> int:
+    from consumers.sink import Sink
+
+    if args.concurrency:
+        settings.sink.concurrency = args.concurrency
+    if args.keyspace:
+        settings.cassandra.keyspace = args.keyspace
+    if args.health_interval:
+        settings.sink.health_interval_s = args.health_interval
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s: draining and committing, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("sink settings: %s", settings.masked())
+    try:
+        Sink(settings, group_id=args.group).run(stop)
+    except ConsistencyConfigError as exc:
+        print(f"sink refuses to start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- query -----------------------------------------------------------------------------
+def _cell(v: Any, width: int = 40) -> str:
+    if isinstance(v, float):
+        text = f"{v:.4f}"
+    elif isinstance(v, list | dict):
+        text = json.dumps(v, separators=(",", ":"))
+    else:
+        text = "" if v is None else str(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+def _ids(args: argparse.Namespace) -> list[str]:
+    ids = list(args.image_ids)
+    if args.ids_from:
+        fh = sys.stdin if args.ids_from == "-" else open(args.ids_from)  # noqa: SIM115
+        with fh:
+            ids += [line.strip() for line in fh if line.strip()]
+    return ids
+
+
+def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
+    from infra.cassandra_session import connect
+
+    ks = args.keyspace or settings.cassandra.keyspace
+    ids = _ids(args)
+    modes = sum([bool(ids) and not args.rejections, bool(args.label), args.rejections, args.stats])
+    if modes != 1:
+        print("give exactly one of: IMAGE_ID..., --label, --rejections [IMAGE_ID...], --stats",
+              file=sys.stderr)
+        return 2
+    cluster, session = connect(settings.cassandra)
+    try:
+        result, table, code = _query(session, ks, args, ids)
+    finally:
+        cluster.shutdown()
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(table)
+    return code
+
+
+def _query(session: Any, ks: str, args: argparse.Namespace,
+           ids: list[str]) -> tuple[Any, str, int]:
+    if args.stats:
+        st = queries.stats(session, keyspace=ks)
+        parts = [f"predictions: {st['predictions']}   rejections: {st['rejections']}", "",
+                 render_table([{"label": k, "count": v} for k, v in st["by_label"].items()],
+                              ("label", "count")), "",
+                 render_table([{"reason": k, "count": v}
+                               for k, v in st["rejections_by_reason"].items()],
+                              ("reason", "count")), "", "newest:",
+                 render_table(st["newest"], ("image_id", "label", "score", "model_name",
+                                             "processed_at"))]
+        return st, "\n".join(parts), 0
+    if args.label:
+        rows = queries.by_label(session, args.label, keyspace=ks, limit=args.limit)
+        return rows, render_table(rows, queries.BY_LABEL_COLUMNS), 0
+    cols = ("image_id", "stage", "reason", "error_class", "message", "rejected_at")
+    if args.rejections and not ids:
+        rows = queries.list_rejections(session, keyspace=ks, limit=args.limit)
+        return rows, render_table(rows, cols), 0
+    if args.rejections:
+        found = queries.fetch_rejections(session, ids, keyspace=ks)
+        missing = [i for i in ids if i not in found]
+        result = {"rejections": found, "missing": missing}
+        return result, render_table(list(found.values()), cols), 1 if missing else 0
+    preds = queries.fetch_predictions(session, ids, keyspace=ks)
+    rest = [i for i in ids if i not in preds]
+    rejs = queries.fetch_rejections(session, rest, keyspace=ks) if rest else {}
+    missing = [i for i in rest if i not in rejs]
+    result = {"predictions": preds, "rejections": rejs, "missing": missing}
+    rows = [{"image_id": i, "status": "prediction", "label": p["label"], "score": p["score"],
+             "model": f"{p['model_name']}:{p['model_version']}", "detail": p["source"]}
+            for i, p in preds.items()]
+    rows += [{"image_id": i, "status": "rejected", "label": "", "score": None,
+              "model": r["stage"], "detail": f"{r['reason']}: {r['message']}"}
+             for i, r in rejs.items()]
+    rows += [{"image_id": i, "status": "missing"} for i in missing]
+    table = render_table(rows, ("image_id", "status", "label", "score", "model", "detail"))
+    return result, table, 1 if missing else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = SinkSettings()
+    logs.configure(settings.log_level if args.command == "sink" else "WARNING")
+    if args.command == "sink":
+        return run_sink(args, settings)
+    return run_query(args, settings)

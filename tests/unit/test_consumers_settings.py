@@ -1,0 +1,21 @@
+from consumers.settings import SinkSettings
+from schemas import topics
+
+
+def test_defaults_are_the_registry_topics():
+    s = SinkSettings()
+    assert s.sink.topics() == [topics.PREDICTIONS, topics.DECODE_DLQ, topics.INFER_DLQ,
+                               topics.POSTPROCESS_DLQ]
+    assert s.sink.dead_letter_topic == topics.SINK_DLQ
+    assert s.cassandra.write_consistency == s.cassandra.read_consistency == "LOCAL_QUORUM"
+
+
+def test_env_overrides(monkeypatch):
+    monkeypatch.setenv("PIPELINE_SINK__DLQ_TOPICS", "a.dlq, b.dlq")
+    monkeypatch.setenv("PIPELINE_SINK__CONCURRENCY", "128")
+    monkeypatch.setenv("PIPELINE_SINK__RETRY__MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("PIPELINE_CASSANDRA__KEYSPACE", "ks_env")
+    s = SinkSettings()
+    assert s.sink.dlq_topics == ["a.dlq", "b.dlq"]
+    assert s.sink.concurrency == 128 and s.sink.retry.max_attempts == 5
+    assert s.cassandra.keyspace == "ks_env"

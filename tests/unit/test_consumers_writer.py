@@ -1,0 +1,142 @@
+"""The bounded async writer against a fake session (no servers)."""
+
+from cassandra import ConsistencyLevel, InvalidRequest, Unavailable, WriteTimeout
+from cassandra.cluster import NoHostAvailable
+
+from consumers.records import Write
+from consumers.settings import RetrySettings
+from consumers.writer import AsyncWriter, is_retriable
+
+
+class FakeFuture:
+    def __init__(self):
+        self.cb = self.eb = None
+
+    def add_callbacks(self, callback, errback):
+        self.cb, self.eb = callback, errback
+
+
+class FakePrepared:
+    def bind(self, values):
+        return values
+
+
+class FakeSession:
+    """Holds futures until the test resolves them; fails keys listed in `plan` first."""
+
+    def __init__(self, plan=None):
+        self.pending: list[tuple[tuple, FakeFuture]] = []
+        self.plan = dict(plan or {})  # key -> list of exceptions to raise before success
+        self.max_in_flight = 0
+        self.calls = 0
+
+    def execute_async(self, bound):
+        f = FakeFuture()
+        self.pending.append((bound, f))
+        self.calls += 1
+        self.max_in_flight = max(self.max_in_flight, len(self.pending))
+        return f
+
+    def resolve_all(self):
+        pending, self.pending = self.pending, []
+        for bound, f in pending:
+            errors = self.plan.get(bound[0]) or []
+            if errors:
+                f.eb(errors.pop(0))
+            else:
+                f.cb([])
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def write(key):
+    return Write("w", (key,), 1000)
+
+
+def make(session, concurrency=4, max_attempts=0, clock=None):
+    return AsyncWriter(session, {"w": FakePrepared()}, concurrency=concurrency,
+                       retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0,
+                                           max_attempts=max_attempts), clock=clock or Clock())
+
+
+def run_until_idle(writer, session, clock, rounds=100):
+    done = []
+    for _ in range(rounds):
+        session.resolve_all()
+        done += writer.pump(0)
+        clock.t += 2.0  # past any backoff
+        if writer.backlog == 0:
+            break
+    return done
+
+
+def test_window_bounds_requests_in_flight():
+    s, clock = FakeSession(), Clock()
+    w = make(s, concurrency=4, clock=clock)
+    for i in range(50):
+        w.submit(write(f"k{i}"), owner=i)
+    assert w.in_flight == 4 and w.backlog == 50
+    done = run_until_idle(w, s, clock)
+    assert s.max_in_flight == 4
+    assert sorted(o for o, _, f in done if f is None) == list(range(50))
+    assert w.stats.rows_written == 50 and w.backlog == 0
+
+
+def test_retriable_errors_are_retried_with_backoff_then_succeed():
+    cl = ConsistencyLevel.LOCAL_QUORUM
+    s = FakeSession({"k1": [Unavailable("down", cl, 2, 1),
+                            WriteTimeout("slow", consistency=cl, required_responses=2,
+                                         received_responses=1, write_type=0)]})
+    clock = Clock()
+    w = make(s, clock=clock)
+    w.submit(write("k1"), owner="a")
+    s.resolve_all()
+    assert w.pump(0) == [] and w.waiting_retry == 1 and w.in_flight == 0
+    assert s.calls == 1  # not re-sent before its backoff is due
+    clock.t += 2.0
+    done = run_until_idle(w, s, clock)
+    assert [(o, f) for o, _, f in done] == [("a", None)]
+    assert w.stats.retries == 2 and s.calls == 3
+
+
+def test_non_retriable_error_fails_at_once_and_keeps_the_cause():
+    err = InvalidRequest("bad")
+    s, clock = FakeSession({"k": [err]}), Clock()
+    w = make(s, clock=clock)
+    w.submit(write("k"), owner="x")
+    ((owner, _, failure),) = run_until_idle(w, s, clock)
+    assert owner == "x" and failure.error is err and not failure.retriable
+    assert failure.attempts == 1 and w.stats.failed == 1
+
+
+def test_max_attempts_exhausted_fails_as_retriable():
+    s, clock = FakeSession({"k": [NoHostAvailable("none", {})] * 5}), Clock()
+    w = make(s, max_attempts=3, clock=clock)
+    w.submit(write("k"), owner="x")
+    ((_, _, failure),) = run_until_idle(w, s, clock)
+    assert failure.retriable and failure.attempts == 3 and s.calls == 3
+
+
+def test_cancelled_owner_is_dropped():
+    class Owner:
+        cancelled = False
+
+    s, clock = FakeSession(), Clock()
+    w = make(s, concurrency=1, clock=clock)
+    a, b = Owner(), Owner()
+    w.submit(write("a"), a)
+    w.submit(write("b"), b)
+    b.cancelled = True
+    done = run_until_idle(w, s, clock)
+    assert [o for o, _, _ in done] == [a] and s.calls == 1
+
+
+def test_classification():
+    assert is_retriable(Unavailable("x")) and is_retriable(NoHostAvailable("x", {}))
+    assert not is_retriable(InvalidRequest("x")) and not is_retriable(ValueError())
