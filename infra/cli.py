@@ -1,0 +1,138 @@
+"""`python -m infra`: run the local Kafka and Cassandra clusters and provision them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
+from infra.local.topology import MAX_NODES, node_by_name
+from infra.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
+    p.add_argument("--run-dir", help="state dir (default $PIPELINE_RUN_DIR or ./.run)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the clusters (if not running) and provision")
+    up.add_argument("--kafka-nodes", type=int, default=MAX_NODES, choices=range(1, 4))
+    up.add_argument("--cassandra-nodes", type=int, default=MAX_NODES, choices=range(1, 4))
+    up.add_argument("--only", choices=(KAFKA, CASSANDRA), help="start just one cluster")
+    up.add_argument("--no-provision", action="store_true", help="skip provisioning")
+
+    down = sub.add_parser("down", help="stop every node this run dir recorded")
+    down.add_argument("--wipe", action="store_true", help="also delete the run dir")
+
+    st = sub.add_parser("status", help="show node states")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    pv = sub.add_parser("provision", help="create topics, keyspace and tables")
+    pv.add_argument("--only", choices=(KAFKA, CASSANDRA))
+    pv.add_argument("--topic-prefix", default="")
+    pv.add_argument("--keyspace", default=None)
+
+    for name, text in (("stop-node", "SIGTERM one node"), ("kill-node", "SIGKILL one node"),
+                       ("start-node", "start one node and wait until it serves")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("name", help="kafka-1..3 or cassandra-1..3")
+
+    lg = sub.add_parser("logs", help="print the tail of a node's log")
+    lg.add_argument("name")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    return p
+
+
+def _provision(args: argparse.Namespace, cluster: LocalCluster, kinds: Sequence[str],
+               allow_missing: bool) -> None:
+    from infra.provision import provision
+
+    settings = PipelineSettings()
+    report = provision(
+        settings,
+        kafka=KAFKA in kinds and cluster.node_count(KAFKA) > 0,
+        cassandra=CASSANDRA in kinds and cluster.node_count(CASSANDRA) > 0,
+        topic_prefix=getattr(args, "topic_prefix", ""),
+        keyspace=getattr(args, "keyspace", None),
+        allow_missing_schemas=allow_missing,
+    )
+    for s in report.skipped:
+        log.warning("provision skipped %s", s)
+    print(f"provisioned: {report.summary()}")
+
+
+def _print_status(status: dict) -> None:
+    for n in status["nodes"]:
+        pid = n["pid"] if n["pid"] is not None else "-"
+        print(f"{n['name']:<12} {n['state']:<5} pid {pid!s:<8} {n['address']}")
+    print(f"kafka brokers: {status['kafka']['brokers']}, "
+          f"cassandra nodes up: {status['cassandra']['up_nodes']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(resolve_run_dir(args.run_dir))
+    cmd = args.command
+    if cmd == "up":
+        t0 = time.monotonic()
+        kinds = [args.only] if args.only else [KAFKA, CASSANDRA]
+        started = cluster.up(args.kafka_nodes, args.cassandra_nodes, only=args.only)
+        if not args.no_provision:
+            _provision(args, cluster, kinds, allow_missing=True)
+        word = "up" if started else "already up"
+        print(f"cluster {word} in {time.monotonic() - t0:.1f}s (run dir {cluster.run_dir})")
+        _print_status(cluster.status())
+    elif cmd == "down":
+        cluster.down(wipe=args.wipe)
+        print("cluster down" + (" and wiped" if args.wipe else ""))
+    elif cmd == "status":
+        status = cluster.status()
+        if args.json:
+            print(json.dumps(status))
+        else:
+            _print_status(status)
+    elif cmd == "provision":
+        kinds = [args.only] if args.only else [KAFKA, CASSANDRA]
+        _provision(args, cluster, kinds, allow_missing=False)
+    elif cmd == "stop-node":
+        cluster.stop_node(args.name)
+    elif cmd == "kill-node":
+        cluster.kill_node(args.name)
+    elif cmd == "start-node":
+        cluster.start_node(args.name)
+        print(f"{args.name} up")
+    elif cmd == "logs":
+        node_by_name(args.name)
+        print(cluster.log_tail(args.name, args.lines))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("cassandra", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.INFO)
+    from infra.provision import ProvisionError
+
+    try:
+        return run(args)
+    except (InfraError, ProvisionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # e.g. an unknown node name
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,435 @@
+"""LocalCluster: start, stop, kill and inspect the local Kafka and Cassandra nodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from infra.local import cassandra_node, kafka_node, maven, ports, probes, procs
+from infra.local.errors import InfraError
+from infra.local.jvm import find_java_home
+from infra.local.layout import NodeDirs, RunDir
+from infra.local.topology import (
+    CASSANDRA,
+    KAFKA,
+    KINDS,
+    MAX_NODES,
+    NodeSpec,
+    kafka_bootstrap,
+    node_by_name,
+    nodes,
+)
+
+log = logging.getLogger(__name__)
+
+KAFKA_READY_TIMEOUT = 180.0
+CASSANDRA_NODE_TIMEOUT = 240.0
+CASSANDRA_RING_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+TAIL_LINES = 30
+
+
+class LocalCluster:
+    """The clusters under one run dir. Every method is safe to call from a new process:
+    what is running is read back from pid files, never from memory."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        kafka_tuning: kafka_node.KafkaTuning | None = None,
+        cassandra_tuning: cassandra_node.CassandraTuning | None = None,
+    ) -> None:
+        self.run = RunDir(run_dir)
+        self.kafka_tuning = kafka_tuning or kafka_node.KafkaTuning()
+        self.cassandra_tuning = cassandra_tuning or cassandra_node.CassandraTuning()
+        self._java_home: Path | None = None
+
+    # ---- what exists ---------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    def node_count(self, kind: str) -> int:
+        """Nodes of kind this run dir was brought up with (0 if never)."""
+        return int(self.run.load_state().get(kind, {}).get("nodes", 0))
+
+    def known_nodes(self, kind: str | None = None) -> list[NodeSpec]:
+        """The nodes of the recorded topology; the default 3+3 if nothing is recorded."""
+        state = self.run.load_state()
+        out: list[NodeSpec] = []
+        for k in KINDS if kind is None else (kind,):
+            n = int(state.get(k, {}).get("nodes", 0)) if state else MAX_NODES
+            if n:
+                out += nodes(k, n)
+        return out
+
+    def dirs(self, node: NodeSpec) -> NodeDirs:
+        return self.run.node(node.name)
+
+    def pid(self, node: NodeSpec) -> int | None:
+        """The node's pid if the recorded process is still our JVM, else None."""
+        d = self.dirs(node)
+        pid = procs.read_pid(d.pid_file)
+        return pid if procs.is_ours(pid, d.marker) else None
+
+    def node_ready(self, node: NodeSpec) -> bool:
+        if node.kind == KAFKA:
+            return ports.port_open(node.host, node.port)
+        return probes.cql_answers(node.host, node.port)
+
+    def node_status(self, node: NodeSpec) -> dict[str, Any]:
+        pid = self.pid(node)
+        up = pid is not None and self.node_ready(node)
+        return {
+            "name": node.name,
+            "kind": node.kind,
+            "state": "up" if up else "down",
+            "pid": pid,
+            "address": node.address,
+        }
+
+    def status(self) -> dict[str, Any]:
+        rows = [self.node_status(n) for n in self.known_nodes()]
+        kafka_up = [n for n, r in zip(self.known_nodes(), rows, strict=True)
+                    if n.kind == KAFKA and r["state"] == "up"]
+        brokers = 0
+        if kafka_up:
+            brokers = len(probes.kafka_broker_ids(",".join(n.address for n in kafka_up)))
+        return {
+            "nodes": rows,
+            "kafka": {"brokers": brokers},
+            "cassandra": {
+                "up_nodes": sum(1 for r in rows if r["kind"] == CASSANDRA and r["state"] == "up")
+            },
+        }
+
+    def is_up(self, kind: str, count: int) -> bool:
+        """All `count` nodes of kind run and answer, and the recorded topology matches."""
+        if self.node_count(kind) != count:
+            return False
+        want = nodes(kind, count)
+        if not all(self.pid(n) and self.node_ready(n) for n in want):
+            return False
+        if kind == KAFKA:
+            return len(probes.kafka_broker_ids(kafka_bootstrap(count))) == count
+        return True
+
+    def log_tail(self, name: str, lines: int = TAIL_LINES) -> str:
+        node = node_by_name(name)
+        return procs.tail(self.dirs(node).log_file, lines)
+
+    # ---- bring up ------------------------------------------------------------------
+
+    def java(self) -> Path:
+        if self._java_home is None:
+            self._java_home = find_java_home()
+        return self._java_home / "bin" / "java"
+
+    def _lib(self, kind: str) -> Path:
+        self.java()
+        arts = maven.KAFKA_ARTIFACTS if kind == KAFKA else maven.CASSANDRA_ARTIFACTS
+        assert self._java_home is not None
+        return maven.ensure(arts, self._java_home)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
+                            "CLASSPATH")}
+        assert self._java_home is not None
+        env["JAVA_HOME"] = str(self._java_home)
+        return env
+
+    def up(self, kafka_nodes: int = MAX_NODES, cassandra_nodes: int = MAX_NODES,
+           only: str | None = None) -> bool:
+        """Start whatever of the requested clusters is not running; wait until ready.
+
+        Returns False if everything was already up (nothing done)."""
+        want = {KAFKA: kafka_nodes, CASSANDRA: cassandra_nodes}
+        kinds = [k for k in KINDS if only in (None, k) and want[k] > 0]
+        todo = [k for k in kinds if not self.is_up(k, want[k])]
+        if not todo:
+            log.info("already up: %s", ", ".join(f"{want[k]} {k}" for k in kinds))
+            return False
+        self.java()
+        libs = {k: self._lib(k) for k in todo}
+        state = self.run.load_state()
+        for k in todo:
+            recorded = int(state.get(k, {}).get("nodes", 0))
+            if recorded and recorded != want[k] and self._has_data(k, recorded):
+                raise InfraError(
+                    f"{self.run_dir} holds a {recorded}-node {k} cluster, {want[k]} asked; "
+                    f"run `python -m infra down --wipe` first"
+                )
+        started = time.monotonic()
+        pending_kafka: list[NodeSpec] = []
+        if KAFKA in todo:
+            pending_kafka = self._spawn_kafka(nodes(KAFKA, want[KAFKA]), libs[KAFKA], state)
+        if CASSANDRA in todo:
+            state.setdefault(CASSANDRA, {})["nodes"] = want[CASSANDRA]
+            self.run.save_state(state)
+            self._start_cassandra(nodes(CASSANDRA, want[CASSANDRA]), libs[CASSANDRA])
+        if KAFKA in todo:
+            self._wait_kafka(nodes(KAFKA, want[KAFKA]), pending_kafka)
+        log.info("up in %.1fs", time.monotonic() - started)
+        return True
+
+    def _has_data(self, kind: str, count: int) -> bool:
+        return any(any(self.dirs(n).data.iterdir()) for n in nodes(kind, count)
+                   if self.dirs(n).data.is_dir())
+
+    def _preflight(self, node: NodeSpec) -> None:
+        ports.check_ports_free(node)
+
+    # Kafka: format once, start all nodes at once (each blocks until a quorum exists).
+
+    def _spawn_kafka(self, cluster: list[NodeSpec], lib: Path, state: dict[str, Any]
+                     ) -> list[NodeSpec]:
+        to_start = [n for n in cluster if self.pid(n) is None]
+        for n in to_start:
+            self._preflight(n)
+        kstate = state.setdefault(KAFKA, {})
+        cid = kstate.get("cluster_id")
+        if not cid or not kafka_node.valid_cluster_id(cid):
+            cid = kafka_node.new_cluster_id()
+        kstate.update(nodes=len(cluster), cluster_id=cid)
+        self.run.save_state(state)
+        for n in to_start:
+            self._write_kafka_conf(n, cluster)
+        unformatted = [n for n in to_start
+                       if not (self.dirs(n).data / "meta.properties").exists()]
+        if unformatted:
+            log.info("kafka: formatting storage of %s (cluster id %s)",
+                     ", ".join(n.name for n in unformatted), cid)
+            with ThreadPoolExecutor(len(unformatted)) as pool:
+                list(pool.map(lambda n: self._format_kafka(n, lib, cid), unformatted))
+        for n in to_start:
+            self._spawn_kafka_node(n, lib)
+        return to_start
+
+    def _write_kafka_conf(self, node: NodeSpec, cluster: list[NodeSpec]) -> None:
+        d = self.dirs(node)
+        d.create()
+        (d.conf / "server.properties").write_text(
+            kafka_node.render_server_properties(node, cluster, d.data, self.kafka_tuning)
+        )
+        (d.conf / "log4j2.properties").write_text(kafka_node.render_log4j2())
+
+    def _format_kafka(self, node: NodeSpec, lib: Path, cid: str) -> None:
+        d = self.dirs(node)
+        cmd = kafka_node.format_command(
+            self.java(), lib, d.conf / "server.properties", d.conf / "log4j2.properties",
+            d.tmp, cid,
+        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self._env(),
+                              check=False, timeout=300)
+        if proc.returncode != 0:
+            raise InfraError(
+                f"{node.name}: formatting Kafka storage failed (exit {proc.returncode})",
+                detail=(proc.stdout + proc.stderr).strip()[-3000:],
+            )
+
+    def _spawn_kafka_node(self, node: NodeSpec, lib: Path) -> None:
+        d = self.dirs(node)
+        cmd = kafka_node.server_command(
+            self.java(), lib, d.conf / "server.properties", d.conf / "log4j2.properties",
+            d.logs, d.tmp, self.kafka_tuning.heap_mb,
+        )
+        self._spawn(node, cmd)
+
+    def _spawn(self, node: NodeSpec, cmd: list[str]) -> int:
+        d = self.dirs(node)
+        with open(d.log_file, "a") as f:
+            f.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n")
+        pid = procs.spawn(cmd, log_path=d.log_file, cwd=d.root, env=self._env())
+        procs.write_pid(d.pid_file, pid)
+        log.info("%s: started pid %d (%s), log %s", node.name, pid, node.address, d.log_file)
+        return pid
+
+    def _died(self, started: list[NodeSpec]) -> str | None:
+        for n in started:
+            if self.pid(n) is None:
+                return n.name
+        return None
+
+    def _fail(self, name: str, what: str) -> InfraError:
+        tail = self.log_tail(name)
+        return InfraError(f"{name}: {what}", detail=f"--- last lines of {name}'s log:\n{tail}")
+
+    def _wait_kafka(self, cluster: list[NodeSpec], started: list[NodeSpec],
+                    timeout: float = KAFKA_READY_TIMEOUT) -> None:
+        want = {n.index for n in cluster}
+        bootstrap = ",".join(n.address for n in cluster)
+        log.info("kafka: waiting for %d brokers", len(cluster))
+
+        def probe() -> bool:
+            return want <= probes.kafka_broker_ids(bootstrap)
+
+        def abort() -> str | None:
+            dead = self._died(started)
+            return f"{dead} exited during start" if dead else None
+
+        try:
+            ok = probes.poll_until(probe, timeout=timeout, interval=1.0, abort=abort)
+        except RuntimeError as e:
+            raise self._fail(str(e).split()[0], str(e).split(" ", 1)[1]) from None
+        if not ok:
+            seen = probes.kafka_broker_ids(bootstrap)
+            missing = [n for n in cluster if n.index not in seen]
+            name = missing[0].name if missing else cluster[0].name
+            raise self._fail(name, f"not registered as a broker after {timeout:.0f}s "
+                                   f"(brokers seen: {sorted(seen)})")
+        log.info("kafka: %d brokers ready", len(cluster))
+
+    # Cassandra: seed first, then one node at a time, each once the previous answers CQL.
+
+    def _start_cassandra(self, cluster: list[NodeSpec], lib: Path) -> None:
+        for n in cluster:
+            if self.pid(n) is None:
+                self._preflight(n)
+        for n in cluster:
+            if self.pid(n) is not None and probes.cql_answers(n.host, n.port):
+                continue
+            if self.pid(n) is None:
+                self._spawn_cassandra_node(n, lib)
+            self._wait_cql(n)
+        self._wait_ring(cluster)
+
+    def _spawn_cassandra_node(self, node: NodeSpec, lib: Path) -> None:
+        d = self.dirs(node)
+        d.create()
+        storage = d.data
+        for p in cassandra_node.data_dirs(storage).values():
+            p.mkdir(parents=True, exist_ok=True)
+        (d.conf / "cassandra.yaml").write_text(
+            cassandra_node.render_yaml(node, storage, self.cassandra_tuning))
+        (d.conf / "logback.xml").write_text(cassandra_node.render_logback())
+        opts = cassandra_node.jvm_options(
+            node, lib=lib, conf_dir=d.conf, storage=storage, logs_dir=d.logs, tmp_dir=d.tmp,
+            tuning=self.cassandra_tuning,
+        )
+        self._spawn(node, cassandra_node.server_command(self.java(), lib, d.conf, opts))
+
+    def _wait_cql(self, node: NodeSpec, timeout: float = CASSANDRA_NODE_TIMEOUT) -> None:
+        log.info("%s: waiting for CQL on %s", node.name, node.address)
+        t0 = time.monotonic()
+        try:
+            ok = probes.poll_until(
+                lambda: probes.cql_answers(node.host, node.port), timeout=timeout,
+                interval=0.5,
+                abort=lambda: "exited during start" if self.pid(node) is None else None,
+            )
+        except RuntimeError as e:
+            raise self._fail(node.name, str(e)) from None
+        if not ok:
+            raise self._fail(node.name, f"no CQL answer on {node.address} after {timeout:.0f}s")
+        log.info("%s: answers CQL (%.1fs)", node.name, time.monotonic() - t0)
+
+    def _wait_ring(self, cluster: list[NodeSpec], timeout: float = CASSANDRA_RING_TIMEOUT
+                   ) -> None:
+        hosts = [n.host for n in cluster]
+        if len(hosts) < 2:
+            return
+        log.info("cassandra: waiting until %s see each other", ", ".join(hosts))
+        last = [""]
+
+        def probe() -> bool:
+            last[0] = probes.cassandra_ring_healthy(hosts)
+            return not last[0]
+
+        def abort() -> str | None:
+            dead = self._died(cluster)
+            return f"{dead} exited" if dead else None
+
+        try:
+            ok = probes.poll_until(probe, timeout=timeout, interval=1.0, abort=abort)
+        except RuntimeError as e:
+            raise self._fail(str(e).split()[0], "exited while the ring formed") from None
+        if not ok:
+            bad = next((n for n in cluster if n.host in last[0]), cluster[0])
+            raise self._fail(bad.name, f"ring not healthy after {timeout:.0f}s: {last[0]}")
+        log.info("cassandra: ring of %d nodes ready", len(cluster))
+
+    # ---- one node ------------------------------------------------------------------
+
+    def _known(self, name: str) -> NodeSpec:
+        node = node_by_name(name)
+        if node not in self.known_nodes(node.kind) or not self.node_count(node.kind):
+            raise InfraError(f"{name} is not part of the cluster in {self.run_dir}; "
+                             f"run `python -m infra up` first")
+        return node
+
+    def stop_node(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM (then SIGKILL after timeout) the node's recorded pid."""
+        node = self._known(name)
+        pid = self.pid(node)
+        if pid is None:
+            log.info("%s: not running", name)
+            return
+        procs.terminate([pid], self.dirs(node).marker, timeout)
+        log.info("%s: stopped (pid %d)", name, pid)
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL the node's recorded pid and wait until it is gone."""
+        node = self._known(name)
+        pid = self.pid(node)
+        if pid is None:
+            log.info("%s: not running", name)
+            return
+        marker = self.dirs(node).marker
+        procs.signal_pid(pid, signal.SIGKILL, marker)
+        procs.wait_gone([pid], marker, 10.0)
+        log.info("%s: killed (pid %d)", name, pid)
+
+    def start_node(self, name: str, wait: bool = True) -> None:
+        """Start one node of an existing cluster (same data dirs) and wait until it serves:
+        Kafka: registered as a broker; Cassandra: answers CQL and the ring sees it."""
+        node = self._known(name)
+        if self.pid(node) is not None:
+            log.info("%s: already running", name)
+        else:
+            self._preflight(node)
+            lib = self._lib(node.kind)
+            if node.kind == KAFKA:
+                cluster = nodes(KAFKA, self.node_count(KAFKA))
+                self._write_kafka_conf(node, cluster)
+                self._spawn_kafka_node(node, lib)
+            else:
+                self._spawn_cassandra_node(node, lib)
+        if not wait:
+            return
+        if node.kind == KAFKA:
+            live = [n for n in nodes(KAFKA, self.node_count(KAFKA)) if self.pid(n)]
+            self._wait_kafka(live, [node])
+        else:
+            self._wait_cql(node)
+            live = [n for n in nodes(CASSANDRA, self.node_count(CASSANDRA)) if self.pid(n)]
+            self._wait_ring(live)
+
+    # ---- bring down ----------------------------------------------------------------
+
+    def down(self, wipe: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every recorded node pid (SIGKILL after timeout); --wipe deletes state."""
+        targets = [(n, self.pid(n)) for n in self.known_nodes()]
+        running = [(n, p) for n, p in targets if p is not None]
+        if running:
+            log.info("stopping %s", ", ".join(n.name for n, _ in running))
+        # Cassandra and Kafka nodes all get SIGTERM at once; each group waits in parallel.
+        with ThreadPoolExecutor(max(1, len(running))) as pool:
+            list(pool.map(
+                lambda np: procs.terminate([np[1]], self.dirs(np[0]).marker, timeout),
+                running,
+            ))
+        for n, _ in running:
+            self.dirs(n).pid_file.unlink(missing_ok=True)
+        if wipe and self.run_dir.exists():
+            log.info("wiping %s", self.run_dir)
+            shutil.rmtree(self.run_dir)

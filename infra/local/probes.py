@@ -1,0 +1,125 @@
+"""Readiness probes that ask the servers themselves, plus a deadline poller."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def poll_until(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    abort: Callable[[], str | None] | None = None,
+) -> T | None:
+    """Call probe until it returns a truthy value or timeout; return it (None on timeout).
+
+    abort() is checked each round; a non-empty string stops polling by raising
+    RuntimeError with that text (e.g. 'kafka-2 exited').
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if abort is not None:
+            why = abort()
+            if why:
+                raise RuntimeError(why)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def kafka_broker_ids(bootstrap: str, timeout: float = 3.0) -> set[int]:
+    """Ids of the brokers that the cluster metadata lists (empty if unreachable)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
+         "log_level": 0, "logger": log}
+    )
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except Exception as e:  # KafkaException: not reachable yet
+        log.debug("kafka metadata from %s failed: %s", bootstrap, e)
+        return set()
+    return set(md.brokers)
+
+
+# A CQL v4 OPTIONS request: version, flags, stream id, opcode 0x05, body length 0.
+_CQL_OPTIONS = struct.pack(">BBhBi", 0x04, 0, 1, 0x05, 0)
+_CQL_SUPPORTED = 0x06
+
+
+def cql_answers(host: str, port: int = 9042, timeout: float = 1.0) -> bool:
+    """True if a CQL server on host:port answers OPTIONS with SUPPORTED."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(_CQL_OPTIONS)
+            header = b""
+            while len(header) < 9:
+                chunk = s.recv(9 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+    except OSError:
+        return False
+    version, _flags, _stream, opcode, _length = struct.unpack(">BBhBi", header)
+    return version & 0x80 == 0x80 and opcode == _CQL_SUPPORTED
+
+
+def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 10.0) -> str:
+    """'' if every node lists the others in system.peers_v2 and, as coordinator, sees all
+    replicas alive (a CL ALL range read of system_distributed, RF 3); else the reason."""
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import Cluster
+    from cassandra.policies import WhiteListRoundRobinPolicy
+    from cassandra.query import SimpleStatement
+
+    cluster = Cluster(
+        contact_points=hosts,
+        port=port,
+        load_balancing_policy=WhiteListRoundRobinPolicy(hosts),
+        protocol_version=5,
+        connect_timeout=timeout,
+        control_connection_timeout=timeout,
+    )
+    try:
+        session = cluster.connect()
+        by_addr = {h.address: h for h in cluster.metadata.all_hosts()}
+        all_read = SimpleStatement(
+            "SELECT * FROM system_distributed.repair_history LIMIT 1",
+            consistency_level=ConsistencyLevel.ALL,
+        )
+        for addr in hosts:
+            host = by_addr.get(addr)
+            if host is None or not host.is_up:
+                return f"{addr} is not reachable over CQL"
+            peers = {
+                str(r.peer)
+                for r in session.execute("SELECT peer FROM system.peers_v2", host=host,
+                                         timeout=timeout)
+            }
+            missing = sorted(set(hosts) - {addr} - peers)
+            if missing:
+                return f"{addr} does not list {', '.join(missing)} in system.peers_v2"
+            try:
+                session.execute(all_read, host=host, timeout=timeout)
+            except Exception as e:
+                return f"{addr} does not see all replicas alive: {type(e).__name__}: {e}"
+        return ""
+    except Exception as e:
+        return f"CQL connection failed: {type(e).__name__}: {e}"
+    finally:
+        cluster.shutdown()

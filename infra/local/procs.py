@@ -1,0 +1,148 @@
+"""Node processes: spawn detached, pid files, ownership checks, signals, log tails.
+
+A pid is signalled only after /proc/<pid>/cmdline shows it is a java process whose
+command line contains our run dir, so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Popen objects of children started by this process, so they are reaped (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn(cmd: Sequence[str], *, log_path: Path, cwd: Path, env: dict[str, str]) -> int:
+    """Start cmd in its own session, stdout+stderr appended to log_path; return its pid."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _reap(pid: int) -> None:
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        _children.pop(pid, None)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # "pid (comm) S ..." - comm may contain spaces, so split after the last ')'.
+    return stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else ""
+
+
+def is_ours(pid: int | None, marker: str) -> bool:
+    """True if pid is a live (non-zombie) java process whose cmdline contains marker."""
+    if not pid or pid <= 0:
+        return False
+    _reap(pid)
+    if _state(pid) in ("", "Z", "X"):
+        return False
+    args = _cmdline(pid)
+    if not args or not os.path.basename(args[0]).startswith("java"):
+        return False
+    return any(marker in a for a in args)
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pid_file.with_suffix(".tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(pid_file)
+
+
+def signal_pid(pid: int, sig: int, marker: str) -> bool:
+    """Send sig to pid if it is ours; return whether it was sent."""
+    if not is_ours(pid, marker):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        return True
+    return False
+
+
+def wait_gone(pids: Sequence[int], marker: str, timeout: float) -> list[int]:
+    """Poll until none of pids is ours any more or timeout; return those still alive."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if is_ours(p, marker)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if is_ours(p, marker)]
+    return alive
+
+
+def terminate(pids: Sequence[int], marker: str, timeout: float) -> list[int]:
+    """SIGTERM pids (ours only), then SIGKILL those still alive after timeout.
+
+    Returns the pids that needed SIGKILL.
+    """
+    sent = [p for p in pids if signal_pid(p, signal.SIGTERM, marker)]
+    stubborn = wait_gone(sent, marker, timeout)
+    for p in stubborn:
+        log.warning("pid %d did not exit %.0fs after SIGTERM; sending SIGKILL", p, timeout)
+        signal_pid(p, signal.SIGKILL, marker)
+    wait_gone(stubborn, marker, 10.0)
+    return stubborn
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a text file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode(errors="replace").splitlines()
+    return "\n".join(text[-lines:]) if lines > 0 else ""
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of pid in KiB, from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

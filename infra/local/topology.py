@@ -1,0 +1,95 @@
+"""Who is in the local clusters: node names, kinds, addresses and ports.
+
+Kafka nodes are combined broker+controller processes on 127.0.0.1 with distinct ports;
+Cassandra nodes use the same ports on distinct loopback addresses 127.0.0.N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KAFKA = "kafka"
+CASSANDRA = "cassandra"
+KINDS = (KAFKA, CASSANDRA)
+MAX_NODES = 3
+
+KAFKA_HOST = "127.0.0.1"
+KAFKA_BROKER_PORT_BASE = 19091  # kafka-1 -> 19092
+KAFKA_CONTROLLER_PORT_BASE = 19191  # kafka-1 -> 19192
+CASSANDRA_NATIVE_PORT = 9042
+CASSANDRA_STORAGE_PORT = 7000
+CASSANDRA_JMX_PORT_BASE = 7099  # cassandra-1 -> 7199, -2 -> 7299, -3 -> 7399
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    kind: str
+    index: int  # 1-based
+    host: str
+    port: int  # the client port: Kafka broker listener or CQL native port
+    ports: dict[str, int] = field(default_factory=dict)  # every port it binds, by role
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def kafka_node(i: int) -> NodeSpec:
+    broker = KAFKA_BROKER_PORT_BASE + i
+    controller = KAFKA_CONTROLLER_PORT_BASE + i
+    return NodeSpec(
+        name=f"kafka-{i}",
+        kind=KAFKA,
+        index=i,
+        host=KAFKA_HOST,
+        port=broker,
+        ports={"broker": broker, "controller": controller},
+    )
+
+
+def cassandra_node(i: int) -> NodeSpec:
+    return NodeSpec(
+        name=f"cassandra-{i}",
+        kind=CASSANDRA,
+        index=i,
+        host=f"127.0.0.{i}",
+        port=CASSANDRA_NATIVE_PORT,
+        ports={
+            "native": CASSANDRA_NATIVE_PORT,
+            "storage": CASSANDRA_STORAGE_PORT,
+            "jmx": CASSANDRA_JMX_PORT_BASE + 100 * i,
+        },
+    )
+
+
+def nodes(kind: str, count: int) -> list[NodeSpec]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown node kind {kind!r}")
+    if not 1 <= count <= MAX_NODES:
+        raise ValueError(f"{kind} node count must be 1..{MAX_NODES}, got {count}")
+    make = kafka_node if kind == KAFKA else cassandra_node
+    return [make(i) for i in range(1, count + 1)]
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """'kafka-2' -> ('kafka', 2); ValueError for anything else."""
+    kind, sep, idx = name.partition("-")
+    if not sep or kind not in KINDS or not idx.isdigit() or not 1 <= int(idx) <= MAX_NODES:
+        raise ValueError(
+            f"unknown node {name!r}: use kafka-1..{MAX_NODES} or cassandra-1..{MAX_NODES}"
+        )
+    return kind, int(idx)
+
+
+def node_by_name(name: str) -> NodeSpec:
+    kind, i = parse_name(name)
+    return kafka_node(i) if kind == KAFKA else cassandra_node(i)
+
+
+def kafka_bootstrap(count: int) -> str:
+    return ",".join(n.address for n in nodes(KAFKA, count))
+
+
+def cassandra_contact_points(count: int) -> list[str]:
+    return [n.host for n in nodes(CASSANDRA, count)]
