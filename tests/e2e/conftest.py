@@ -1,0 +1,63 @@
+"""Fixtures of the end-to-end tests; the harness itself is in e2e_harness.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from e2e_harness import WORKERS, Pipeline, _env, settings_env
+
+from consumers.settings import SinkSettings
+from infra import cassandra_session
+from infra.services import Services, pipeline_specs
+from stream_app.settings import StreamSettings
+
+
+@pytest.fixture(scope="session")
+def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pipeline]:
+    env = settings_env(
+        kafka_cluster.get_bootstrap_server(), list(cassandra_cluster.get_contact_points()), "vision"
+    )
+    with _env(env):
+        sink = SinkSettings()
+        stream = StreamSettings()
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    services = Services(run_dir, env)
+    cluster, session = cassandra_session.connect(sink.cassandra)
+    p = Pipeline(
+        services=services,
+        env=env,
+        kafka=sink.kafka,
+        cassandra=sink.cassandra,
+        session=session,
+        keyspace=sink.cassandra.keyspace,
+        sink_group=sink.sink.group_id,
+        stream_group=stream.stream.app_id,
+        run_dir=run_dir,
+    )
+    for spec in pipeline_specs(workers=WORKERS):
+        services.start(spec)
+    try:
+        p.wait_ready()
+    except TimeoutError:
+        services.stop_all()
+        raise
+    yield p
+    services.stop_all()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
+    """The pipeline with every service and node up before a test starts (after a fault test)."""
+    for name in kafka_cluster.node_names():
+        kafka_cluster.start_node(name)
+    for name in cassandra_cluster.node_names():
+        cassandra_cluster.start_node(name)
+    for st in pipeline.services.status():
+        if st.state == "down":
+            pipeline.services.restart(st.name)
+    pipeline.wait_ready()
+    return pipeline
+
+
