@@ -1,13 +1,12 @@
 """The Cassandra DDL: rendered statements checked structurally (no CQL parser installed).
 
-The last test runs the same statements on the real cluster; it is marked `cassandra`
-and needs the `cassandra_cluster` and `pipeline_settings` fixtures from tests/conftest.py.
+tests/integration/test_producers_contracts.py runs the same statements on the real
+3-node cluster (marked `cassandra`).
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
 
@@ -132,39 +131,3 @@ def test_invalid_datacenter_rejected(bad: str) -> None:
 def test_invalid_replication_factor_rejected() -> None:
     with pytest.raises(ValueError):
         cql.keyspace_ddl("vision", replication_factor=0)
-
-
-@pytest.mark.cassandra
-def test_ddl_applies_on_real_cluster(cassandra_cluster, pipeline_settings) -> None:
-    """Render, execute on the 3-node cluster, read the schema back, drop."""
-    from infra.cassandra_session import connect
-
-    ks = f"ddl_test_{uuid.uuid4().hex[:12]}"
-    settings = pipeline_settings.cassandra
-    cluster, session = connect(settings)
-    try:
-        session.execute(cql.keyspace_ddl(ks, 3, settings.local_datacenter), timeout=60)
-        for stmt in cql.table_ddl(ks):
-            session.execute(stmt, timeout=60)
-        # Idempotent: IF NOT EXISTS everywhere.
-        session.execute(cql.keyspace_ddl(ks, 3, settings.local_datacenter), timeout=60)
-        for stmt in cql.table_ddl(ks):
-            session.execute(stmt, timeout=60)
-        rows = session.execute(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,)
-        )
-        assert sorted(r.table_name for r in rows) == sorted(cql.TABLES)
-        repl = session.execute(
-            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
-        ).one().replication
-        assert repl[settings.local_datacenter] == "3"
-        cols = session.execute(
-            "SELECT column_name, type FROM system_schema.columns "
-            "WHERE keyspace_name = %s AND table_name = %s",
-            (ks, cql.PREDICTIONS_TABLE),
-        )
-        expected = parse_table(cql.table_ddl(ks)[0])[2]
-        assert {r.column_name for r in cols} == set(expected)
-    finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)
-        cluster.shutdown()
