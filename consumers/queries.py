@@ -101,12 +101,23 @@ def fetch_rejections(session: Any, ids: Iterable[str], *, keyspace: str,
 
 
 def by_label(session: Any, label: str, *, keyspace: str, limit: int = 100,
-             consistency: int | None = None) -> list[dict[str, Any]]:
-    """Images whose top-1 label is `label`, from predictions_by_label (ordered by image id)."""
+             consistency: int | None = None, verify: bool = True) -> list[dict[str, Any]]:
+    """Images whose top-1 label is `label`, from predictions_by_label (ordered by image id).
+
+    predictions_by_label is an index: when an image's label changes (a newer model, or an
+    older record replayed under another label), its row under the other label stays. With
+    `verify` (default) each hit is checked against the predictions table and kept only if
+    that is still its label, so the answer can hold fewer than `limit` rows.
+    """
     ps = _prepare(session,
                   f"SELECT {', '.join(BY_LABEL_COLUMNS)} FROM {keyspace}."
                   f"{cql.PREDICTIONS_BY_LABEL_TABLE} WHERE label = ? LIMIT ?", consistency)
-    return [_row(BY_LABEL_COLUMNS, r) for r in session.execute(ps, (label, int(limit)))]
+    rows = [_row(BY_LABEL_COLUMNS, r) for r in session.execute(ps, (label, int(limit)))]
+    if not verify or not rows:
+        return rows
+    current = fetch_predictions(session, [r["image_id"] for r in rows], keyspace=keyspace,
+                                consistency=consistency)
+    return [r for r in rows if current.get(r["image_id"], {}).get("label") == label]
 
 
 def _scan(session: Any, keyspace: str, table: str, columns: Sequence[str],

@@ -17,7 +17,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.consistency import Overlap, keyspace_replication, require_overlap
+from consumers.consistency import (
+    ConsistencyConfigError,
+    Overlap,
+    keyspace_replication,
+    require_overlap,
+)
 from consumers.offsets import TP, WatermarkTracker
 from consumers.records import (
     KafkaRecord,
@@ -31,6 +36,7 @@ from consumers.statements import write_statements
 from consumers.writer import AsyncWriter, WriteFailed, prepare_writes
 from infra.cassandra_session import connect, consistency_level
 from infra.kafka_clients import consumer_config, masked, producer_config
+from schemas import cql
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,27 @@ def check_startup_consistency(session: Any, settings: SinkSettings) -> Overlap:
     return overlap
 
 
+def check_tables(session: Any, keyspace: str) -> None:
+    """Refuse to start without the tables; warn about a top_k column replays would corrupt."""
+    rows = session.execute(
+        "SELECT table_name, column_name, type FROM system_schema.columns WHERE keyspace_name = %s",
+        (keyspace,),
+    )
+    columns = {(r.table_name, r.column_name): r.type for r in rows}
+    tables = {t for t, _ in columns}
+    missing = [t for t in cql.TABLES if t not in tables]
+    if missing:
+        raise ConsistencyConfigError(
+            f"keyspace {keyspace!r} lacks table(s) {missing}; provision it first "
+            "(python -m infra provision)"
+        )
+    top_k = columns.get((cql.PREDICTIONS_TABLE, "top_k"), "")
+    if top_k.startswith("list<"):
+        log.warning("%s.%s.top_k is a non-frozen list (%s): a replayed prediction appends its "
+                    "classes again. Recreate the table from schemas/ddl/vision.cql (frozen list)",
+                    keyspace, cql.PREDICTIONS_TABLE, top_k)
+
+
 class Sink:
     def __init__(self, settings: SinkSettings, *, group_id: str | None = None) -> None:
         self.settings = settings
@@ -97,6 +124,7 @@ class Sink:
         cs = self.settings.cassandra
         self._cluster, session = connect(cs)
         check_startup_consistency(session, self.settings)
+        check_tables(session, cs.keyspace)
         prepared = prepare_writes(
             session, write_statements(cs.keyspace), consistency_level(cs.write_consistency)
         )
