@@ -18,20 +18,12 @@ import torch
 
 from stream_app.errors import ModelLoadError
 from stream_app.labels import load_labels
-from stream_app.settings import IMAGENET_MEAN, IMAGENET_STD, ModelSettings
-from stream_app.spec import ModelInfo, PreprocessSpec
+from stream_app.settings import ModelSettings
+from stream_app.spec import LITE0_PREPROCESS, ModelInfo, PreprocessSpec, preprocess_for
 
 log = logging.getLogger(__name__)
 
 LITE0 = "efficientnet-lite0"
-# The Lite models were trained in TensorFlow with inputs (x - 127) / 128 on a 0..255
-# scale (efficientnet_lite_builder MEAN_RGB/STDDEV_RGB), not with ImageNet mean/std;
-# the converted weights keep that convention. On a [0, 1] scale:
-LITE_MEAN = (127.0 / 255.0,) * 3
-LITE_STD = (128.0 / 255.0,) * 3
-# Eval crop of the reference implementation: centre crop 224 of the image resized so
-# that 224 / (224 + 32) of it remains, i.e. shorter side 256.
-LITE0_PREPROCESS = PreprocessSpec(input_size=224, resize_size=256, mean=LITE_MEAN, std=LITE_STD)
 
 
 @dataclass
@@ -114,13 +106,7 @@ def _load_torchscript(settings: ModelSettings) -> LoadedModel:
     except Exception as exc:
         raise ModelLoadError(f"cannot load TorchScript model {path}: {exc}") from exc
     labels = load_labels(settings.labels_path)
-    size = settings.input_size or 224
-    spec = PreprocessSpec(
-        input_size=size,
-        resize_size=settings.resize_size or max(size, int(round(size / 0.875))),
-        mean=settings.mean or IMAGENET_MEAN,
-        std=settings.std or IMAGENET_STD,
-    )
+    spec = preprocess_for(settings)
     info = ModelInfo(
         name=settings.name or path.stem,
         version=settings.version or file_digest(path),

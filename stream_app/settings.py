@@ -17,11 +17,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from infra.settings import PipelineSettings
 
-# ImageNet statistics on a [0, 1] pixel scale: the torchvision convention, the usual
-# choice for a user's own TorchScript model.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class ModelSettings(BaseModel):
     """Which model infer runs and how its input is prepared.
@@ -116,11 +111,18 @@ class WorkerSettings(BaseModel):
     health_log_interval_s: float = Field(default=30.0, gt=0)
     # Where faust keeps local state (tables are not used, but faust wants a dir).
     data_dir: Path = Path(".run/stream_app")
-    # How long a send may take before the batch fails and the worker restarts.
-    send_timeout_s: float = Field(default=60.0, gt=0)
+    # How long a batch's sends may take before the worker gives up and exits (the
+    # batch is not acked, so it is redelivered to whoever owns the partition next).
+    send_timeout_s: float = Field(default=120.0, gt=0)
+    # Consumer group liveness: a killed worker's partitions move after session_timeout_s.
+    session_timeout_s: float = Field(default=10.0, ge=6.0)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
 
 
 class StreamSection(BaseModel):
+    # Prepended to every topic name of the registry, e.g. "tenant-a." (the topics must
+    # exist: `python -m infra provision` or a test fixture creates them).
+    topic_prefix: str = ""
     model: ModelSettings = Field(default_factory=ModelSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     infer: InferSettings = Field(default_factory=InferSettings)

@@ -1,0 +1,68 @@
+"""`python -m stream_app worker|workers|benchmark`.
+
+  worker                 one faust worker running the configured stages
+      --web-port N       its web endpoint (health view at /health/)
+      --stages a,b       subset of decode,infer,postprocess
+  workers -n N           N worker processes on ports web_port .. web_port+N-1,
+                         restarted when they die; SIGTERM/SIGINT stop them all
+  benchmark              per-stage throughput on this machine (no Kafka)
+
+Settings come from the environment (PIPELINE_..., see stream_app/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from stream_app.settings import StreamSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m stream_app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker", help="run one stream worker")
+    w.add_argument("--web-port", type=int)
+    w.add_argument("--stages", help="comma-separated subset of decode,infer,postprocess")
+    ws = sub.add_parser("workers", help="run and supervise N stream workers")
+    ws.add_argument("-n", type=int, default=2)
+    ws.add_argument("--web-port", type=int, help="first worker's port (default: settings)")
+    ws.add_argument("--no-restart", action="store_true", help="do not restart dead workers")
+    b = sub.add_parser("benchmark", help="measure per-stage throughput")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "benchmark":
+        from stream_app.benchmark import main as bench
+
+        bench(args.rest)
+        return 0
+    settings = StreamSettings()
+    if args.cmd == "worker":
+        if args.stages:
+            stages = tuple(x.strip() for x in args.stages.split(",") if x.strip())
+            unknown = set(stages) - {"decode", "infer", "postprocess"}
+            if unknown or not stages:
+                ap.error(f"--stages: unknown stage(s) {sorted(unknown)}")
+            w = settings.stream.worker
+            settings.stream.worker = w.model_copy(update={"stages": stages})
+        from stream_app.worker import run_worker
+
+        return run_worker(settings, args.web_port)
+    from stream_app.supervisor import run_workers
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    port = args.web_port or settings.stream.worker.web_port
+    return run_workers(args.n, port, restart=not args.no_restart)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
