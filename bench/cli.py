@@ -1,0 +1,277 @@
+"""`python -m bench`: model-only vs pipeline vs transport on the local clusters.
+
+  python -m bench              default run (~10 min): 3 repetitions of each measurement
+  python -m bench --quick      ~2-3 min: 1 repetition, smaller bursts
+  python -m bench --only model,transport --tag sink-conc-256
+
+Results: bench/results/latest.json and bench/results/<UTC timestamp>[-tag].json, and a
+table on stdout. Services run under .run/bench (pid files) and are always stopped at
+the end. Settings of the services come from the environment (PIPELINE_...), so a
+candidate fix is measured without editing code, e.g.
+  PIPELINE_SINK__CONCURRENCY=256 python -m bench --only transport --tag conc256
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import pipeline, topology, transport
+from bench.machine import machine_info
+from bench.report import print_table
+from bench.stats import ratio, stage_breakdown, summarize
+from bench.waits import liveness, wait_caught_up, wait_groups_ready
+from infra import cassandra_session
+from infra.logs import configure
+from infra.services import Services
+from infra.settings import PipelineSettings
+from schemas import topics
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("model", "pipeline", "transport")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one repetition, small bursts (~2-3 min)")
+    p.add_argument("--only", default=",".join(SECTIONS), help="subset of model,pipeline,transport")
+    p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
+    p.add_argument("--images", type=int, help="images per pipeline burst (default 160, quick 64)")
+    p.add_argument("--events", type=int, help="events per transport burst (default 15000, quick 5000)")
+    p.add_argument("--workers", type=int, default=2, help="stream worker processes (as `make demo`)")
+    p.add_argument("--sinks", type=int, default=1, help="sink processes")
+    p.add_argument("--relays-per-hop", type=int, default=1, help="identity relay processes per hop")
+    p.add_argument("--relay-linger-ms", type=int, help="linger.ms of the relays' producers")
+    p.add_argument("--model-threads", type=int,
+                   help="torch threads for model-only (default: workers x infer.torch_threads)")
+    p.add_argument("--tag", default="", help="suffix of the timestamped result file")
+    p.add_argument("--run-dir", default=".run/bench")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(os.environ.get("PIPELINE_LOG_LEVEL", "WARNING"))
+    log.setLevel(logging.INFO)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if only - set(SECTIONS):
+        print(f"--only: unknown section(s) {sorted(only - set(SECTIONS))}", file=sys.stderr)
+        return 2
+    reps = args.reps or (1 if args.quick else 3)
+    n_images = args.images or (64 if args.quick else 160)
+    n_events = args.events or (5000 if args.quick else 15000)
+    started = time.time()
+    settings = PipelineSettings()
+    settings.cassandra.keyspace = topology.KEYSPACE
+    out: dict[str, Any] = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PIPELINE_")},
+        "note": "figures are medians over repetitions on a shared, noisy 2-core machine; "
+                "see spread_pct and values",
+    }
+    cluster, session = None, None
+    try:
+        step("provision: bench topics (bench.t.*, bench.p.*) and keyspace vision_bench")
+        from infra.provision import provision
+
+        for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX):
+            provision(settings, topic_prefix=prefix, keyspace=topology.KEYSPACE,
+                      cassandra=prefix == topology.PREFIX)
+        cluster, session = cassandra_session.connect(settings.cassandra)
+        out["machine"] = machine_info(session)
+        if "model" in only:
+            out["model_only"] = model_section(args, n_images, reps)
+        if "pipeline" in only:
+            out["pipeline"] = pipeline_section(args, session, n_images, reps)
+        if "transport" in only:
+            out["transport"] = transport_section(args, settings, session, n_events, reps)
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    out["ratios"] = ratios(out)
+    out["wall_s"] = round(time.time() - started, 1)
+    out["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_results(out, args.tag)
+    print_table(out)
+    print(f"\nresults: {path} (and {RESULTS / 'latest.json'}); wall {out['wall_s']:.0f}s")
+    return 0
+
+
+def step(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+def model_section(args: argparse.Namespace, n_images: int, reps: int) -> dict[str, Any]:
+    from bench.model_only import run_model_only
+    from stream_app.settings import StreamSettings
+
+    ss = StreamSettings().stream
+    threads = args.model_threads or args.workers * ss.infer.torch_threads
+    step(f"model-only: {n_images} images, batch {ss.worker.batch_size}, {threads} torch thread(s), "
+         f"{reps} repetition(s)")
+    return run_model_only(n_images, ss.worker.batch_size, threads, reps, ss.postprocess.top_k)
+
+
+def _services(args: argparse.Namespace) -> Services:
+    return Services(Path(args.run_dir))
+
+
+def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps: int) -> dict[str, Any]:
+    from stream_app.settings import StreamSettings
+
+    ss = StreamSettings()
+    kafka = ss.kafka
+    services = _services(args)
+    specs = topology.pipeline_specs(args.workers, args.sinks, run_dir=args.run_dir)
+    ports = topology.web_ports(args.workers)
+    prefix = topology.PIPELINE_PREFIX
+    app_topics = [prefix + s.source for s in topics.STAGES]
+    res: dict[str, Any] = {
+        "workers": args.workers, "sinks": args.sinks, "images_per_burst": n_images,
+        "batch_size": ss.stream.worker.batch_size, "batch_window_s": ss.stream.worker.batch_window_s,
+        "torch_threads_per_worker": ss.stream.infer.torch_threads,
+    }
+    step(f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*")
+    try:
+        for spec in specs:
+            services.start(spec)
+        alive = liveness(services, [s.name for s in specs])
+        t0 = time.monotonic()
+        wait_groups_ready(kafka, {topology.PIPELINE_APP_ID: args.workers,
+                                  topology.PIPELINE_SINK_GROUP: 1}, 300, alive)
+        wait_caught_up(kafka, {topology.PIPELINE_APP_ID: app_topics,
+                               topology.PIPELINE_SINK_GROUP: [prefix + topics.PREDICTIONS]}, 600, alive)
+        res["startup_s"] = round(time.monotonic() - t0, 1)
+        tag0 = f"p{int(time.time())}"
+        step("pipeline: warm-up burst (32 images)")
+        pipeline.run_once(alive, session, f"{tag0}-warm", 32, timeout_s=args.timeout)
+        bursts, paced = [], []
+        for r in range(reps):
+            h0 = pipeline.worker_health(ports)
+            run = pipeline.run_once(alive, session, f"{tag0}-burst{r}", n_images, timeout_s=args.timeout)
+            h1 = pipeline.worker_health(ports)
+            s = run.summary()
+            s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
+            s["batches"] = batch_delta(pipeline.batch_summary(h0), pipeline.batch_summary(h1))
+            bursts.append(s)
+            step(f"pipeline burst {r + 1}/{reps}: {s['per_s']} images/s, p50 {s['p50_ms']} ms, "
+                 f"p99 {s['p99_ms']} ms")
+        sat = summarize([b["per_s"] for b in bursts if b["per_s"]])
+        half = (sat["median"] or 1.0) / 2.0
+        n_paced = max(16, n_images // 2)
+        for r in range(reps):
+            run = pipeline.run_once(alive, session, f"{tag0}-paced{r}", n_paced, rate=half,
+                                    timeout_s=args.timeout)
+            s = run.summary()
+            s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
+            paced.append(s)
+            step(f"pipeline paced {r + 1}/{reps} at {half:.1f}/s: {s['per_s']} images/s, "
+                 f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+        res["health_after"] = pipeline.worker_health(ports)
+        res["saturation"] = {
+            "images_per_s": sat,
+            "p50_ms": summarize([b["p50_ms"] for b in bursts]),
+            "p95_ms": summarize([b["p95_ms"] for b in bursts]),
+            "p99_ms": summarize([b["p99_ms"] for b in bursts]),
+            "runs": bursts,
+        }
+        res["half_rate"] = {
+            "rate_per_s": round(half, 2),
+            "images_per_s": summarize([b["per_s"] for b in paced if b["per_s"]]),
+            "p50_ms": summarize([b["p50_ms"] for b in paced]),
+            "p95_ms": summarize([b["p95_ms"] for b in paced]),
+            "p99_ms": summarize([b["p99_ms"] for b in paced]),
+            "runs": paced,
+        }
+    finally:
+        step("pipeline: stopping its services")
+        services.stop_all()
+    return res
+
+
+def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for stage, a in after.items():
+        b = before.get(stage, {})
+        rin = a["records_in"] - b.get("records_in", 0)
+        bat = a["batches"] - b.get("batches", 0)
+        out[stage] = {"records": rin, "batches": bat,
+                      "mean_batch_size": round(rin / bat, 2) if bat else None,
+                      "images_per_busy_s": a.get("images_per_busy_s")}
+    return out
+
+
+def transport_section(args: argparse.Namespace, settings: PipelineSettings, session: Any,
+                      n_events: int, reps: int) -> dict[str, Any]:
+    kafka = settings.kafka
+    services = _services(args)
+    specs = topology.transport_specs(args.sinks, args.relays_per_hop, args.relay_linger_ms)
+    hops = topology.transport_hops()
+    res: dict[str, Any] = {"events_per_burst": n_events, "sinks": args.sinks,
+                           "relays_per_hop": args.relays_per_hop, "hops": len(hops),
+                           "rows_per_event": 2}
+    step(f"transport: starting {len(hops)} x {args.relays_per_hop} identity relay(s) and "
+         f"{args.sinks} sink(s) on {topology.PREFIX}*")
+    try:
+        for spec in specs:
+            services.start(spec)
+        alive = liveness(services, [s.name for s in specs])
+        want = {h.group: args.relays_per_hop for h in hops}
+        want[topology.TRANSPORT_SINK_GROUP] = args.sinks
+        wait_groups_ready(kafka, want, 120, alive)
+        lags = {h.group: [h.source] for h in hops}
+        lags[topology.TRANSPORT_SINK_GROUP] = [topology.PREFIX + topics.PREDICTIONS]
+        wait_caught_up(kafka, lags, 600, alive)
+        tag0 = f"t{int(time.time())}"
+        step("transport: warm-up burst (1000 events)")
+        transport.run_once(settings, alive, session, f"{tag0}-warm", 1000, timeout_s=args.timeout)
+        runs = []
+        for r in range(reps):
+            run = transport.run_once(settings, alive, session, f"{tag0}-{r}", n_events,
+                                     timeout_s=args.timeout)
+            s = run.summary()
+            runs.append(s)
+            step(f"transport burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
+                 f"p99 {s['p99_ms']} ms, missing {s['missing']}")
+        res["events_per_s"] = summarize([x["per_s"] for x in runs if x["per_s"]])
+        res["p50_ms"] = summarize([x["p50_ms"] for x in runs])
+        res["p99_ms"] = summarize([x["p99_ms"] for x in runs])
+        res["runs"] = runs
+    finally:
+        step("transport: stopping its services")
+        services.stop_all()
+    return res
+
+
+def ratios(out: dict[str, Any]) -> dict[str, Any]:
+    model = (out.get("model_only") or {}).get("images_per_s", {}).get("median")
+    pipe = (out.get("pipeline") or {}).get("saturation", {}).get("images_per_s", {}).get("median")
+    trans = (out.get("transport") or {}).get("events_per_s", {}).get("median")
+    return {
+        "pipeline_over_model_only": ratio(pipe, model),
+        "transport_events_per_s": trans,
+        "goal_pipeline_over_model_only": 0.8,
+        "goal_transport_events_per_s": 3000,
+    }
+
+
+def write_results(out: dict[str, Any], tag: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{stamp}-{tag}.json" if tag else f"{stamp}.json"
+    text = json.dumps(out, indent=2, default=str) + "\n"
+    path = RESULTS / name
+    path.write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    return path

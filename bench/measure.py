@@ -1,0 +1,75 @@
+"""Publish a burst (or a paced stream), wait for it to be stored, read the rows back.
+
+Shared by the pipeline and transport benchmarks: both end in Cassandra rows with
+`produced_at` (set by the publisher) and `stored_at` (the coordinator's clock at write),
+so throughput is count / (last stored_at - first produce) and latency is per row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.stats import latency_summary, throughput
+from consumers import queries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    label: str
+    count: int
+    first_produce_ms: float
+    last_produce_ms: float
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: int = 0
+
+    def latencies(self) -> list[float]:
+        return [float(r["stored_at"] - r["produced_at"]) for r in self.rows.values()
+                if r.get("stored_at") and r.get("produced_at")]
+
+    def summary(self) -> dict[str, Any]:
+        stored = [r["stored_at"] for r in self.rows.values() if r.get("stored_at")]
+        last = max(stored) if stored else None
+        return {
+            "label": self.label,
+            "count": self.count,
+            "stored": len(self.rows),
+            "missing": self.missing,
+            "publish_s": round((self.last_produce_ms - self.first_produce_ms) / 1000.0, 3),
+            "span_s": round((last - self.first_produce_ms) / 1000.0, 3) if last else None,
+            "per_s": round(throughput(len(stored), self.first_produce_ms, last), 2) if last else None,
+            "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0, 2),
+            **latency_summary(self.latencies()),
+        }
+
+
+def collect_rows(session: Any, keyspace: str, ids: list[str], since_ms: float,
+                 timeout_s: float, done: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], int]:
+    """Rows of `ids` written by this run (produced_at >= since_ms), waiting up to timeout_s.
+
+    `done` (cheap, e.g. a consumer-group lag probe) gates the first full read so the
+    database is not hammered with lookups while it is being measured.
+    """
+    deadline = time.monotonic() + timeout_s
+    if done is not None:
+        while not done():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    rows: dict[str, dict[str, Any]] = {}
+    pending = list(ids)
+    while pending:
+        got = queries.fetch_predictions(session, pending, keyspace=keyspace, concurrency=128)
+        for i, r in got.items():
+            if (r.get("produced_at") or 0) >= since_ms - 1:
+                rows[i] = r
+        pending = [i for i in pending if i not in rows]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return rows, len(pending)

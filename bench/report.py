@@ -1,0 +1,54 @@
+"""The short table `python -m bench` prints (the JSON has everything else)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(s: dict[str, Any] | None, unit: str = "", digits: int = 1) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    med = f"{s['median']:.{digits}f}{unit}"
+    if s.get("n", 0) > 1:
+        return f"{med}  [{s['min']:.{digits}f}..{s['max']:.{digits}f}, n={s['n']}]"
+    return med
+
+
+def print_table(out: dict[str, Any]) -> None:
+    m = out.get("model_only")
+    p = out.get("pipeline")
+    t = out.get("transport")
+    r = out.get("ratios", {})
+    print("\n  measurement                          median  [min..max, n]")
+    print("  " + "-" * 76)
+    if m:
+        print(f"  model-only images/s (b={m['batch_size']}, thr={m['torch_threads']})".ljust(38)
+              + _fmt(m["images_per_s"]))
+        ms = m["ms_per_image"]
+        print("    ms/image decode / infer / post".ljust(38)
+              + " / ".join(f"{ms[k]['median']:.2f}" for k in ("decode", "infer", "postprocess")))
+    if p and "saturation" in p:
+        sat, half = p["saturation"], p["half_rate"]
+        print("  pipeline images/s at saturation".ljust(38) + _fmt(sat["images_per_s"]))
+        print("    latency p50 / p95 / p99 (ms)".ljust(38)
+              + " / ".join(_fmt(sat[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms")))
+        print(f"  pipeline at half rate ({half['rate_per_s']}/s)".ljust(38) + _fmt(half["images_per_s"]))
+        print("    latency p50 / p95 / p99 (ms)".ljust(38)
+              + " / ".join(_fmt(half[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms")))
+        runs = half.get("runs") or sat.get("runs") or []
+        if runs and runs[-1].get("stages"):
+            print("    per hop p50 ms at half rate (queue + work):")
+            for hop, v in runs[-1]["stages"].items():
+                print(f"      {hop:<28}{v['p50_ms']}")
+        batches = (sat.get("runs") or [{}])[-1].get("batches") or {}
+        if batches:
+            print("    mean batch size at saturation: "
+                  + ", ".join(f"{k} {v['mean_batch_size']}" for k, v in batches.items()))
+    if t and "events_per_s" in t:
+        print(f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38) + _fmt(t["events_per_s"]))
+        print("    latency p50 / p99 (ms)".ljust(38)
+              + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms")))
+    print("  " + "-" * 76)
+    print(f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (goal >= "
+          f"{r.get('goal_pipeline_over_model_only')})   transport events/s: "
+          f"{r.get('transport_events_per_s')} (goal >= {r.get('goal_transport_events_per_s')})")

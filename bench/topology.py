@@ -1,0 +1,88 @@
+"""Where a benchmark runs: its own topics, keyspace, consumer groups and services.
+
+Each benchmark uses its own copies of the pipeline topics (prefix `bench.t.` for the
+transport, `bench.p.` for the pipeline; same partitions, RF 3, min.insync.replicas 2)
+and the keyspace `vision_bench` (same tables, RF 3), so it never mixes with other
+people's data on the shared clusters, nor the two benchmarks with each other.
+Consumer groups are fixed names: a run resumes where the last one stopped, and waits
+until every group has caught up before it publishes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from infra.services import ServiceSpec
+from schemas import topics
+
+PREFIX = "bench.t."  # transport
+PIPELINE_PREFIX = "bench.p."
+KEYSPACE = "vision_bench"
+RELAY_GROUP = "bench-relay-{stage}"
+TRANSPORT_SINK_GROUP = "bench-transport-sink"
+PIPELINE_SINK_GROUP = "bench-pipeline-sink"
+PIPELINE_APP_ID = "bench-torchstream"
+
+
+@dataclass(frozen=True)
+class Hop:
+    stage: str
+    source: str
+    sink: str
+    group: str
+
+
+def transport_hops(prefix: str = PREFIX) -> list[Hop]:
+    return [
+        Hop(s.name, prefix + s.source, prefix + s.sink, RELAY_GROUP.format(stage=s.name))
+        for s in topics.STAGES
+    ]
+
+
+def sink_env(prefix: str, group: str, keyspace: str) -> dict[str, str]:
+    """Environment that points `python -m consumers sink` at prefixed topics and a keyspace."""
+    return {
+        "PIPELINE_SINK__GROUP_ID": group,
+        "PIPELINE_SINK__PREDICTIONS_TOPIC": prefix + topics.PREDICTIONS,
+        "PIPELINE_SINK__DLQ_TOPICS": ",".join(prefix + s.dlq for s in topics.STAGES),
+        "PIPELINE_SINK__DEAD_LETTER_TOPIC": prefix + topics.SINK_DLQ,
+        "PIPELINE_CASSANDRA__KEYSPACE": keyspace,
+    }
+
+
+def transport_specs(sinks: int = 1, relays_per_hop: int = 1, linger_ms: int | None = None,
+                    prefix: str = PREFIX, keyspace: str = KEYSPACE) -> list[ServiceSpec]:
+    py = sys.executable
+    specs = []
+    for hop in transport_hops(prefix):
+        argv = [py, "-m", "bench.relay", "--source", hop.source, "--sink", hop.sink, "--group", hop.group]
+        if linger_ms is not None:
+            argv += ["--linger-ms", str(linger_ms)]
+        specs += [ServiceSpec(f"relay-{hop.stage}-{i}", argv) for i in range(1, relays_per_hop + 1)]
+    env = sink_env(prefix, TRANSPORT_SINK_GROUP, keyspace)
+    specs += [ServiceSpec(f"tsink-{i}", [py, "-m", "consumers", "sink"], env) for i in range(1, sinks + 1)]
+    return specs
+
+
+def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = 6166,
+                   run_dir: str = ".run/bench", prefix: str = PIPELINE_PREFIX,
+                   keyspace: str = KEYSPACE) -> list[ServiceSpec]:
+    """The real stream workers and sink, pointed at the bench topics and keyspace."""
+    py = sys.executable
+    env = {
+        "PIPELINE_STREAM__TOPIC_PREFIX": prefix,
+        "PIPELINE_STREAM__WORKER__APP_ID": PIPELINE_APP_ID,
+        "PIPELINE_STREAM__WORKER__DATA_DIR": f"{run_dir}/stream_app",
+    }
+    specs = [
+        ServiceSpec(f"worker-{i}", [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)], env)
+        for i in range(1, workers + 1)
+    ]
+    senv = sink_env(prefix, PIPELINE_SINK_GROUP, keyspace)
+    specs += [ServiceSpec(f"psink-{i}", [py, "-m", "consumers", "sink"], senv) for i in range(1, sinks + 1)]
+    return specs
+
+
+def web_ports(workers: int, web_port_base: int = 6166) -> list[int]:
+    return [web_port_base + i for i in range(1, workers + 1)]

@@ -1,0 +1,95 @@
+"""Transport-only benchmark: the pipeline's topology with identity stages, small payloads.
+
+Producer (acks=all, idempotent) -> bench.images.raw -> relay -> bench.images.decoded ->
+relay -> bench.images.inferred -> relay -> bench.images.predictions -> the real sink
+(`python -m consumers sink`) -> Cassandra `vision_bench` at LOCAL_QUORUM. Payloads are
+valid Prediction records (~150 bytes) published straight into the first topic and
+moved unchanged, so the sink stores them like real predictions (2 rows each).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import topology
+from bench.measure import RunResult, collect_rows
+from infra import groups
+from infra.kafka_clients import producer_config
+from infra.settings import PipelineSettings
+from schemas import codec, topics
+from schemas.raw import now_ms
+
+log = logging.getLogger(__name__)
+
+
+def prediction_event(image_id: str, i: int, produced_at_ms: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    rec = {
+        "image_id": image_id,
+        "source": "bench/transport",
+        "content_type": "",
+        "produced_at_ms": produced_at_ms,
+        "raw_topic": topology.PREFIX + topics.RAW,
+        "raw_partition": -1,
+        "raw_offset": i,
+        "model_name": "identity",
+        "model_version": "0",
+        "top_k": [{"class_index": i % 1000, "label": f"bench-{i % 100}", "score": 1.0}],
+        "processed_at_ms": produced_at_ms,
+        "trace": {},
+    }
+    return codec.encode(codec.PREDICTION, rec)
+
+
+def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float = 0.0) -> tuple[list[str], int, int]:
+    """Publish `count` events as fast as acks allow (or at `rate`/s); (ids, first_ms, last_ms)."""
+    from confluent_kafka import KafkaException, Producer
+
+    p = Producer(producer_config(settings.kafka, {"client.id": "bench-transport"}))
+    topic = topology.PREFIX + topics.RAW
+    errors: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    ids = [f"bench-t-{tag}-{i:07d}" for i in range(count)]
+    first = now_ms()
+    t0 = time.monotonic()
+    for i, image_id in enumerate(ids):
+        if rate > 0:
+            due = t0 + i / rate
+            while (wait := due - time.monotonic()) > 0:
+                p.poll(min(wait, 0.05))
+        value, headers = prediction_event(image_id, i, now_ms())
+        while True:
+            try:
+                p.produce(topic, value=value, key=image_id.encode(), headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    last = now_ms()
+    if p.flush(120.0) > 0 or errors:
+        raise KafkaException(errors[0] if errors else "transport publish: flush timed out")
+    return ids, first, last
+
+
+def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any, tag: str,
+             count: int, rate: float = 0.0, timeout_s: float = 300.0) -> RunResult:
+    alive()
+    ids, first, last = publish_events(settings, tag, count, rate)
+    pred_topic = topology.PREFIX + topics.PREDICTIONS
+
+    def sink_done() -> bool:
+        alive()
+        lag = groups.group_lag(settings.kafka, topology.TRANSPORT_SINK_GROUP, [pred_topic])["total"]
+        if lag:
+            return False
+        relays = [groups.group_lag(settings.kafka, h.group, [h.source])["total"] for h in topology.transport_hops()]
+        return not any(relays)
+
+    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, sink_done)
+    return RunResult(f"transport {tag}", count, first, last, rows, missing)

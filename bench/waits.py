@@ -1,0 +1,81 @@
+"""Readiness and completion probes with deadlines (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from infra import groups
+from infra.services import Services
+from infra.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+POLL_S = 0.25
+
+
+class ServiceDied(RuntimeError):
+    pass
+
+
+def check_alive(services: Services, names: list[str]) -> None:
+    """Raise (with their log tails) if any of `names` is no longer running."""
+    dead = [n for n in names if services.pid(n) is None]
+    if dead:
+        tails = "\n".join(f"--- {n} ---\n{services.tail(n, 30)}" for n in dead)
+        raise ServiceDied(f"service(s) {dead} exited:\n{tails}")
+
+
+def wait_groups_ready(kafka: KafkaSettings, wanted: dict[str, int], timeout_s: float,
+                      alive: Callable[[], None] | None = None) -> None:
+    """Every group Stable with its members holding partitions."""
+    deadline = time.monotonic() + timeout_s
+    for group, members in wanted.items():
+        while True:
+            if alive is not None:
+                alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"group {group} not ready within {timeout_s:.0f}s")
+            try:
+                groups.wait_for_group(kafka, group, members, timeout_s=min(left, 10.0))
+                break
+            except TimeoutError:
+                continue
+
+
+def wait_caught_up(kafka: KafkaSettings, lags: dict[str, list[str]], timeout_s: float,
+                   alive: Callable[[], None] | None = None,
+                   progress: Callable[[dict[str, int]], None] | None = None) -> float:
+    """Poll until every group's committed lag on its topics is 0; returns seconds waited."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    last: dict[str, int] = {}
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            last = {g: groups.group_lag(kafka, g, t)["total"] for g, t in lags.items()}
+        except Exception as exc:  # noqa: BLE001 - a probe failure is retried until the deadline
+            log.debug("lag probe failed: %s", exc)
+        else:
+            if progress is not None:
+                progress(last)
+            if all(v == 0 for v in last.values()):
+                return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"groups not caught up within {timeout_s:.0f}s: lag {last}")
+        time.sleep(POLL_S)
+
+
+def poll_until(fn: Callable[[], bool], timeout_s: float, what: str, every_s: float = POLL_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not fn():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s")
+        time.sleep(every_s)
+
+
+def liveness(services: Services, names: list[str]) -> Callable[[], None]:
+    """A probe for the wait functions: raises ServiceDied when one of `names` is gone."""
+    return lambda: check_alive(services, names)

@@ -1,0 +1,61 @@
+"""bench.stats: percentile, summaries, throughput, stage breakdown (no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.stats import latency_summary, percentile, ratio, stage_breakdown, summarize, throughput
+
+
+def test_percentile_nearest_rank() -> None:
+    vals = list(range(1, 101))  # 1..100
+    assert percentile(vals, 50) == 50
+    assert percentile(vals, 95) == 95
+    assert percentile(vals, 99) == 99
+    assert percentile(vals, 100) == 100
+    assert percentile(vals, 0) == 1
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_percentile_unsorted_and_small() -> None:
+    assert percentile([30, 10, 20], 50) == 20
+    assert percentile([30, 10, 20], 99) == 30
+    with pytest.raises(ValueError):
+        percentile([1, 2], 101)
+
+
+def test_summarize_median_and_spread() -> None:
+    s = summarize([10.0, 12.0, 8.0])
+    assert s["n"] == 3 and s["median"] == 10.0
+    assert s["min"] == 8.0 and s["max"] == 12.0
+    assert s["spread_pct"] == 40.0
+    assert summarize([])["median"] is None
+
+
+def test_latency_summary() -> None:
+    s = latency_summary([float(v) for v in range(1, 201)])
+    assert (s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"]) == (100, 190, 198, 200)
+    assert s["count"] == 200
+
+
+def test_throughput_and_ratio() -> None:
+    assert throughput(100, 1000.0, 3000.0) == 50.0
+    assert throughput(100, 1000.0, 1000.0) is None
+    assert throughput(0, 0.0, 10.0) is None
+    assert ratio(40.0, 50.0) == 0.8
+    assert ratio(None, 50.0) is None
+    assert ratio(1.0, 0.0) is None
+
+
+def test_stage_breakdown_hops() -> None:
+    rows = [
+        {"produced_at": 0, "stored_at": 100, "stage_ms": {"decode": 10, "infer": 60, "postprocess": 70}},
+        {"produced_at": 0, "stored_at": 200, "stage_ms": {"decode": 20, "infer": 120, "postprocess": 150}},
+        {"produced_at": 0, "stored_at": 50, "stage_ms": {}},  # no trace: only counted end to end
+    ]
+    b = stage_breakdown(rows, ["decode", "infer", "postprocess"])
+    assert list(b) == ["produced->decode", "decode->infer", "infer->postprocess", "postprocess->stored"]
+    assert b["produced->decode"]["count"] == 2
+    assert b["decode->infer"]["mean_ms"] == 75.0
+    assert b["postprocess->stored"]["p50_ms"] == 30.0
