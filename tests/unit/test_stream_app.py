@@ -1,0 +1,69 @@
+"""Building the faust app (no broker needed: nothing connects until the worker starts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream_app.app import broker_url, create_app, health_snapshot
+from stream_app.settings import StreamSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_broker_url() -> None:
+    assert broker_url(["h1:1", "h2:2"]) == "kafka://h1:1;kafka://h2:2"
+
+
+def test_app_has_one_agent_per_stage_on_registry_topics(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PIPELINE_STREAM__TOPIC_PREFIX", "ns.")
+    monkeypatch.setenv("PIPELINE_STREAM__WORKER__DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PIPELINE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1,127.0.0.1:2")
+    app, rt = create_app(StreamSettings(), web_port=6200)
+    topics = {a.name: set(a.channel.topics) for a in app.agents.values()}
+    assert topics == {
+        "stream_app.decode": {"ns.images.raw"},
+        "stream_app.infer": {"ns.images.decoded"},
+        "stream_app.postprocess": {"ns.images.inferred"},
+    }
+    conf = app.conf
+    assert conf.topic_allow_declare is False and conf.topic_replication_factor == 3
+    assert conf.producer_acks == -1 and conf.web_port == 6200
+    assert [str(u) for u in conf.broker] == ["kafka://127.0.0.1:1", "kafka://127.0.0.1:2"]
+    snap = health_snapshot(app, rt)
+    assert [s["stage"] for s in snap["stages"]] == ["decode", "infer", "postprocess"]
+    assert snap["model"]["name"] == "efficientnet-lite0"
+    for ex in rt.executors.values():
+        ex.shutdown()
+
+
+def test_producer_is_idempotent() -> None:
+    from faust.transport.drivers import aiokafka as drv
+
+    import stream_app.app  # noqa: F401  (installs the producer class)
+
+    assert drv.Transport.Producer._settings_extra(None) == {  # type: ignore[arg-type]
+        "acks": "all",
+        "enable_idempotence": True,
+    }
+
+
+def test_decode_and_postprocess_workers_do_not_import_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, os;"
+        "os.environ['PIPELINE_STREAM__WORKER__STAGES']='[\"decode\",\"postprocess\"]';"
+        f"os.environ['PIPELINE_STREAM__WORKER__DATA_DIR']={str(tmp_path)!r};"
+        "from stream_app.settings import StreamSettings;"
+        "from stream_app.app import create_app;"
+        "app, rt = create_app(StreamSettings());"
+        "print(sorted(rt.stats), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "['decode', 'postprocess'] False"
