@@ -33,9 +33,10 @@ RECORD_OVERHEAD_BYTES = 512
 # Backpressure: how long one poll waits for delivery reports when the queue is full.
 BACKPRESSURE_POLL_S = 0.05
 
-# Overrides for image payloads, measured on the local 3-broker cluster (docs/producers.md):
-# JPEG/PNG/WebP are already compressed, so lz4 spends CPU for ~0% gain; a longer linger
-# fills 1 MiB batches. Callers and PIPELINE_PRODUCER__CLIENT_OVERRIDES can change them.
+# Over infra.kafka_clients.PRODUCER_DEFAULTS. Measured (docs/producers.md): the defaults
+# (lz4, linger 10 ms, 1 MiB batches) did as well as no compression or other lingers for
+# image payloads, so only the client id is set here. Callers and
+# PIPELINE_PRODUCER__CLIENT_OVERRIDES can change any of them.
 IMAGE_PRODUCER_OVERRIDES: dict[str, Any] = {
     "client.id": "producers",
 }
@@ -100,6 +101,7 @@ class Publisher:
         self._ids: set[str] = set()
         self._stop = threading.Event()
         self._closed = False
+        self._finished = False
         self._t0 = time.monotonic()
         self._rate = settings.producer.rate
         self.summary = Summary(topic=self.topic)
@@ -136,9 +138,9 @@ class Publisher:
 
     def close(self, timeout_s: float | None = None) -> Summary:
         """Wait for every delivery report (up to the flush timeout), then account for the rest."""
-        if self._closed:
-            return self.summary
         self._closed = True
+        if self._finished:
+            return self.summary
         if self._producer is not None:
             deadline = time.monotonic() + (timeout_s or self._settings.producer.flush_timeout_s)
             # Short flushes in a loop: signals are handled between them.
@@ -153,6 +155,9 @@ class Publisher:
                 self._producer.flush(1.0)  # serves the purge's delivery reports
             for seq, p in list(self._pending.items()):
                 self._fail(seq, p, "not-delivered", "no delivery report before the flush timeout")
+        # Only now: a second signal interrupting the flush above leaves this unset, and
+        # the caller's close(timeout_s=...) retry still accounts for every pending record.
+        self._finished = True
         self.summary.elapsed_s = time.monotonic() - self._t0
         if self._progress is not None:
             self._progress.close(self.summary)
@@ -323,7 +328,7 @@ def publish_items(
             pub.close()
     except KeyboardInterrupt:
         pub.summary.interrupted = True
-        pub.close(timeout_s=5.0)
+        pub.close(timeout_s=min(5.0, settings.producer.flush_timeout_s))
     finally:
         pub.close()  # no-op if already closed; flushes if an input iterator raised
     summary = pub.summary

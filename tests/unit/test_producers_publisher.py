@@ -319,3 +319,40 @@ def test_real_librdkafka_against_mock_cluster() -> None:
     assert {i for i, _ in result.delivered} == {content_id(it.data) for it in items}
     assert all(r.offset >= 0 and r.partition >= 0 for r in result.records)
     assert s.images_per_s > 0 and s.mb_per_s > 0
+
+
+def test_close_interrupted_mid_flush_still_accounts_on_retry() -> None:
+    class Interrupting(FakeProducer):
+        calls = 0
+
+        def flush(self, timeout: float = -1) -> int:
+            Interrupting.calls += 1
+            if Interrupting.calls == 1:
+                raise KeyboardInterrupt  # the second Ctrl-C lands inside the flush
+            return super().flush(timeout)
+
+    fake = Interrupting({}, stuck=True)
+    result, _ = run([Item(JPEG, "a"), Item(PNG, "b")], fake, settings(flush_timeout_s=0.2))
+    s = result.summary
+    assert s.interrupted and s.exit_code() == 130
+    assert s.failed == 2 and s.delivered == 0  # never silently dropped from the count
+
+
+def test_progress_plain_lines_and_tty_bar() -> None:
+    import io
+
+    from producers.progress import Progress
+    from producers.summary import Summary
+
+    out = io.StringIO()
+    p = Progress(10, stream=out, interval_s=0.0, tty=False, label="samples")
+    s = Summary(topic="t", delivered=3, bytes=2_000_000)
+    p.update(4, s)
+    p.close(s)
+    assert "samples: 4/10 sent, 3 delivered, 0 failed, 0 skipped, 2.0 MB" in out.getvalue()
+
+    out = io.StringIO()
+    p = Progress(10, stream=out, tty=True, label="samples")
+    p.update(10, s)
+    p.close(s)
+    assert "10/10" in out.getvalue()
