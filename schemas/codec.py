@@ -113,7 +113,7 @@ def decode(
         raise SchemaError("empty-record", f"{name} record has no value")
     buf = io.BytesIO(value)
     try:
-        record = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)
+        record: dict[str, Any] = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)  # type: ignore[assignment]
     except Exception as exc:  # fastavro raises a zoo of types on garbage input
         raise SchemaError("undecodable", f"{name} v{writer_version}: {type(exc).__name__}: {exc}") from exc
     if buf.tell() != len(value):
