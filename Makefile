@@ -40,7 +40,7 @@ test-unit: setup ## unit tests only (no servers, seconds)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test: setup ## the whole suite: unit, integration and end-to-end (starts the clusters)
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e -q $(PYTEST_ARGS)
 
 demo: setup ## set everything up, run the pipeline end to end on sample photos, stop it all
 	$(PY) -m demo

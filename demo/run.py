@@ -53,7 +53,7 @@ def clusters_running() -> bool:
 def stream_group() -> str:
     from stream_app.settings import StreamSettings
 
-    return StreamSettings().stream.app_id
+    return StreamSettings().stream.worker.app_id
 
 
 def _parser() -> argparse.ArgumentParser:

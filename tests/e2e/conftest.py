@@ -32,7 +32,7 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         session=session,
         keyspace=sink.cassandra.keyspace,
         sink_group=sink.sink.group_id,
-        stream_group=stream.stream.app_id,
+        stream_group=stream.stream.worker.app_id,
         run_dir=run_dir,
     )
     for spec in pipeline_specs(workers=WORKERS):
