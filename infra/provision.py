@@ -9,6 +9,7 @@ uniquely named copies.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,22 +92,11 @@ def provision_topics(
     md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
     wanted = {prefix + s.name: s for s in specs}
 
-    problems: list[str] = []
     existing = [n for n in wanted if n in md.topics]
-    for name in existing:
-        spec = wanted[name]
-        parts = md.topics[name].partitions
-        rfs = {len(p.replicas) for p in parts.values()}
-        if len(parts) != spec.partitions or rfs != {spec.replication_factor}:
-            problems.append(
-                f"topic {name} exists with {len(parts)} partitions and replication factor "
-                f"{'/'.join(map(str, sorted(rfs))) or '?'}, spec wants {spec.partitions} and "
-                f"{spec.replication_factor}"
-            )
-    if problems:
-        raise ProvisionError("; ".join(problems))
+    _check_shapes(md, {n: wanted[n] for n in existing})
 
     missing = [n for n in wanted if n not in md.topics]
+    raced: list[str] = []
     if missing:
         futures = admin.create_topics(
             [
@@ -129,13 +119,68 @@ def provision_topics(
             except KafkaException as e:
                 err = e.args[0]
                 if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
-                    existing.append(name)  # raced with another provisioner
+                    raced.append(name)  # metadata was stale, or another provisioner won
                     continue
                 raise ProvisionError(f"creating topic {name} failed: {err}") from e
+        # Return only once the topics are usable, and check the shape of those we lost to.
+        md = _await_topics(admin, missing)
+        _check_shapes(md, {n: wanted[n] for n in raced})
+        existing += raced
 
     _sync_configs(admin, {n: wanted[n] for n in existing}, report)
     report.existing_topics += existing
     return report
+
+
+def _check_shapes(md: Any, specs: dict[str, TopicSpecLike]) -> None:
+    """Raise ProvisionError for every topic whose partitions or RF differ from its spec."""
+    problems: list[str] = []
+    for name, spec in specs.items():
+        parts = md.topics[name].partitions
+        rfs = {len(p.replicas) for p in parts.values()}
+        if len(parts) != spec.partitions or rfs != {spec.replication_factor}:
+            problems.append(
+                f"topic {name} exists with {len(parts)} partitions and replication factor "
+                f"{'/'.join(map(str, sorted(rfs))) or '?'}, spec wants {spec.partitions} and "
+                f"{spec.replication_factor}"
+            )
+    if problems:
+        raise ProvisionError("; ".join(problems))
+
+
+def _await_topics(admin: Any, names: list[str], timeout: float = ADMIN_TIMEOUT_S) -> Any:
+    """Poll metadata until every topic in names has a leader on every partition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        pending = [
+            n for n in names
+            if n not in md.topics or md.topics[n].error is not None
+            or any(p.leader < 0 for p in md.topics[n].partitions.values())
+        ]
+        if not pending:
+            return md
+        if time.monotonic() > deadline:
+            raise ProvisionError(f"topics not ready after {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(0.2)
+
+
+def _describe_topic_configs(admin: Any, name: str, timeout: float = ADMIN_TIMEOUT_S
+                            ) -> dict[str, str]:
+    """A topic's configs; retried while a broker's metadata does not know the topic yet."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    deadline = time.monotonic() + timeout
+    while True:
+        res = ConfigResource(ResourceType.TOPIC, name)
+        try:
+            fut = admin.describe_configs([res], request_timeout=timeout)[res]
+            return {k: v.value for k, v in fut.result().items()}
+        except KafkaException as e:
+            if e.args[0].name() != "UNKNOWN_TOPIC_OR_PART" or time.monotonic() > deadline:
+                raise ProvisionError(f"describing topic {name} failed: {e.args[0]}") from e
+            time.sleep(0.2)
 
 
 def _sync_configs(admin: Any, specs: dict[str, TopicSpecLike], report: ProvisionReport) -> None:
@@ -144,21 +189,19 @@ def _sync_configs(admin: Any, specs: dict[str, TopicSpecLike], report: Provision
 
     if not specs:
         return
-    resources = [ConfigResource(ResourceType.TOPIC, n) for n in specs]
-    described = admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
-    for res, fut in described.items():
-        current = {k: v.value for k, v in fut.result().items()}
-        want = {k: str(v) for k, v in specs[res.name].configs().items()}
+    for name, spec in specs.items():
+        current = _describe_topic_configs(admin, name)
+        want = {k: str(v) for k, v in spec.configs().items()}
         diff = {k: v for k, v in want.items() if current.get(k) != v}
         if not diff:
             continue
         entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
                    for k, v in diff.items()]
-        admin.incremental_alter_configs(
-            [ConfigResource(ResourceType.TOPIC, res.name, incremental_configs=entries)]
-        )[ConfigResource(ResourceType.TOPIC, res.name)].result()
-        report.updated_configs.append(res.name)
-        log.info("topic %s: updated configs %s", res.name, sorted(diff))
+        target = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
+        for fut in admin.incremental_alter_configs([target]).values():
+            fut.result()
+        report.updated_configs.append(name)
+        log.info("topic %s: updated configs %s", name, sorted(diff))
 
 
 # ---- Cassandra -----------------------------------------------------------------------

@@ -56,7 +56,7 @@ JAVA17_MODULE_FLAGS = [
 
 @dataclass(frozen=True)
 class CassandraTuning:
-    heap_mb: int = 1024
+    heap_mb: int = 768
     num_tokens: int = 16
     concurrent_reads: int = 8
     concurrent_writes: int = 8
@@ -119,6 +119,7 @@ def render_yaml(node: NodeSpec, storage: Path, tuning: CassandraTuning) -> str:
         "memtable_heap_space": "128MiB",
         "memtable_offheap_space": "128MiB",
         "key_cache_size": "16MiB",
+        "file_cache_size": "64MiB",
         "counter_cache_size": "0MiB",
         "compaction_throughput": "64MiB/s",
         "native_transport_max_threads": 32,
@@ -174,6 +175,7 @@ def jvm_options(
         "-XX:ConcGCThreads=1",
         "-XX:CICompilerCount=2",
         "-XX:+PerfDisableSharedMem",
+        "-XX:+ExitOnOutOfMemoryError",
         "-XX:+UseTLAB",
         "-XX:+ResizeTLAB",
         *agent,
@@ -192,6 +194,8 @@ def jvm_options(
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         f"-Dcassandra.ring_delay_ms={tuning.ring_delay_ms}",
         "-Dcassandra.superuser_setup_delay_ms=0",
+        # A restarting seed would otherwise wait 10s for peers that start after it.
+        "-Dcassandra.block_for_peers_timeout_in_secs=0",
     ]
 
 

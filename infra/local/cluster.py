@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from infra.local import cassandra_node, kafka_node, maven, ports, probes, procs
 from infra.local.errors import InfraError
 from infra.local.jvm import find_java_home
-from infra.local.layout import NodeDirs, RunDir
+from infra.local.layout import NodeDirs, RunDir, RunDirLock
 from infra.local.topology import (
     CASSANDRA,
     KAFKA,
@@ -28,6 +30,19 @@ from infra.local.topology import (
 )
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run a LocalCluster method holding the run dir's lock (see RunDirLock)."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalCluster, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 KAFKA_READY_TIMEOUT = 180.0
 CASSANDRA_NODE_TIMEOUT = 240.0
@@ -48,6 +63,7 @@ class LocalCluster:
         cassandra_tuning: cassandra_node.CassandraTuning | None = None,
     ) -> None:
         self.run = RunDir(run_dir)
+        self.lock = RunDirLock(run_dir)
         self.kafka_tuning = kafka_tuning or kafka_node.KafkaTuning()
         self.cassandra_tuning = cassandra_tuning or cassandra_node.CassandraTuning()
         self._java_home: Path | None = None
@@ -148,6 +164,7 @@ class LocalCluster:
         env["JAVA_HOME"] = str(self._java_home)
         return env
 
+    @_locked
     def up(self, kafka_nodes: int = MAX_NODES, cassandra_nodes: int = MAX_NODES,
            only: str | None = None) -> bool:
         """Start whatever of the requested clusters is not running; wait until ready.
@@ -271,6 +288,12 @@ class LocalCluster:
         log.info("kafka: waiting for %d brokers", len(cluster))
 
         def probe() -> bool:
+            # Each (re)started node must answer metadata itself: a killed broker stays
+            # listed by the others until its session times out.
+            for n in started:
+                if not ports.port_open(n.host, n.port) or n.index not in \
+                        probes.kafka_broker_ids(n.address):
+                    return False
             return want <= probes.kafka_broker_ids(bootstrap)
 
         def abort() -> str | None:
@@ -367,6 +390,7 @@ class LocalCluster:
                              f"run `python -m infra up` first")
         return node
 
+    @_locked
     def stop_node(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM (then SIGKILL after timeout) the node's recorded pid."""
         node = self._known(name)
@@ -377,6 +401,7 @@ class LocalCluster:
         procs.terminate([pid], self.dirs(node).marker, timeout)
         log.info("%s: stopped (pid %d)", name, pid)
 
+    @_locked
     def kill_node(self, name: str) -> None:
         """SIGKILL the node's recorded pid and wait until it is gone."""
         node = self._known(name)
@@ -389,6 +414,7 @@ class LocalCluster:
         procs.wait_gone([pid], marker, 10.0)
         log.info("%s: killed (pid %d)", name, pid)
 
+    @_locked
     def start_node(self, name: str, wait: bool = True) -> None:
         """Start one node of an existing cluster (same data dirs) and wait until it serves:
         Kafka: registered as a broker; Cassandra: answers CQL and the ring sees it."""
@@ -416,9 +442,14 @@ class LocalCluster:
 
     # ---- bring down ----------------------------------------------------------------
 
-    def down(self, wipe: bool = False, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM every recorded node pid (SIGKILL after timeout); --wipe deletes state."""
-        targets = [(n, self.pid(n)) for n in self.known_nodes()]
+    @_locked
+    def down(self, wipe: bool = False, timeout: float = STOP_TIMEOUT,
+             kind: str | None = None) -> None:
+        """SIGTERM every recorded node pid (SIGKILL after timeout); wipe deletes the run
+        dir. With kind, only that cluster's nodes stop (and wipe is refused)."""
+        if kind is not None and wipe:
+            raise InfraError("wipe applies to the whole run dir, not to one cluster")
+        targets = [(n, self.pid(n)) for n in self.known_nodes(kind)]
         running = [(n, p) for n, p in targets if p is not None]
         if running:
             log.info("stopping %s", ", ".join(n.name for n, _ in running))
@@ -432,4 +463,10 @@ class LocalCluster:
             self.dirs(n).pid_file.unlink(missing_ok=True)
         if wipe and self.run_dir.exists():
             log.info("wiping %s", self.run_dir)
-            shutil.rmtree(self.run_dir)
+            for child in self.run_dir.iterdir():
+                if child.name == self.lock.path.name:
+                    continue  # others may be waiting on it
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()

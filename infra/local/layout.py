@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from infra.local.errors import InfraError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = ".run"
 STATE_FILE = "cluster.json"
@@ -76,3 +84,51 @@ class RunDir:
         tmp = self.path / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.path / STATE_FILE)
+
+
+class RunDirLock:
+    """An exclusive flock on <run dir>/.lock, so that two processes (two test sessions, a
+    test and a CLI call) never start, stop or record the same node at once. Re-entrant
+    within one object."""
+
+    def __init__(self, run_dir: Path, timeout: float = 900.0) -> None:
+        self.path = run_dir / ".lock"
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._depth = 0
+        self._guard = threading.RLock()
+
+    def __enter__(self) -> RunDirLock:
+        self._guard.acquire()
+        if self._depth == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            deadline = time.monotonic() + self.timeout
+            announced = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not announced:
+                        log.info("waiting for another infra command to release %s", self.path)
+                        announced = True
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        self._guard.release()
+                        raise InfraError(
+                            f"{self.path} still locked after {self.timeout:.0f}s by another "
+                            f"infra command"
+                        ) from None
+                    time.sleep(0.2)
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        self._guard.release()

@@ -1,0 +1,50 @@
+"""Shared fixtures. Cluster fixtures are lazy: only tests that request them start servers.
+
+PIPELINE_TEST_BACKEND=native (default) | docker | external; see tests/cluster_backends.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from cluster_backends import Backend, CassandraCluster, KafkaCluster, make_backend
+
+from infra.local import CASSANDRA, KAFKA
+from infra.settings import PipelineSettings
+
+
+@pytest.fixture(scope="session")
+def cluster_backend() -> Iterator[Backend]:
+    backend = make_backend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(cluster_backend: Backend) -> KafkaCluster:
+    """The 3-broker Kafka cluster, started on first use (once per session)."""
+    cluster_backend.ensure(KAFKA)
+    return KafkaCluster(cluster_backend)
+
+
+@pytest.fixture(scope="session")
+def cassandra_cluster(cluster_backend: Backend) -> CassandraCluster:
+    """The 3-node Cassandra cluster, started on first use (once per session)."""
+    cluster_backend.ensure(CASSANDRA)
+    return CassandraCluster(cluster_backend)
+
+
+@pytest.fixture
+def pipeline_settings(cluster_backend: Backend) -> PipelineSettings:
+    """Settings pointing at the test clusters (starts nothing by itself)."""
+    return cluster_backend.settings()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short name unique to this test, valid as a topic, group or keyspace name."""
+    return f"t{uuid.uuid4().hex[:10]}"
