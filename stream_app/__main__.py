@@ -20,6 +20,12 @@ from stream_app.settings import StreamSettings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["benchmark"]:  # its own options: see stream_app/benchmark.py
+        from stream_app.benchmark import main as bench
+
+        bench(argv[1:])
+        return 0
     ap = argparse.ArgumentParser(
         prog="python -m stream_app",
         description=__doc__,
@@ -33,15 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ws.add_argument("-n", type=int, default=2)
     ws.add_argument("--web-port", type=int, help="first worker's port (default: settings)")
     ws.add_argument("--no-restart", action="store_true", help="do not restart dead workers")
-    b = sub.add_parser("benchmark", help="measure per-stage throughput")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("benchmark", help="measure per-stage throughput (--help for options)")
     args = ap.parse_args(argv)
 
-    if args.cmd == "benchmark":
-        from stream_app.benchmark import main as bench
-
-        bench(args.rest)
-        return 0
     settings = StreamSettings()
     if args.cmd == "worker":
         if args.stages:

@@ -28,13 +28,16 @@ from stream_app.settings import StreamSettings
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
 
 
-def rate(fn: Callable[[], int], seconds: float) -> float:
-    """Items per second of `fn` (which returns how many items it processed)."""
+def rate(fn: Callable[[], int], seconds: float) -> dict[str, float]:
+    """Items per wall-clock second of `fn` (which returns how many items it did), and
+    items per CPU second of this process (robust to other load on the machine)."""
     fn()  # warm up
-    n, start = 0, time.perf_counter()
+    n, start, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         n += fn()
-    return n / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    return {"per_s": round(n / wall, 1), "per_cpu_s": round(n / cpu, 1) if cpu > 0 else 0.0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,18 +58,19 @@ def main(argv: list[str] | None = None) -> None:
         return len(blobs)
 
     configure_torch(1)
-    results["decode_images_per_s"] = round(rate(decode_all, args.seconds), 1)
+    results["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
+    results["decode_images"] = rate(decode_all, args.seconds)
     arrays = [decode_image(b, model.preprocess, settings.stream.decode).pixels for b in blobs]
     inf = Inferencer(model)
-    infer: dict[str, float] = {}
+    infer: dict[str, dict[str, float]] = {}
     for threads in (int(t) for t in args.threads.split(",")):
         configure_torch(threads)
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             batch = [arrays[i % len(arrays)] for i in range(bs)]
-            infer[f"threads={threads} batch={bs}"] = round(
-                rate(lambda batch=batch: len(inf.run(batch)), args.seconds), 1
+            infer[f"threads={threads} batch={bs}"] = rate(
+                lambda batch=batch: len(inf.run(batch)), args.seconds
             )
-    results["infer_images_per_s"] = infer
+    results["infer_images"] = infer
     logits = [o.logits for o in inf.run(arrays)]
     k = settings.stream.postprocess.top_k
 
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
             top_k(np.asarray(lg), model.labels, k)
         return len(logits)
 
-    results["postprocess_images_per_s"] = round(rate(post_all, args.seconds), 1)
+    results["postprocess_images"] = rate(post_all, args.seconds)
+    results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results, indent=2))
 
 

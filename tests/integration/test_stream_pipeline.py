@@ -1,0 +1,386 @@
+"""The stream workers against the real Kafka cluster.
+
+Each test gets its own set of pipeline topics (registry sizing, a unique prefix via
+PIPELINE_STREAM__TOPIC_PREFIX) and its own consumer group, and runs real worker
+processes (`python -m stream_app worker`). Readiness is polled on the workers'
+/health/ view; nothing waits on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skimage.data
+from confluent_kafka import Consumer, Producer
+
+from infra.kafka_clients import consumer_config, producer_config
+from infra.settings import KafkaSettings
+from schemas import codec
+from schemas.dead_letter import read_dead_letter
+from schemas.raw import headers_dict, raw_headers, sniff_content_type
+from schemas.topics import DECODE_DLQ, INFER_DLQ, POSTPROCESS_DLQ, PREDICTIONS, topic_registry
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = Path(os.path.dirname(skimage.data.__file__))
+CATS = {281, 282, 283, 284, 285}
+ESPRESSO, CUP = 967, 968
+
+
+def photo(name: str) -> bytes:
+    return (PHOTOS / name).read_bytes()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health/", timeout=2) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def assigned(self) -> dict[str, list[int]]:
+        h = self.health() or {"stages": []}
+        return {s["stage"]: s["assigned_partitions"] for s in h["stages"]}
+
+    def tail(self, n: int = 40) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+
+@dataclass
+class Pipeline:
+    """A private set of pipeline topics plus the workers running on them."""
+
+    kafka: Any
+    prefix: str
+    tmp: Path
+    bootstrap: str
+    app_id: str
+    workers: list[Worker] = field(default_factory=list)
+    _next_port: int = 0
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap)
+
+    def start_worker(self, **env: str) -> Worker:
+        port = free_port()
+        log = self.tmp / f"worker-{port}.log"
+        e = dict(os.environ)
+        e.update(
+            PIPELINE_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
+            PIPELINE_STREAM__TOPIC_PREFIX=self.prefix,
+            PIPELINE_STREAM__WORKER__APP_ID=self.app_id,
+            PIPELINE_STREAM__WORKER__DATA_DIR=str(self.tmp / "data"),
+            PIPELINE_STREAM__WORKER__HEALTH_LOG_INTERVAL_S="5",
+            **env,
+        )
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stream_app", "worker", "--web-port", str(port)],
+                cwd=ROOT, env=e, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        w = Worker(proc, port, log)
+        self.workers.append(w)
+        return w
+
+    def wait_assigned(self, workers: list[Worker], timeout: float = 120.0) -> None:
+        """Until, for every stage, the workers together own all partitions."""
+        parts = {t.name: t.partitions for t in topic_registry()}
+        need = {"decode": parts["images.raw"], "infer": parts["images.decoded"],
+                "postprocess": parts["images.inferred"]}  # fmt: skip
+
+        def ready() -> bool:
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+            owned: dict[str, set[int]] = defaultdict(set)
+            for w in workers:
+                a = w.assigned()
+                if not all(a.get(s) for s in need) and len(workers) <= 6:
+                    return False
+                for s, ps in a.items():
+                    owned[s] |= set(ps)
+            return all(len(owned[s]) == n for s, n in need.items())
+
+        wait_for("workers to own every partition", ready, timeout)
+
+    def produce(self, items: list[tuple[str | None, bytes | None]]) -> None:
+        p = Producer(producer_config(self.settings))
+        for key, data in items:
+            ctype = sniff_content_type(data or b"") or "application/octet-stream"
+            p.produce(
+                self.prefix + "images.raw", key=key, value=data,
+                headers=raw_headers(ctype, "integration-test"),
+            )  # fmt: skip
+            p.poll(0)
+        assert p.flush(60) == 0, "raw records not delivered"
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+
+
+class Results:
+    """Reads the predictions and dead-letter topics of a pipeline."""
+
+    def __init__(self, pipe: Pipeline, group: str) -> None:
+        self.consumer = Consumer(
+            consumer_config(pipe.settings, group, {"enable.auto.offset.store": True})
+        )
+        self.topics = {
+            pipe.prefix + t: t for t in (PREDICTIONS, DECODE_DLQ, INFER_DLQ, POSTPROCESS_DLQ)
+        }
+        self.consumer.subscribe(list(self.topics))
+        self.predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.dead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.dead_headers: dict[str, dict[str, str]] = {}
+
+    def poll(self, seconds: float = 1.0) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            m = self.consumer.poll(0.2)
+            if m is None or m.error():
+                continue
+            h = headers_dict(m.headers())
+            key = (m.key() or b"").decode()
+            if self.topics[m.topic()] == PREDICTIONS:
+                self.predictions[key].append(codec.decode(codec.PREDICTION, m.value(), h))
+            else:
+                self.dead[key].append(read_dead_letter(m.value(), h))
+                self.dead_headers[key] = h
+
+    def wait_all(
+        self, ids: set[str], timeout: float, progress: Callable[[], None] | None = None
+    ) -> None:
+        def done() -> bool:
+            self.poll(1.0)
+            if progress:
+                progress()
+            return ids <= set(self.predictions) | set(self.dead)
+
+        try:
+            wait_for(f"{len(ids)} results", done, timeout, every=0)
+        except AssertionError:
+            missing = sorted(ids - set(self.predictions) - set(self.dead))
+            raise AssertionError(f"no result for {len(missing)} ids: {missing[:10]}") from None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pipeline(kafka_cluster: Any, unique_name: str, tmp_path: Path) -> Iterator[Pipeline]:
+    prefix = f"{unique_name}."
+    names = []
+    for t in topic_registry():
+        kafka_cluster.create_topic(
+            prefix + t.name, t.partitions, t.replication_factor, **t.configs()
+        )
+        names.append(prefix + t.name)
+    pipe = Pipeline(
+        kafka_cluster,
+        prefix,
+        tmp_path,
+        kafka_cluster.get_bootstrap_server(),
+        f"stream-{unique_name}",
+    )
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
+        for w in pipe.workers:
+            print(f"--- worker :{w.port} exit={w.proc.returncode}\n{w.tail(15)}")
+        kafka_cluster.delete_topics(names)
+
+
+def truncated_png() -> bytes:
+    return photo("chelsea.png")[:4000]
+
+
+def bomb_png() -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(64)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None:
+    w = pipeline.start_worker()
+    pipeline.wait_assigned([w])
+    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
+    items = [(f"{n}-{i}", photo(n)) for i in range(3) for n in names]
+    pipeline.produce(items)
+    results = Results(pipeline, f"{unique_name}-read")
+    try:
+        results.wait_all({k for k, _ in items}, timeout=240)
+    finally:
+        results.close()
+    assert not results.dead, results.dead
+    for key, _ in items:
+        preds = results.predictions[key]
+        first = preds[0]
+        top3 = {c["class_index"] for c in first["top_k"][:3]}
+        if key.startswith("chelsea"):
+            assert top3 & CATS, first["top_k"]
+        if key.startswith("coffee"):
+            assert top3 & {ESPRESSO, CUP}, first["top_k"]
+        assert first["model_name"] == "efficientnet-lite0"
+        assert first["raw_topic"] == pipeline.prefix + "images.raw"
+        assert len(first["top_k"]) == 5
+        # Re-deliveries (if any) carry the same answer.
+        for p in preds[1:]:
+            assert [c["class_index"] for c in p["top_k"]] == [
+                c["class_index"] for c in first["top_k"]
+            ]
+    # Same photo, same prediction, whichever batch it was in.
+    by_photo = defaultdict(set)
+    for key, _ in items:
+        p = results.predictions[key][0]
+        by_photo[key.rsplit("-", 1)[0]].add(
+            (p["top_k"][0]["class_index"], round(p["top_k"][0]["score"], 4))
+        )
+    assert all(len(v) == 1 for v in by_photo.values()), by_photo
+    health = w.health()
+    assert health is not None
+    stages = {s["stage"]: s for s in health["stages"]}
+    assert stages["postprocess"]["records_out"] >= len(items)
+    assert stages["decode"]["dead_letters"] == 0
+
+
+def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
+    pipeline: Pipeline, unique_name: str
+) -> None:
+    w = pipeline.start_worker()
+    pipeline.wait_assigned([w])
+    bad = {
+        "bad-empty": (b"", "empty"),
+        "bad-text": (b"this is a text file, not an image\n" * 10, "not-an-image"),
+        "bad-random": (bytes(range(256)) * 8, "not-an-image"),
+        "bad-trunc-png": (truncated_png(), "truncated"),
+        "bad-trunc-jpg": (photo("rocket.jpg")[:20_000], "truncated"),
+        "bad-bomb": (bomb_png(), "decompression-bomb"),
+    }
+    items: list[tuple[str | None, bytes | None]] = []
+    good = []
+    for i, (key, (data, _)) in enumerate(bad.items()):
+        items.append((f"good-{i}", photo("coffee.png")))
+        good.append(f"good-{i}")
+        items.append((key, data))
+    items.append(("good-last", photo("chelsea.png")))
+    good.append("good-last")
+    items.append((None, photo("chelsea.png")))  # no key: breaks the raw contract
+    pipeline.produce(items)
+
+    results = Results(pipeline, f"{unique_name}-read")
+    try:
+        results.wait_all(set(good) | set(bad) | {""}, timeout=240)
+    finally:
+        results.close()
+    for key, (data, reason) in bad.items():
+        assert key not in results.predictions
+        letter = results.dead[key][0]
+        assert letter["reason"] == reason, (key, letter["reason"], letter["error_message"])
+        assert letter["stage"] == "decode" and letter["error_class"] == "DecodeError"
+        assert letter["payload"] == data  # the original bytes, unchanged
+        assert letter["origin_topic"] == pipeline.prefix + "images.raw"
+        assert letter["payload_headers"]["source"] == "integration-test"
+        h = results.dead_headers[key]
+        assert h["error-reason"] == reason and h["stage"] == "decode"
+        assert int(h["origin-offset"]) == letter["origin_offset"]
+    assert results.dead[""][0]["reason"] == "missing-key"
+    for key in good:
+        assert key not in results.dead
+        assert results.predictions[key][0]["top_k"][0]["class_index"] in {ESPRESSO, *CATS}
+
+
+def test_sigkill_one_of_two_workers_mid_stream_loses_nothing(
+    pipeline: Pipeline, unique_name: str
+) -> None:
+    small_batches = {"PIPELINE_STREAM__WORKER__BATCH_SIZE": "4"}
+    a = pipeline.start_worker(**small_batches)
+    b = pipeline.start_worker(**small_batches)
+    pipeline.wait_assigned([a, b])
+    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
+    items = [(f"k{i:03d}", photo(names[i % 4])) for i in range(48)]
+    ids = {k for k, _ in items}
+    pipeline.produce(items)
+
+    results = Results(pipeline, f"{unique_name}-read")
+    killed: list[int] = []
+
+    def kill_when_busy() -> None:
+        # Mid-stream: some results out, many still to go, and the victim has work.
+        if killed or not (4 <= len(results.predictions) <= len(ids) - 12):
+            return
+        h = a.health()
+        if h and any(s["records_in"] > 0 for s in h["stages"]):
+            os.kill(a.proc.pid, signal.SIGKILL)
+            killed.append(len(results.predictions))
+
+    try:
+        results.wait_all(ids, timeout=420, progress=kill_when_busy)
+    finally:
+        results.close()
+    assert killed, "the stream finished before a worker could be killed mid-stream"
+    assert a.proc.wait(timeout=10) == -signal.SIGKILL
+    assert b.proc.poll() is None, "the surviving worker died"
+    assert not results.dead, {k: v[0]["reason"] for k, v in results.dead.items()}
+    assert ids <= set(results.predictions)
+    print(f"killed after {killed[0]} of {len(ids)} predictions; "
+          f"{sum(len(v) for v in results.predictions.values()) - len(ids)} re-deliveries")  # fmt: skip
