@@ -266,27 +266,36 @@ def _refused(rec: KafkaRecord, *, stage: str, reason: str, error_class: str, mes
     return Mapped("refused", image_id, writes, dlr)
 
 
+# SchemaError and InvalidRecord are ValueErrors; the rest would be a record shaped in a
+# way the mapping did not foresee: refused as data rather than crashing the sink.
+_UNMAPPABLE = (ValueError, KeyError, TypeError, OverflowError)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or "unmappable"
+
+
 def map_record(rec: KafkaRecord, predictions_topic: str = topics.PREDICTIONS) -> Mapped:
     """Map one consumed record; never raises for bad input (bad input is a result)."""
     if rec.topic == predictions_topic:
         try:
             pred = codec.decode(codec.PREDICTION, rec.value, rec.headers)
             writes = prediction_writes(pred, rec)
-        except (codec.SchemaError, InvalidRecord) as exc:
+        except _UNMAPPABLE as exc:
             return _refused(
-                rec, stage=SINK_STAGE, reason=exc.reason, error_class=type(exc).__name__,
+                rec, stage=SINK_STAGE, reason=_reason(exc), error_class=type(exc).__name__,
                 message=str(exc),
             )
         return Mapped("prediction", writes[0].params[0], writes)
     try:
         dl = dead_letter.read_dead_letter(rec.value, rec.headers)
         write = rejection_write(dl, rec)
-    except (codec.SchemaError, InvalidRecord) as exc:
+    except _UNMAPPABLE as exc:
         h = headers_dict(rec.headers)
         return _refused(
             rec,
             stage=h.get(dead_letter.H_STAGE) or stage_of_topic(rec.topic),
-            reason=h.get(dead_letter.H_REASON) or f"undecodable-dead-letter:{exc.reason}",
+            reason=h.get(dead_letter.H_REASON) or f"undecodable-dead-letter:{_reason(exc)}",
             error_class=h.get(dead_letter.H_ERROR_CLASS) or type(exc).__name__,
             message=h.get(dead_letter.H_ERROR_MESSAGE) or str(exc),
         )

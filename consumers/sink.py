@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from consumers.consistency import (
@@ -63,7 +64,6 @@ class SinkCounters:
     refused: int = 0
     dead_lettered: int = 0
     commits: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 def check_startup_consistency(session: Any, settings: SinkSettings) -> Overlap:
@@ -100,9 +100,36 @@ def check_tables(session: Any, keyspace: str) -> None:
                     keyspace, cql.PREDICTIONS_TABLE, top_k)
 
 
+def _real_cassandra(settings: SinkSettings) -> tuple[Any, Any]:
+    return connect(settings.cassandra)
+
+
+def _real_consumer(conf: dict[str, Any]) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer(conf)
+
+
+def _real_producer(conf: dict[str, Any]) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer(conf)
+
+
+@dataclass(frozen=True)
+class SinkClients:
+    """How the sink builds its clients; tests pass fakes (no servers)."""
+
+    cassandra: Callable[[SinkSettings], tuple[Any, Any]] = _real_cassandra
+    consumer: Callable[[dict[str, Any]], Any] = _real_consumer
+    producer: Callable[[dict[str, Any]], Any] = _real_producer
+
+
 class Sink:
-    def __init__(self, settings: SinkSettings, *, group_id: str | None = None) -> None:
+    def __init__(self, settings: SinkSettings, *, group_id: str | None = None,
+                 clients: SinkClients | None = None) -> None:
         self.settings = settings
+        self._clients = clients or SinkClients()
         self.group_id = group_id or settings.sink.group_id
         self.tracker = WatermarkTracker()
         self.counters = SinkCounters()
@@ -115,14 +142,13 @@ class Sink:
         self._writer: AsyncWriter | None = None
         self._cluster: Any = None
         self._warned_topics: set[str] = set()
+        self._committed: dict[TP, int] = {}
         self.started = threading.Event()
 
     # -- setup -----------------------------------------------------------------------
     def _connect(self) -> None:
-        from confluent_kafka import Consumer, Producer
-
         cs = self.settings.cassandra
-        self._cluster, session = connect(cs)
+        self._cluster, session = self._clients.cassandra(self.settings)
         check_startup_consistency(session, self.settings)
         check_tables(session, cs.keyspace)
         prepared = prepare_writes(
@@ -130,12 +156,14 @@ class Sink:
         )
         ss = self.settings.sink
         self._writer = AsyncWriter(session, prepared, concurrency=ss.concurrency, retry=ss.retry)
-        self._producer = Producer(producer_config(self.settings.kafka, {"client.id": "vision-sink-dlq"}))
+        self._producer = self._clients.producer(
+            producer_config(self.settings.kafka, {"client.id": "vision-sink-dlq"})
+        )
         overrides = {"client.id": f"vision-sink-{self.group_id}", "enable.partition.eof": False}
         overrides.update(ss.consumer_config)
         conf = consumer_config(self.settings.kafka, self.group_id, overrides)
         log.info("sink consumer config: %s", masked(conf))
-        self._consumer = Consumer(conf)
+        self._consumer = self._clients.consumer(conf)
         self._consumer.subscribe(
             ss.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -297,7 +325,8 @@ class Sink:
     def _commit_sync(self, tps: list[TP] | None = None) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        positions = self.tracker.positions(tps)
+        positions = {tp: off for tp, off in self.tracker.positions(tps).items()
+                     if self._committed.get(tp) != off}
         if not positions:
             return
         offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
@@ -307,6 +336,7 @@ class Sink:
             log.debug("store_offsets before commit: %s", exc)
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._committed.update(positions)
             self.counters.commits += 1
             log.info("committed %s", {f"{t}[{p}]": o for (t, p), o in positions.items()})
         except KafkaException as exc:
@@ -343,6 +373,8 @@ class Sink:
                 pr.cancelled = True
                 self._open_count -= 1
         self.tracker.forget(tps)
+        for tp in tps:
+            self._committed.pop(tp, None)
         log.info("%s %s", why, [f"{t}[{p}]" for t, p in tps])
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:

@@ -59,14 +59,14 @@ class Env:
         return self.prefix + name
 
     def settings(self, group: str, **sink: Any) -> SinkSettings:
-        section = SinkSection(
-            group_id=group,
-            predictions_topic=self.topic(topics.PREDICTIONS),
-            dlq_topics=[self.topic(t) for t in STAGE_DLQS],
-            dead_letter_topic=self.topic(topics.SINK_DLQ),
-            health_interval_s=2.0,
-            **sink,
-        )
+        fields: dict[str, Any] = {
+            "group_id": group,
+            "predictions_topic": self.topic(topics.PREDICTIONS),
+            "dlq_topics": [self.topic(t) for t in STAGE_DLQS],
+            "dead_letter_topic": self.topic(topics.SINK_DLQ),
+            "health_interval_s": 2.0,
+        }
+        section = SinkSection(**(fields | sink))
         return SinkSettings(
             kafka=self.base.kafka,
             cassandra=self.base.cassandra.model_copy(update={"keyspace": self.keyspace}),
