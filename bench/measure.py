@@ -27,6 +27,7 @@ class RunResult:
     last_produce_ms: float
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: int = 0
+    cpu: dict[str, Any] | None = None
 
     def latencies(self) -> list[float]:
         return [float(r["stored_at"] - r["produced_at"]) for r in self.rows.values()
@@ -45,6 +46,7 @@ class RunResult:
             "per_s": round(throughput(len(stored), self.first_produce_ms, last), 2) if last else None,
             "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0, 2),
             **latency_summary(self.latencies()),
+            "cpu": self.cpu,
         }
 
 

@@ -3,6 +3,10 @@
 The stream app's own functions, on the benchmark's images, in the pipeline's batch
 size, under a given torch thread budget. No Kafka, no Avro, no Cassandra: what the
 model stages alone can do on this machine.
+
+`ModelOnly.one_rep()` is one pass over the images; `python -m bench` interleaves these
+passes with the pipeline's bursts, so both see the same background load (the machine
+is shared) and their ratio is taken pair by pair.
 """
 
 from __future__ import annotations
@@ -17,56 +21,71 @@ from bench.images import image_bytes
 from bench.stats import summarize
 
 log = logging.getLogger(__name__)
+STAGES = ("decode", "infer", "postprocess")
 
 
-def run_model_only(
-    count: int, batch_size: int, threads: int, repetitions: int, top_k: int = 5
-) -> dict[str, Any]:
-    from stream_app.decode import decode_image
-    from stream_app.infer import Inferencer
-    from stream_app.model import configure_torch, load_model
-    from stream_app.postprocess import top_k as top_k_fn
-    from stream_app.settings import StreamSettings
+class ModelOnly:
+    def __init__(self, count: int, batch_size: int, threads: int, top_k: int = 5) -> None:
+        from stream_app.decode import decode_image
+        from stream_app.infer import Inferencer
+        from stream_app.model import configure_torch, load_model
+        from stream_app.postprocess import top_k as top_k_fn
+        from stream_app.settings import StreamSettings
 
-    settings = StreamSettings()
-    configure_torch(threads)
-    model = load_model(settings.stream.model)
-    inf = Inferencer(model)
-    blobs = image_bytes(count)
-    limits = settings.stream.decode
+        settings = StreamSettings()
+        configure_torch(threads)
+        self.model = load_model(settings.stream.model)
+        self._decode, self._top_k = decode_image, top_k_fn
+        self._inf = Inferencer(self.model)
+        self._limits = settings.stream.decode
+        self.blobs = image_bytes(count)
+        self.batch_size, self.threads, self.k = batch_size, threads, top_k
+        self.rates: list[float] = []
+        self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        self._pass(self.blobs[: batch_size * 2])  # warm-up: allocator, kernels, Pillow plugins
 
-    def one_pass(data: tuple[bytes, ...]) -> dict[str, float]:
-        t = {"decode": 0.0, "infer": 0.0, "postprocess": 0.0}
-        for start in range(0, len(data), batch_size):
+    def _pass(self, data: tuple[bytes, ...]) -> dict[str, float]:
+        t = dict.fromkeys(STAGES, 0.0)
+        for start in range(0, len(data), self.batch_size):
             t0 = time.perf_counter()
-            arrays = [decode_image(b, model.preprocess, limits).pixels for b in data[start : start + batch_size]]
+            arrays = [self._decode(b, self.model.preprocess, self._limits).pixels
+                      for b in data[start : start + self.batch_size]]
             t1 = time.perf_counter()
-            outcomes = inf.run(arrays)
+            outcomes = self._inf.run(arrays)
             t2 = time.perf_counter()
             for o in outcomes:
-                top_k_fn(np.asarray(o.logits), model.labels, top_k)
+                self._top_k(np.asarray(o.logits), self.model.labels, self.k)
             t3 = time.perf_counter()
             t["decode"] += t1 - t0
             t["infer"] += t2 - t1
             t["postprocess"] += t3 - t2
         return t
 
-    one_pass(blobs[: batch_size * 2])  # warm-up: allocator, kernels, Pillow plugins
-    rates: list[float] = []
-    per_stage: dict[str, list[float]] = {"decode": [], "infer": [], "postprocess": []}
-    for rep in range(repetitions):
+    def one_rep(self) -> float:
+        """One pass over all images; returns images/s (and records per-stage ms/image)."""
         start = time.perf_counter()
-        t = one_pass(blobs)
-        elapsed = time.perf_counter() - start
-        rates.append(len(blobs) / elapsed)
+        t = self._pass(self.blobs)
+        rate = len(self.blobs) / (time.perf_counter() - start)
+        self.rates.append(rate)
         for k, v in t.items():
-            per_stage[k].append(v / len(blobs) * 1000.0)
-        log.info("model-only rep %d: %.1f images/s", rep + 1, rates[-1])
-    return {
-        "images": len(blobs),
-        "batch_size": batch_size,
-        "torch_threads": threads,
-        "images_per_s": summarize(rates),
-        "ms_per_image": {k: summarize(v) for k, v in per_stage.items()},
-        "model": {"name": model.info.name, "version": model.info.version},
-    }
+            self.ms[k].append(v / len(self.blobs) * 1000.0)
+        log.info("model-only pass: %.1f images/s", rate)
+        return rate
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "images": len(self.blobs),
+            "batch_size": self.batch_size,
+            "torch_threads": self.threads,
+            "images_per_s": summarize(self.rates),
+            "ms_per_image": {k: summarize(v) for k, v in self.ms.items()},
+            "model": {"name": self.model.info.name, "version": self.model.info.version},
+        }
+
+
+def run_model_only(count: int, batch_size: int, threads: int, repetitions: int,
+                   top_k: int = 5) -> dict[str, Any]:
+    m = ModelOnly(count, batch_size, threads, top_k)
+    for _ in range(repetitions):
+        m.one_rep()
+    return m.result()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import images, topology
+from bench.cpu import CpuMeter
 from bench.measure import RunResult, collect_rows
 from infra import groups
 from producers.publisher import publish_items
@@ -27,7 +28,8 @@ STAGES = [s.name for s in topics.STAGES]
 
 
 def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate: float = 0.0,
-             timeout_s: float = 600.0, prefix: str = topology.PIPELINE_PREFIX) -> RunResult:
+             timeout_s: float = 600.0, prefix: str = topology.PIPELINE_PREFIX,
+             meter: CpuMeter | None = None) -> RunResult:
     settings = ProducerSettings()
     settings.producer.topic = prefix + topics.RAW
     settings.producer.rate = rate
@@ -35,6 +37,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
     pred_topic = prefix + topics.PREDICTIONS
     before = groups.end_offsets(kafka, [pred_topic])[pred_topic]
     alive()
+    start = meter.snapshot() if meter is not None else None
     result = publish_items(images.items(count, tag), settings)
     if result.summary.failed:
         raise RuntimeError(f"publish failed for {result.summary.failed} image(s): {result.summary.failures[:3]}")
@@ -48,8 +51,18 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
             return False
         return groups.group_lag(kafka, topology.PIPELINE_SINK_GROUP, [pred_topic])["total"] == 0
 
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, done)
-    return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing)
+    marks: dict[str, Any] = {}
+
+    def finished() -> bool:
+        if not done():
+            return False
+        if meter is not None:
+            marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
+        return True
+
+    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, finished)
+    cpu = CpuMeter.diff(start, marks["end"], len(ids)) if start is not None and "end" in marks else None
+    return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
 
 
 def worker_health(ports: list[int], timeout_s: float = 5.0) -> list[dict[str, Any]]:

@@ -14,6 +14,12 @@ def _fmt(s: dict[str, Any] | None, unit: str = "", digits: int = 1) -> str:
     return med
 
 
+def _cpu(c: dict[str, Any]) -> str:
+    parts = [f"{k} {v:.2f}" for k, v in c.items() if k not in ("total", "others_pct_of_machine") and v]
+    return (", ".join(parts) + f"; total {c.get('total')}; others used "
+            f"{c.get('others_pct_of_machine')}% of the machine meanwhile")
+
+
 def print_table(out: dict[str, Any]) -> None:
     m = out.get("model_only")
     p = out.get("pipeline")
@@ -40,6 +46,8 @@ def print_table(out: dict[str, Any]) -> None:
             print("    per hop p50 ms at half rate (queue + work):")
             for hop, v in runs[-1]["stages"].items():
                 print(f"      {hop:<28}{v['p50_ms']}")
+        if sat.get("cpu_ms_per_image"):
+            print("    CPU ms/image by component: " + _cpu(sat["cpu_ms_per_image"]))
         batches = (sat.get("runs") or [{}])[-1].get("batches") or {}
         if batches:
             print("    mean batch size at saturation: "
@@ -48,7 +56,11 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38) + _fmt(t["events_per_s"]))
         print("    latency p50 / p99 (ms)".ljust(38)
               + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms")))
+        if t.get("cpu_ms_per_event"):
+            print("    CPU ms/event by component: " + _cpu(t["cpu_ms_per_event"]))
     print("  " + "-" * 76)
-    print(f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (goal >= "
-          f"{r.get('goal_pipeline_over_model_only')})   transport events/s: "
-          f"{r.get('transport_events_per_s')} (goal >= {r.get('goal_transport_events_per_s')})")
+    print(f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (ratio of medians), "
+          f"paired per burst {r.get('pipeline_over_model_only_paired')} "
+          f"{r.get('pipeline_over_model_only_paired_range')} (goal >= {r.get('goal_pipeline_over_model_only')})")
+    print(f"  transport events/s: {r.get('transport_events_per_s')} "
+          f"(goal >= {r.get('goal_transport_events_per_s')})")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import topology
+from bench.cpu import CpuMeter
 from bench.measure import RunResult, collect_rows
 from infra import groups
 from infra.kafka_clients import producer_config
@@ -78,8 +79,9 @@ def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float
 
 
 def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any, tag: str,
-             count: int, rate: float = 0.0, timeout_s: float = 300.0) -> RunResult:
+             count: int, rate: float = 0.0, timeout_s: float = 300.0, meter: CpuMeter | None = None) -> RunResult:
     alive()
+    start = meter.snapshot() if meter is not None else None
     ids, first, last = publish_events(settings, tag, count, rate)
     pred_topic = topology.PREFIX + topics.PREDICTIONS
 
@@ -91,5 +93,15 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
         relays = [groups.group_lag(settings.kafka, h.group, [h.source])["total"] for h in topology.transport_hops()]
         return not any(relays)
 
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, sink_done)
-    return RunResult(f"transport {tag}", count, first, last, rows, missing)
+    marks: dict[str, Any] = {}
+
+    def finished() -> bool:
+        if not sink_done():
+            return False
+        if meter is not None:
+            marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
+        return True
+
+    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, finished)
+    cpu = CpuMeter.diff(start, marks["end"], count) if start is not None and "end" in marks else None
+    return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)

@@ -1,0 +1,104 @@
+"""CPU time per component over a run: the machine-independent half of a benchmark.
+
+On a shared 2-core machine throughput depends on what else runs; the CPU seconds each
+component spends per event do much less. Read from /proc (utime + stime of each
+process), for our services (by recorded pid) and the cluster nodes (the JVMs whose
+command line names `.run/kafka-N` or `.run/cassandra-N`), plus the whole machine's
+busy time from /proc/stat for the share the others took.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_NODE = re.compile(r"\.run/((?:kafka|cassandra)-\d+)/")
+
+
+def cluster_pids() -> dict[str, int]:
+    """{'kafka-1': pid, 'cassandra-1': pid, ...} of the running local cluster nodes."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=5).stdout
+    except Exception:  # noqa: BLE001
+        return {}
+    found: dict[str, int] = {}
+    for line in out.splitlines():
+        pid_text, _, args = line.strip().partition(" ")
+        if "java" not in args:
+            continue
+        m = _NODE.search(args)
+        if m:
+            found.setdefault(m.group(1), int(pid_text))
+    return found
+
+
+def process_cpu_s(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # after the comm field: state(0) ... utime(11) stime(12)
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
+@dataclass
+class Snapshot:
+    at: float
+    procs: dict[str, float]
+    self_s: float
+    machine: tuple[float, float]
+
+
+def component(name: str) -> str:
+    """'kafka-2' -> 'kafka', 'relay-decode-1' -> 'relay', 'worker-1' -> 'worker'."""
+    return name.split("-", 1)[0]
+
+
+class CpuMeter:
+    def __init__(self, pids: Mapping[str, int | None]) -> None:
+        self.pids = {n: p for n, p in pids.items() if p}
+
+    def snapshot(self) -> Snapshot:
+        procs = {}
+        for n, p in self.pids.items():
+            v = process_cpu_s(p)
+            if v is not None:
+                procs[n] = v
+        t = os.times()
+        return Snapshot(time.monotonic(), procs, t.user + t.system, machine_cpu_s())
+
+    @staticmethod
+    def diff(a: Snapshot, b: Snapshot, items: int) -> dict[str, Any]:
+        wall = b.at - a.at
+        by_comp: dict[str, float] = {}
+        for n, v in b.procs.items():
+            if n in a.procs:
+                by_comp[component(n)] = by_comp.get(component(n), 0.0) + v - a.procs[n]
+        by_comp["bench"] = b.self_s - a.self_s  # the publisher and probes in this process
+        busy = b.machine[0] - a.machine[0]
+        total = b.machine[1] - a.machine[1]
+        ours = sum(by_comp.values())
+        return {
+            "wall_s": round(wall, 2),
+            "cpu_s": {k: round(v, 2) for k, v in sorted(by_comp.items())},
+            "cpu_ms_per_item": {k: round(v / items * 1000, 3) for k, v in sorted(by_comp.items())} if items else {},
+            "machine_busy_pct": round(busy / total * 100, 1) if total else None,
+            "ours_pct_of_machine": round(ours / total * 100, 1) if total else None,
+            "others_pct_of_machine": round(max(0.0, busy - ours) / total * 100, 1) if total else None,
+        }
