@@ -1,0 +1,15 @@
+# The pipeline's services (producer, stream workers, sink, provision) for docker-compose.yml.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY infra ./infra
+COPY producers ./producers
+COPY stream_app ./stream_app
+COPY consumers ./consumers
+COPY bench ./bench
+RUN pip install --no-cache-dir .
+RUN useradd --create-home --uid 10001 app
+USER app
+CMD ["python", "-m", "infra", "provision"]
