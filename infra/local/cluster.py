@@ -177,6 +177,10 @@ class LocalCluster:
             log.info("already up: %s", ", ".join(f"{want[k]} {k}" for k in kinds))
             return False
         self.java()
+        for k in todo:  # fail fast, before any download
+            for n in nodes(k, want[k]):
+                if self.pid(n) is None:
+                    self._preflight(n)
         libs = {k: self._lib(k) for k in todo}
         state = self.run.load_state()
         for k in todo:

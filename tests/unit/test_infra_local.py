@@ -339,3 +339,19 @@ def test_provision_report_summary():
                         keyspace_created=True, tables=3)
     assert r.summary() == ("topics: 1 created, 2 present; keyspace vision: created, "
                            "3 table statements applied")
+
+
+def test_a_node_that_dies_during_start_is_named_with_its_log_tail(tmp_path, monkeypatch):
+    from infra.local import cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod.probes, "kafka_broker_ids", lambda *a, **k: set())
+    monkeypatch.setattr(cluster_mod.ports, "port_open", lambda *a, **k: False)
+    c = LocalCluster(tmp_path)
+    node = node_by_name("kafka-2")
+    c.dirs(node).create()
+    c.dirs(node).log_file.write_text("starting\nERROR Exiting Kafka due to fatal exception\n")
+    with pytest.raises(InfraError) as e:
+        c._wait_kafka([node], [node], timeout=5)
+    first, *rest = str(e.value).splitlines()
+    assert first == "kafka-2: exited during start"
+    assert "ERROR Exiting Kafka due to fatal exception" in rest[-1]
