@@ -27,9 +27,16 @@ class ProvisionError(RuntimeError):
 
 
 class TopicSpecLike(Protocol):
-    name: str
-    partitions: int
-    replication_factor: int
+    """What provisioning needs of schemas.topics.TopicSpec."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def replication_factor(self) -> int: ...
 
     def configs(self) -> dict[str, str]: ...
 

@@ -7,7 +7,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,13 @@ def kafka_broker_ids(bootstrap: str, timeout: float = 3.0) -> set[int]:
     """Ids of the brokers that the cluster metadata lists (empty if unreachable)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
-         "log_level": 0, "logger": log}
-    )
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "socket.connection.setup.timeout.ms": 2000,
+        "log_level": 0,
+        "logger": log,
+    }
+    admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=timeout)
     except Exception as e:  # KafkaException: not reachable yet
