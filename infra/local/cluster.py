@@ -140,8 +140,15 @@ class LocalCluster:
         return True
 
     def log_tail(self, name: str, lines: int = TAIL_LINES) -> str:
-        node = node_by_name(name)
-        return procs.tail(self.dirs(node).log_file, lines)
+        """The tail of the node's server log, then what the JVM printed since its last
+        start (errors from before logging was up, e.g. a bad flag or a missing class)."""
+        d = self.dirs(node_by_name(name))
+        out = procs.tail(d.server_log, lines)
+        stdout = procs.tail(d.log_file, 400).split("\n==== ")[-1].splitlines()
+        extra = [ln for ln in stdout[1:] if not ln.startswith("WARNING: ")]
+        if extra:
+            out += ("\n" if out else "") + "--- stdout/stderr:\n" + "\n".join(extra[-lines:])
+        return out
 
     # ---- bring up ------------------------------------------------------------------
 
@@ -268,6 +275,7 @@ class LocalCluster:
 
     def _spawn(self, node: NodeSpec, cmd: list[str]) -> int:
         d = self.dirs(node)
+        procs.rotate(d.log_file, max_bytes=10 * 1024 * 1024)
         with open(d.log_file, "a") as f:
             f.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n")
         pid = procs.spawn(cmd, log_path=d.log_file, cwd=d.root, env=self._env())

@@ -50,7 +50,13 @@ class NodeDirs:
 
     @property
     def log_file(self) -> Path:
+        """The JVM's stdout and stderr (start banners, crashes before logging starts)."""
         return self.logs / "node.log"
+
+    @property
+    def server_log(self) -> Path:
+        """The server's own log (log4j2 / logback), rolled at 20 MiB, 3 files kept."""
+        return self.logs / "server.log"
 
     @property
     def pid_file(self) -> Path:

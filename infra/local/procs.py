@@ -137,6 +137,15 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:]) if lines > 0 else ""
 
 
+def rotate(path: Path, max_bytes: int) -> None:
+    """Move path to path.1 (replacing it) if it is larger than max_bytes."""
+    try:
+        if path.stat().st_size > max_bytes:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def rss_kib(pid: int) -> int | None:
     """Resident set size of pid in KiB, from /proc/<pid>/status."""
     try:

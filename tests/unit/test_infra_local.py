@@ -113,10 +113,22 @@ def test_kafka_command_line(tmp_path):
     assert f"-Dlog4j2.configurationFile={tmp_path / 'log4j2.properties'}" in cmd
 
 
-def test_log4j2_config_is_properties_with_a_console_appender():
+def test_log4j2_config_is_properties_with_a_rolling_file():
     props = _props(kafka_node.render_log4j2().replace(" = ", "="))
-    assert props["appender.out.type"] == "Console"
-    assert props["rootLogger.appenderRef.out.ref"] == "STDOUT"
+    assert props["appender.file.type"] == "RollingFile"
+    assert props["appender.file.fileName"] == "${sys:kafka.logs.dir}/server.log"
+    assert props["rootLogger.appenderRef.file.ref"] == "FILE"
+
+
+def test_log_tail_shows_the_server_log_then_jvm_output_since_the_last_start(tmp_path):
+    c = LocalCluster(tmp_path)
+    d = c.dirs(node_by_name("cassandra-1"))
+    d.create()
+    d.server_log.write_text("INFO a\nERROR b\n")
+    d.log_file.write_text("==== t0 starting\nold crash\n==== t1 starting\nWARNING: x\n"
+                          "Error: Could not find or load main class\n")
+    assert c.log_tail("cassandra-1") == (
+        "INFO a\nERROR b\n--- stdout/stderr:\nError: Could not find or load main class")
 
 
 # ---- Cassandra config -----------------------------------------------------------------
