@@ -392,3 +392,19 @@ def test_sink_refuses_consistency_that_cannot_overlap(env: Env, tmp_path: Path) 
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "refuses to start" in out.stderr and "<= RF 3" in out.stderr, out.stderr[-2000:]
+
+
+def test_second_sink_joining_mid_stream_rebalances_without_loss(env: Env) -> None:
+    tag = f"d{uuid.uuid4().hex[:6]}"
+    image_ids = ids(tag, 3000)
+    group = f"g-{tag}"
+    publish_predictions(env, image_ids, int(time.time() * 1000))
+    with SinkThread(env.settings(group, concurrency=16)) as a:
+        wait_for(lambda: a.sink.rows_written >= 400, WAIT_S, "the first sink to be mid-stream")
+        with SinkThread(env.settings(group, concurrency=16)) as b:
+            # The cooperative rebalance hands b some partitions; a commits what it revokes.
+            wait_for(lambda: b.sink.counters.records > 0, WAIT_S, "the second sink to get work")
+            wait_for(lambda: group_lag(env, group) == 0, WAIT_S, "the group to catch up")
+    assert a.sink.counters.commits > 0 and b.sink.counters.commits > 0
+    got = stored(env, image_ids)
+    assert len(got) == len(image_ids), f"lost {sorted(set(image_ids) - set(got))[:5]}"
