@@ -367,3 +367,20 @@ def test_a_node_that_dies_during_start_is_named_with_its_log_tail(tmp_path, monk
     first, *rest = str(e.value).splitlines()
     assert first == "kafka-2: exited during start"
     assert "ERROR Exiting Kafka due to fatal exception" in rest[-1]
+
+
+def test_unresolvable_artifacts_are_one_clear_error(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mvn").write_text(
+        "#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not resolve dependencies'\n"
+        "exit 1\n")
+    (bin_dir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(InfraError) as e:
+        maven.ensure(maven.CASSANDRA_ARTIFACTS, Path("/jdk"), tmp_path / "cache")
+    first, *rest = str(e.value).splitlines()
+    assert first == ("cassandra: cannot resolve org.apache.cassandra:cassandra-all:"
+                     f"{maven.CASSANDRA_ARTIFACTS.main.version} from Maven (exit 1)")
+    assert "Could not resolve dependencies" in rest[0]
+    assert not (tmp_path / "cache" / maven.CASSANDRA_ARTIFACTS.key / maven.MARKER).exists()
