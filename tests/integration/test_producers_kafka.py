@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -193,3 +194,27 @@ def test_killing_a_broker_mid_publish_loses_nothing(kafka_cluster, settings) -> 
     assert len(ids) == n
     records = read_back(settings, start, ids)
     assert sorted(r.key().decode() for r in records) == sorted(ids), "every image exactly once"
+
+
+@pytest.mark.slow
+def test_largest_accepted_image_fits_the_broker_and_one_byte_more_is_skipped(settings) -> None:
+    """The producer's size check against the real topic limit, with incompressible bytes
+    (lz4 may grow them): what it lets through the broker accepts; the rest it skips."""
+    from producers.publisher import record_size
+    from schemas.raw import raw_headers
+
+    limit = settings.kafka.max_message_bytes
+    source = f"size-{uuid.uuid4().hex[:8]}"
+    key = "0" * 64
+    headers = raw_headers("image/jpeg", source, 1_700_000_000_000)
+    fits = limit - (record_size(key.encode(), b"", headers))
+    rnd = np.random.default_rng().integers(0, 256, fits, dtype=np.uint8).tobytes()
+    largest = b"\xff\xd8\xff" + rnd[3:]
+    too_big = largest + b"\x00"
+    start = end_offsets(settings)
+    result = publish_items([Item(largest, source), Item(too_big, source)], settings)
+    s = result.summary
+    assert (s.delivered, s.failed, s.skipped) == (1, 0, 1), s.format_text()
+    assert s.skips[0].reason == "too-large"
+    records = read_back(settings, start, {result.delivered[0][0]})
+    assert len(records) == 1 and records[0].value() == largest
