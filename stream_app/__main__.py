@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             unknown = set(stages) - {"decode", "infer", "postprocess"}
             if unknown or not stages:
                 ap.error(f"--stages: unknown stage(s) {sorted(unknown)}")
-            w = settings.stream.worker
-            settings.stream.worker = w.model_copy(update={"stages": stages})
+            current = settings.stream.worker
+            settings.stream.worker = current.model_copy(update={"stages": stages})
         from stream_app.worker import run_worker
 
         return run_worker(settings, args.web_port)

@@ -19,7 +19,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -45,7 +45,7 @@ class _IdempotentProducer(faust_aiokafka.Producer):
         return {"acks": "all", "enable_idempotence": True}
 
 
-faust_aiokafka.Transport.Producer = _IdempotentProducer  # type: ignore[misc]
+faust_aiokafka.Transport.Producer = _IdempotentProducer
 
 
 class Processor(Protocol):
@@ -154,7 +154,9 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
 
     async def run_stage(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.noack_take(w.batch_size, within=w.batch_window_s):
+        # noack_take is on faust.Stream, not on the StreamT protocol the agent is typed with.
+        taker = cast(faust.Stream, stream)
+        async for events in taker.noack_take(w.batch_size, within=w.batch_window_s):
             records = [_in_record(e) for e in events]
             started = time.perf_counter()
             try:

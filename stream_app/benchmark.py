@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         configure_torch(threads)
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             batch = [arrays[i % len(arrays)] for i in range(bs)]
-            infer[f"threads={threads} batch={bs}"] = rate(
-                lambda batch=batch: len(inf.run(batch)), args.seconds
-            )
+
+            def run_batch(batch: list[np.ndarray] = batch) -> int:
+                return len(inf.run(batch))
+
+            infer[f"threads={threads} batch={bs}"] = rate(run_batch, args.seconds)
     results["infer_images"] = infer
     logits = [o.logits for o in inf.run(arrays)]
     k = settings.stream.postprocess.top_k
