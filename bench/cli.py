@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=",".join(SECTIONS), help="subset of model,pipeline,transport")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
     p.add_argument("--images", type=int, help="images per pipeline burst (default 160, quick 64)")
-    p.add_argument("--events", type=int, help="events per transport burst (default 15000, quick 5000)")
+    p.add_argument("--events", type=int, help="events per transport burst (default 10000, quick 3000)")
     p.add_argument("--workers", type=int, default=2, help="stream worker processes (as `make demo`)")
     p.add_argument("--sinks", type=int, default=1, help="sink processes")
     p.add_argument("--relays-per-hop", type=int, default=1, help="identity relay processes per hop")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reps = args.reps or (1 if args.quick else 3)
     n_images = args.images or (64 if args.quick else 160)
-    n_events = args.events or (5000 if args.quick else 15000)
+    n_events = args.events or (3000 if args.quick else 10000)
     started = time.time()
     settings = PipelineSettings()
     settings.cassandra.keyspace = topology.KEYSPACE

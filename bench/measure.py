@@ -66,7 +66,11 @@ def collect_rows(session: Any, keyspace: str, ids: list[str], since_ms: float,
     rows: dict[str, dict[str, Any]] = {}
     pending = list(ids)
     while pending:
-        got = queries.fetch_predictions(session, pending, keyspace=keyspace, concurrency=128)
+        try:
+            got = queries.fetch_predictions(session, pending, keyspace=keyspace, concurrency=128)
+        except Exception as exc:  # noqa: BLE001 - a node restarting under us: read again
+            log.warning("reading rows back failed (%s); retrying", exc)
+            got = {}
         for i, r in got.items():
             if (r.get("produced_at") or 0) >= since_ms - 1:
                 rows[i] = r

@@ -18,6 +18,7 @@ from typing import Any
 from bench import images, topology
 from bench.cpu import CpuMeter
 from bench.measure import RunResult, collect_rows
+from bench.waits import quiet, retrying
 from infra import groups
 from producers.publisher import publish_items
 from producers.settings import ProducerSettings
@@ -35,7 +36,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
     settings.producer.rate = rate
     kafka = settings.kafka
     pred_topic = prefix + topics.PREDICTIONS
-    before = groups.end_offsets(kafka, [pred_topic])[pred_topic]
+    before = retrying(lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets")
     alive()
     start = meter.snapshot() if meter is not None else None
     result = publish_items(images.items(count, tag), settings)
@@ -60,7 +61,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
             marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
         return True
 
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, finished)
+    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
     cpu = CpuMeter.diff(start, marks["end"], len(ids)) if start is not None and "end" in marks else None
     return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
 

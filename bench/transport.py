@@ -17,6 +17,7 @@ from typing import Any
 from bench import topology
 from bench.cpu import CpuMeter
 from bench.measure import RunResult, collect_rows
+from bench.waits import quiet
 from infra import groups
 from infra.kafka_clients import producer_config
 from infra.settings import PipelineSettings
@@ -102,6 +103,6 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
             marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
         return True
 
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, finished)
+    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
     cpu = CpuMeter.diff(start, marks["end"], count) if start is not None and "end" in marks else None
     return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)

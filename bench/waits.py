@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from infra import groups
 from infra.services import Services
 from infra.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 POLL_S = 0.25
 
 
@@ -79,3 +81,31 @@ def poll_until(fn: Callable[[], bool], timeout_s: float, what: str, every_s: flo
 def liveness(services: Services, names: list[str]) -> Callable[[], None]:
     """A probe for the wait functions: raises ServiceDied when one of `names` is gone."""
     return lambda: check_alive(services, names)
+
+
+def retrying(fn: Callable[[], T], timeout_s: float = 120.0, what: str = "probe") -> T:
+    """Call `fn` until it returns without a Kafka/timeout error (brokers restart under us)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - KafkaException, TimeoutError, driver errors
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); retrying", what, exc)
+            time.sleep(1.0)
+
+
+def quiet(fn: Callable[[], bool]) -> Callable[[], bool]:
+    """A completion probe whose transient errors mean "not yet" (ServiceDied still raises)."""
+
+    def probe() -> bool:
+        try:
+            return fn()
+        except ServiceDied:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("completion probe failed (%s); will retry", exc)
+            return False
+
+    return probe

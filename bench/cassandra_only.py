@@ -1,0 +1,86 @@
+"""Cassandra-only: the sink's write path alone, no Kafka.
+
+The sink's own pieces (consumers.records.map_record, consumers.statements,
+consumers.writer.AsyncWriter) write `count` prediction events (2 rows each) into
+`vision_bench` at LOCAL_QUORUM from this process. What it reaches is the ceiling of
+the transport's last hop; its CPU split (this client vs the Cassandra nodes) says
+whether a faster sink or a lighter write would move that ceiling. `protocol_version`
+and `concurrency` let one compare driver settings without touching the sink.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench import topology
+from bench.cpu import CpuMeter, cluster_pids
+from bench.stats import throughput
+from bench.transport import prediction_event
+from consumers.records import KafkaRecord, map_record
+from consumers.settings import RetrySettings
+from consumers.statements import write_statements
+from consumers.writer import AsyncWriter, prepare_writes
+from infra.cassandra_session import consistency_level
+from infra.settings import CassandraSettings
+from schemas import topics
+from schemas.raw import now_ms
+
+
+def session_for(settings: CassandraSettings, protocol_version: int) -> tuple[Any, Any]:
+    """Like infra.cassandra_session.connect, with the protocol version as a parameter."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_datacenter)),
+        consistency_level=consistency_level(settings.read_consistency),
+        request_timeout=settings.request_timeout_s,
+    )
+    cluster = Cluster(contact_points=settings.contact_points, port=settings.port,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                      protocol_version=protocol_version, connect_timeout=10)
+    return cluster, cluster.connect()
+
+
+def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int = 64,
+                       protocol_version: int = 5, tag: str = "") -> dict[str, Any]:
+    cluster, session = session_for(settings, protocol_version)
+    try:
+        prepared = prepare_writes(session, write_statements(topology.KEYSPACE),
+                                  consistency_level(settings.write_consistency))
+        writer = AsyncWriter(session, prepared, concurrency=concurrency, retry=RetrySettings())
+        pred_topic = topics.PREDICTIONS
+        tag = tag or str(int(time.time()))
+        recs = []
+        for i in range(count):
+            image_id = f"bench-c-{tag}-{i:07d}"
+            value, headers = prediction_event(image_id, i, now_ms())
+            recs.append(KafkaRecord(pred_topic, 0, i, image_id.encode(), value, headers, now_ms()))
+        meter = CpuMeter(cluster_pids())
+        a = meter.snapshot()
+        first = now_ms()
+        rows = 0
+        for rec in recs:
+            for w in map_record(rec, pred_topic).writes:
+                writer.submit(w, None)
+                rows += 1
+            if writer.backlog > 4 * concurrency:
+                writer.pump(0.05)
+        failed = 0
+        while writer.backlog:
+            for _, _, failure in writer.pump(0.05):
+                failed += failure is not None
+        last = now_ms()
+        b = meter.snapshot()
+        cpu = CpuMeter.diff(a, b, count)
+        return {
+            "events": count, "rows": rows, "concurrency": concurrency,
+            "protocol_version": protocol_version, "failed": failed,
+            "retries": writer.stats.retries,
+            "events_per_s": round(throughput(count, first, last) or 0, 1),
+            "rows_per_s": round(throughput(rows, first, last) or 0, 1),
+            "cpu": cpu,
+        }
+    finally:
+        cluster.shutdown()
