@@ -99,13 +99,23 @@ def signal_pid(pid: int, sig: int, marker: str) -> bool:
     return False
 
 
+def _exiting_or_ours(pid: int, marker: str) -> bool:
+    """True while pid is ours or still exiting. An exiting process drops its memory (and
+    so its cmdline) before it closes its sockets: it is gone only as a zombie or when
+    /proc no longer has it, and only then are its ports free."""
+    _reap(pid)
+    if _state(pid) in ("", "Z", "X"):
+        return False
+    return is_ours(pid, marker) or not _cmdline(pid)
+
+
 def wait_gone(pids: Sequence[int], marker: str, timeout: float) -> list[int]:
-    """Poll until none of pids is ours any more or timeout; return those still alive."""
+    """Poll until every pid has fully exited, or timeout; return those still alive."""
     deadline = time.monotonic() + timeout
-    alive = [p for p in pids if is_ours(p, marker)]
+    alive = [p for p in pids if _exiting_or_ours(p, marker)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = [p for p in alive if is_ours(p, marker)]
+        alive = [p for p in alive if _exiting_or_ours(p, marker)]
     return alive
 
 
