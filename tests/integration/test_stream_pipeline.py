@@ -95,9 +95,7 @@ class Pipeline:
     def settings(self) -> KafkaSettings:
         return KafkaSettings(bootstrap_servers=self.bootstrap)
 
-    def start_worker(self, **env: str) -> Worker:
-        port = free_port()
-        log = self.tmp / f"worker-{port}.log"
+    def env(self, **extra: str) -> dict[str, str]:
         e = dict(os.environ)
         e.update(
             PIPELINE_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
@@ -105,12 +103,19 @@ class Pipeline:
             PIPELINE_STREAM__WORKER__APP_ID=self.app_id,
             PIPELINE_STREAM__WORKER__DATA_DIR=str(self.tmp / "data"),
             PIPELINE_STREAM__WORKER__HEALTH_LOG_INTERVAL_S="5",
-            **env,
+            **extra,
         )
+        return e
+
+    def start_worker(self, *args: str, port: int | None = None, **env: str) -> Worker:
+        """`python -m stream_app worker` (or, with args, e.g. `workers -n 2`)."""
+        port = port or free_port()
+        log = self.tmp / f"worker-{port}.log"
+        cmd = list(args) or ["worker"]
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_app", "worker", "--web-port", str(port)],
-                cwd=ROOT, env=e, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "stream_app", *cmd, "--web-port", str(port)],
+                cwd=ROOT, env=self.env(**env), stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         w = Worker(proc, port, log)
         self.workers.append(w)
@@ -208,12 +213,29 @@ class Results:
         self.consumer.close()
 
 
-def free_port() -> int:
+def free_port(consecutive: int = 1) -> int:
+    """A port p such that p .. p+consecutive-1 are free now."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + consecutive > 65535:
+            continue
+        try:
+            socks = []
+            for p in range(base + 1, base + consecutive):
+                t = socket.socket()
+                socks.append(t)
+                t.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free port range")
 
 
 @pytest.fixture
@@ -384,3 +406,38 @@ def test_sigkill_one_of_two_workers_mid_stream_loses_nothing(
     assert ids <= set(results.predictions)
     print(f"killed after {killed[0]} of {len(ids)} predictions; "
           f"{sum(len(v) for v in results.predictions.values()) - len(ids)} re-deliveries")  # fmt: skip
+
+
+def test_workers_supervisor_restarts_a_killed_worker(pipeline: Pipeline, unique_name: str) -> None:
+    base = free_port(consecutive=2)
+    sup = pipeline.start_worker("workers", "-n", "2", port=base)
+    children = [
+        Worker(sup.proc, base, sup.log),
+        Worker(sup.proc, base + 1, sup.log),
+    ]
+
+    def pids() -> list[int] | None:
+        hs = [c.health() for c in children]
+        return [h["pid"] for h in hs] if all(hs) else None  # type: ignore[index]
+
+    first = wait_for("both supervised workers to serve /health/", pids, timeout=180)
+    pipeline.wait_assigned(children)
+    os.kill(first[0], signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = pids()
+        return bool(now) and now[0] != first[0] and now[1] == first[1]  # type: ignore[index]
+
+    wait_for("the supervisor to restart the killed worker", replaced, timeout=120)
+    assert sup.proc.poll() is None
+    items = [(f"s{i}", photo("coffee.png")) for i in range(6)]
+    pipeline.produce(items)
+    results = Results(pipeline, f"{unique_name}-read")
+    try:
+        results.wait_all({k for k, _ in items}, timeout=240)
+    finally:
+        results.close()
+    assert {k for k, _ in items} <= set(results.predictions)
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(timeout=90) == 0
+    assert all(c.health() is None for c in children), "a worker outlived its supervisor"
