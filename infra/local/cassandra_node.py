@@ -6,11 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.topology import CASSANDRA_STORAGE_PORT, NodeSpec
+from infra.local.topology import NodeSpec
 
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
 CLUSTER_NAME = "torchstream"
-SEED = f"127.0.0.1:{CASSANDRA_STORAGE_PORT}"
 
 # From Cassandra 5.0's conf/jvm17-server.options: the JDK internals it reaches into.
 JAVA17_MODULE_FLAGS = [
@@ -74,7 +73,15 @@ def data_dirs(storage: Path) -> dict[str, Path]:
     }
 
 
-def render_yaml(node: NodeSpec, storage: Path, tuning: CassandraTuning) -> str:
+def seeds(cluster: list[NodeSpec]) -> str:
+    """Every node is a seed: a node restarting while another is down still finds a peer
+    to gossip with (a lone non-seed node refuses to start). New clusters start in order,
+    each node after the previous answers CQL, so no node forms a ring of its own."""
+    return ",".join(f"{n.host}:{n.ports['storage']}" for n in cluster)
+
+
+def render_yaml(node: NodeSpec, cluster: list[NodeSpec], storage: Path,
+                tuning: CassandraTuning) -> str:
     """cassandra.yaml as YAML-compatible JSON values, one key per line."""
     d = data_dirs(storage)
     t = tuning
@@ -87,7 +94,7 @@ def render_yaml(node: NodeSpec, storage: Path, tuning: CassandraTuning) -> str:
         "seed_provider": [
             {
                 "class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
-                "parameters": [{"seeds": SEED}],
+                "parameters": [{"seeds": seeds(cluster)}],
             }
         ],
         "listen_address": node.host,

@@ -345,7 +345,8 @@ class LocalCluster:
         for p in cassandra_node.data_dirs(storage).values():
             p.mkdir(parents=True, exist_ok=True)
         (d.conf / "cassandra.yaml").write_text(
-            cassandra_node.render_yaml(node, storage, self.cassandra_tuning))
+            cassandra_node.render_yaml(node, nodes(CASSANDRA, self.node_count(CASSANDRA)),
+                                       storage, self.cassandra_tuning))
         (d.conf / "logback.xml").write_text(cassandra_node.render_logback())
         opts = cassandra_node.jvm_options(
             node, lib=lib, conf_dir=d.conf, storage=storage, logs_dir=d.logs, tmp_dir=d.tmp,

@@ -136,11 +136,12 @@ def test_log_tail_shows_the_server_log_then_jvm_output_since_the_last_start(tmp_
 
 def test_cassandra_yaml_is_valid_yaml_with_per_node_addresses(tmp_path):
     node = node_by_name("cassandra-2")
-    conf = yaml.safe_load(cassandra_node.render_yaml(node, tmp_path,
+    conf = yaml.safe_load(cassandra_node.render_yaml(node, nodes("cassandra", 3), tmp_path,
                                                      cassandra_node.CassandraTuning()))
     assert conf["listen_address"] == conf["rpc_address"] == "127.0.0.2"
     assert conf["native_transport_port"] == 9042 and conf["storage_port"] == 7000
-    assert conf["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.1:7000"
+    assert conf["seed_provider"][0]["parameters"][0]["seeds"] == (
+        "127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000")
     assert conf["endpoint_snitch"] == "SimpleSnitch"
     assert conf["partitioner"].endswith("Murmur3Partitioner")
     assert conf["storage_compatibility_mode"] == "NONE"
