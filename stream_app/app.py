@@ -125,7 +125,8 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         model = load_model(s.model)
         labels = model.labels
         rt.model_name, rt.model_version = model.info.name, model.info.version
-        out["infer"] = InferStage(STAGE_BY_NAME["infer"], Inferencer(model), model.info, prefix)
+        inferencer = Inferencer(model, s.infer.max_forward_batch)
+        out["infer"] = InferStage(STAGE_BY_NAME["infer"], inferencer, model.info, prefix)
     if "decode" in stages:
         spec = preprocess_for(s.model)
         out["decode"] = DecodeStage(STAGE_BY_NAME["decode"], spec, s.decode, prefix)

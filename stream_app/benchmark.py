@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     results["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
     results["decode_images"] = rate(decode_all, args.seconds)
     arrays = [decode_image(b, model.preprocess, settings.stream.decode).pixels for b in blobs]
-    inf = Inferencer(model)
+    inf = Inferencer(model)  # no chunking: each measured batch is one forward pass
     infer: dict[str, dict[str, float]] = {}
     for threads in (int(t) for t in args.threads.split(",")):
         configure_torch(threads)

@@ -34,7 +34,13 @@ class InferOutcome:
 class Inferencer:
     """Runs a loaded model over batches. Not thread-safe: use one per executor thread."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, max_forward_batch: int | None = None) -> None:
+        """`max_forward_batch`: largest batch given to one forward pass (None: all).
+        On small CPUs big batches are slower per image (activations spill out of
+        cache), so a micro-batch of 16 may run as 4 passes of 4."""
+        if max_forward_batch is not None and max_forward_batch < 1:
+            raise ValueError("max_forward_batch must be >= 1")
+        self.max_forward_batch = max_forward_batch
         self.model = model
         spec = model.preprocess
         self.input_shape = spec.input_shape
@@ -80,8 +86,9 @@ class Inferencer:
                 valid.append(i)
             except InferError as err:
                 outcomes[i] = InferOutcome(None, err)
-        if valid:
-            self._run_split(arrays, valid, outcomes)
+        step = self.max_forward_batch or max(1, len(valid))
+        for start in range(0, len(valid), step):
+            self._run_split(arrays, valid[start : start + step], outcomes)
         return [o for o in outcomes if o is not None]
 
     def _run_split(

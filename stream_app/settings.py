@@ -86,6 +86,10 @@ class DecodeSettings(BaseModel):
 class InferSettings(BaseModel):
     # Intra-op threads of torch in this process (torch.set_num_threads).
     torch_threads: int = Field(default=1, ge=1, le=256)
+    # Largest batch per forward pass; a worker's micro-batch is cut into chunks of this
+    # size. On the 2-core dev machine 4 gave the most images per CPU second (see
+    # docs/stream_app.md); larger batches were slower per image.
+    max_forward_batch: int = Field(default=4, ge=1, le=1024)
 
 
 class PostprocessSettings(BaseModel):

@@ -72,6 +72,26 @@ def test_batch_outcomes_match_single_image_calls(
         np.testing.assert_allclose(o.logits, single.logits, atol=1e-3)
 
 
+def test_forward_batches_are_capped(loaded: LoadedModel, photos: list[np.ndarray]) -> None:
+    sizes: list[int] = []
+
+    class Sizes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            sizes.append(x.shape[0])
+            return loaded.module(x)
+
+    records = [photos[i % len(photos)] for i in range(10)]
+    records[5] = np.zeros((3, 10, 10), np.uint8)  # invalid: never reaches the model
+    capped = Inferencer(LoadedModel(Sizes(), loaded.info, loaded.labels), max_forward_batch=4)
+    out = capped.run(records)
+    assert sizes == [4, 4, 1]
+    assert [o.ok for o in out] == [True] * 5 + [False] + [True] * 4
+    whole = Inferencer(loaded).run(records)
+    for a, b in zip(out, whole, strict=True):
+        if a.ok:
+            np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "bad,detail",
     [
