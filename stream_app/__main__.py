@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from stream_app.settings import StreamSettings
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"--stages: unknown stage(s) {sorted(unknown)}")
             current = settings.stream.worker
             settings.stream.worker = current.model_copy(update={"stages": stages})
+        if settings.stream.infer.torch_threads > 1:
+            # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning.
+            # On a shared 2-core box spinning cut 2-thread inference to ~1-6 images/s;
+            # passive waiting gave ~17 (docs/stream_app.md). Explicit settings win.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from stream_app.worker import run_worker
 
         return run_worker(settings, args.web_port)
