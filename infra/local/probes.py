@@ -83,8 +83,8 @@ def cql_answers(host: str, port: int = 9042, timeout: float = 1.0) -> bool:
 
 
 def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 10.0) -> str:
-    """'' if every node lists the others in system.peers_v2 and, as coordinator, sees all
-    replicas alive (a CL ALL range read of system_distributed, RF 3); else the reason."""
+    """'' if each of hosts (the live nodes) lists the others in system.peers_v2 and, as
+    coordinator, sees them all alive; else the reason."""
     from cassandra import ConsistencyLevel
     from cassandra.cluster import Cluster
     from cassandra.policies import WhiteListRoundRobinPolicy
@@ -101,9 +101,12 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
     try:
         session = cluster.connect()
         by_addr = {h.address: h for h in cluster.metadata.all_hosts()}
+        # system_distributed has RF 3: a range read at ONE/TWO/THREE (one per live node)
+        # succeeds only if the coordinator sees every other live node as alive.
+        level = (ConsistencyLevel.ONE, ConsistencyLevel.TWO, ConsistencyLevel.THREE)[
+            min(len(hosts), 3) - 1]
         all_read = SimpleStatement(
-            "SELECT * FROM system_distributed.repair_history LIMIT 1",
-            consistency_level=ConsistencyLevel.ALL,
+            "SELECT * FROM system_distributed.repair_history LIMIT 1", consistency_level=level
         )
         for addr in hosts:
             host = by_addr.get(addr)
@@ -120,7 +123,7 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
             try:
                 session.execute(all_read, host=host, timeout=timeout)
             except Exception as e:
-                return f"{addr} does not see all replicas alive: {type(e).__name__}: {e}"
+                return f"{addr} does not see all live nodes up: {type(e).__name__}: {e}"
         return ""
     except Exception as e:
         return f"CQL connection failed: {type(e).__name__}: {e}"
