@@ -7,10 +7,12 @@ the environment at import time.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Defaults match the local clusters that `python -m infra up` starts.
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
@@ -43,7 +45,10 @@ class KafkaSettings(BaseModel):
 
 
 class CassandraSettings(BaseModel):
-    contact_points: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTACT_POINTS))
+    # NoDecode: the env value "a,b,c" is split by the validator below, JSON lists work too.
+    contact_points: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CONTACT_POINTS)
+    )
     port: int = 9042
     local_datacenter: str = "datacenter1"
     keyspace: str = "vision"
@@ -66,7 +71,9 @@ class CassandraSettings(BaseModel):
     @classmethod
     def _split_points(cls, v: Any) -> Any:
         # Env vars give "a,b,c"; accept that as well as JSON lists.
-        if isinstance(v, str) and not v.lstrip().startswith("["):
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
