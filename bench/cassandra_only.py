@@ -44,7 +44,11 @@ def session_for(settings: CassandraSettings, protocol_version: int) -> tuple[Any
 
 
 def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int = 64,
-                       protocol_version: int = 5, tag: str = "") -> dict[str, Any]:
+                       protocol_version: int = 5, tag: str = "",
+                       batch_events: int = 0) -> dict[str, Any]:
+    """batch_events=0: the sink's way (one request per row, `AsyncWriter`); N > 0: the rows
+    of N events in one UNLOGGED batch per request (same statements and timestamps), to
+    measure what batching would save."""
     cluster, session = session_for(settings, protocol_version)
     try:
         prepared = prepare_writes(session, write_statements(topology.KEYSPACE),
@@ -61,7 +65,10 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
         a = meter.snapshot()
         first = now_ms()
         rows = 0
-        for rec in recs:
+        if batch_events > 0:
+            rows = _batched(session, prepared, recs, pred_topic, batch_events, concurrency,
+                            consistency_level(settings.write_consistency))
+        for rec in (recs if batch_events <= 0 else []):
             for w in map_record(rec, pred_topic).writes:
                 writer.submit(w, None)
                 rows += 1
@@ -76,7 +83,7 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
         cpu = CpuMeter.diff(a, b, count)
         return {
             "events": count, "rows": rows, "concurrency": concurrency,
-            "protocol_version": protocol_version, "failed": failed,
+            "protocol_version": protocol_version, "failed": failed, "batch_events": batch_events,
             "retries": writer.stats.retries,
             "events_per_s": round(throughput(count, first, last) or 0, 1),
             "rows_per_s": round(throughput(rows, first, last) or 0, 1),
@@ -84,3 +91,23 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
         }
     finally:
         cluster.shutdown()
+
+
+def _batched(session: Any, prepared: dict[str, Any], recs: list[KafkaRecord], topic: str,
+             batch_events: int, concurrency: int, consistency: int) -> int:
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.query import BatchStatement, BatchType
+
+    batches = []
+    rows = 0
+    for start in range(0, len(recs), batch_events):
+        b = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=consistency)
+        for rec in recs[start : start + batch_events]:
+            for w in map_record(rec, topic).writes:
+                b.add(prepared[w.statement], w.bind_values())
+                rows += 1
+        batches.append((b, ()))
+    for ok, res in execute_concurrent(session, batches, concurrency=concurrency, raise_on_first_error=False):
+        if not ok:
+            raise RuntimeError(f"batch failed: {res}")
+    return rows

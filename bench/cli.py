@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 "see spread_pct and values",
     }
     cluster, session = None, None
+    error: BaseException | None = None
     try:
         step("clusters: waiting until Kafka has 3 brokers and Cassandra 3 nodes up")
         out["clusters_at_start"] = wait_clusters(args.cluster_timeout)
@@ -97,26 +98,34 @@ def main(argv: list[str] | None = None) -> int:
         cluster, session = cassandra_session.connect(settings.cassandra)
         out["machine"] = machine_info(session)
         model = model_section(args, n_images) if "model" in only else None
-        if "pipeline" in only:
-            out["pipeline"] = pipeline_section(args, session, n_images, reps, model)
-        elif model is not None:
-            for _ in range(reps):
-                model.one_rep()
-        if model is not None:
-            out["model_only"] = model.result()
+        try:
+            if "pipeline" in only:
+                pipeline_section(args, session, n_images, reps, out.setdefault("pipeline", {}), model)
+            elif model is not None:
+                for _ in range(reps):
+                    model.one_rep()
+        finally:
+            if model is not None:
+                out["model_only"] = model.result()
         if "transport" in only:
-            out["transport"] = transport_section(args, settings, session, n_events, reps)
+            transport_section(args, settings, session, n_events, reps, out.setdefault("transport", {}))
+    except BaseException as exc:  # KeyboardInterrupt too: keep what was measured
+        error = exc
+        out["incomplete"] = f"{type(exc).__name__}: {exc}"
     finally:
         if cluster is not None:
             cluster.shutdown()
-    out["clusters_at_end"] = (lambda st: st and {"kafka_brokers": st["kafka"]["brokers"],
-                                                  "cassandra_up": st["cassandra"]["up_nodes"]})(cluster_status())
-    out["ratios"] = ratios(out)
-    out["wall_s"] = round(time.time() - started, 1)
-    out["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
-    path = write_results(out, args.tag)
-    print_table(out)
-    print(f"\nresults: {path} (and {RESULTS / 'latest.json'}); wall {out['wall_s']:.0f}s")
+        st = cluster_status() if error is None else None
+        out["clusters_at_end"] = st and {"kafka_brokers": st["kafka"]["brokers"],
+                                         "cassandra_up": st["cassandra"]["up_nodes"]}
+        out["ratios"] = ratios(out)
+        out["wall_s"] = round(time.time() - started, 1)
+        out["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
+        path = write_results(out, args.tag + ("-incomplete" if error else ""), latest=error is None)
+        print_table(out)
+        print(f"\nresults: {path}; wall {out['wall_s']:.0f}s")
+    if error is not None:
+        raise error
     return 0
 
 
@@ -161,7 +170,8 @@ def _services(args: argparse.Namespace) -> Services:
 
 
 def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps: int,
-                     model: Any = None) -> dict[str, Any]:
+                     res: dict[str, Any], model: Any = None) -> dict[str, Any]:
+    """Fills `res` as it goes, so an interrupted run keeps what it measured."""
     from stream_app.settings import StreamSettings
 
     ss = StreamSettings()
@@ -171,11 +181,15 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
     ports = topology.web_ports(args.workers)
     prefix = topology.PIPELINE_PREFIX
     app_topics = [prefix + s.source for s in topics.STAGES]
-    res: dict[str, Any] = {
+    res.update({
         "workers": args.workers, "sinks": args.sinks, "images_per_burst": n_images,
         "batch_size": ss.stream.worker.batch_size, "batch_window_s": ss.stream.worker.batch_window_s,
         "torch_threads_per_worker": ss.stream.infer.torch_threads,
-    }
+    })
+    bursts: list[dict[str, Any]] = []
+    paced: list[dict[str, Any]] = []
+    pairs: list[float] = []
+    half = 0.0
     step(f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*")
     try:
         for spec in specs:
@@ -191,8 +205,6 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
         tag0 = f"p{int(time.time())}"
         step("pipeline: warm-up burst (32 images)")
         pipeline.run_once(alive, session, f"{tag0}-warm", 32, timeout_s=args.timeout)
-        bursts, paced = [], []
-        pairs: list[float] = []
         for r in range(reps):
             m_rate = model.one_rep() if model is not None else None
             h0 = pipeline.worker_health(ports)
@@ -220,9 +232,10 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
             step(f"pipeline paced {r + 1}/{reps} at {half:.1f}/s: {s['per_s']} images/s, "
                  f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
         res["health_after"] = pipeline.worker_health(ports)
+    finally:
         res["paired_ratio_over_model_only"] = summarize(pairs)
         res["saturation"] = {
-            "images_per_s": sat,
+            "images_per_s": summarize([b["per_s"] for b in bursts if b["per_s"]]),
             "p50_ms": summarize([b["p50_ms"] for b in bursts]),
             "p95_ms": summarize([b["p95_ms"] for b in bursts]),
             "p99_ms": summarize([b["p99_ms"] for b in bursts]),
@@ -237,7 +250,6 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
             "p99_ms": summarize([b["p99_ms"] for b in paced]),
             "runs": paced,
         }
-    finally:
         step("pipeline: stopping its services")
         services.stop_all()
     return res
@@ -256,14 +268,14 @@ def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
 
 
 def transport_section(args: argparse.Namespace, settings: PipelineSettings, session: Any,
-                      n_events: int, reps: int) -> dict[str, Any]:
+                      n_events: int, reps: int, res: dict[str, Any]) -> dict[str, Any]:
     kafka = settings.kafka
     services = _services(args)
     specs = topology.transport_specs(args.sinks, args.relays_per_hop, args.relay_linger_ms)
     hops = topology.transport_hops()
-    res: dict[str, Any] = {"events_per_burst": n_events, "sinks": args.sinks,
-                           "relays_per_hop": args.relays_per_hop, "hops": len(hops),
-                           "rows_per_event": 2}
+    res.update({"events_per_burst": n_events, "sinks": args.sinks,
+                "relays_per_hop": args.relays_per_hop, "hops": len(hops), "rows_per_event": 2})
+    runs: list[dict[str, Any]] = []
     step(f"transport: starting {len(hops)} x {args.relays_per_hop} identity relay(s) and "
          f"{args.sinks} sink(s) on {topology.PREFIX}*")
     try:
@@ -280,7 +292,6 @@ def transport_section(args: argparse.Namespace, settings: PipelineSettings, sess
         tag0 = f"t{int(time.time())}"
         step("transport: warm-up burst (1000 events)")
         transport.run_once(settings, alive, session, f"{tag0}-warm", 1000, timeout_s=args.timeout)
-        runs = []
         for r in range(reps):
             run = transport.run_once(settings, alive, session, f"{tag0}-{r}", n_events,
                                      timeout_s=args.timeout, meter=meter)
@@ -288,12 +299,12 @@ def transport_section(args: argparse.Namespace, settings: PipelineSettings, sess
             runs.append(s)
             step(f"transport burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
                  f"p99 {s['p99_ms']} ms, missing {s['missing']}")
+    finally:
         res["cpu_ms_per_event"] = cpu_summary(runs)
         res["events_per_s"] = summarize([x["per_s"] for x in runs if x["per_s"]])
         res["p50_ms"] = summarize([x["p50_ms"] for x in runs])
         res["p99_ms"] = summarize([x["p99_ms"] for x in runs])
         res["runs"] = runs
-    finally:
         step("transport: stopping its services")
         services.stop_all()
     return res
@@ -330,12 +341,13 @@ def ratios(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_results(out: dict[str, Any], tag: str) -> Path:
+def write_results(out: dict[str, Any], tag: str, latest: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"{stamp}-{tag}.json" if tag else f"{stamp}.json"
     text = json.dumps(out, indent=2, default=str) + "\n"
     path = RESULTS / name
     path.write_text(text)
-    (RESULTS / "latest.json").write_text(text)
+    if latest:  # an interrupted run keeps its file but does not replace latest.json
+        (RESULTS / "latest.json").write_text(text)
     return path
