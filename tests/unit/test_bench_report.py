@@ -1,0 +1,57 @@
+"""bench.cli's pure helpers and the printed table (no servers)."""
+
+from __future__ import annotations
+
+from bench.cli import batch_delta, cpu_summary, ratios
+from bench.pipeline import batch_summary
+from bench.report import print_table
+
+
+def test_batch_summary_and_delta() -> None:
+    health = [
+        {"stages": [{"stage": "infer", "records_in": 40, "batches": 5, "max_batch_size": 16,
+                     "images_per_busy_s": 9.0}]},
+        {"stages": [{"stage": "infer", "records_in": 24, "batches": 3, "max_batch_size": 12}]},
+        {"port": 1, "error": "down"},
+    ]
+    agg = batch_summary(health)
+    assert agg["infer"]["records_in"] == 64 and agg["infer"]["mean_batch_size"] == 8.0
+    before = {"infer": {"records_in": 16, "batches": 2}}
+    d = batch_delta(before, agg)
+    assert d["infer"] == {"records": 48, "batches": 6, "mean_batch_size": 8.0,
+                          "images_per_busy_s": [9.0]}
+
+
+def test_cpu_summary_medians() -> None:
+    runs = [
+        {"cpu": {"cpu_ms_per_item": {"kafka": 1.0, "worker": 10.0}, "others_pct_of_machine": 20.0}},
+        {"cpu": {"cpu_ms_per_item": {"kafka": 3.0, "worker": 12.0}, "others_pct_of_machine": 40.0}},
+        {"cpu": None},
+    ]
+    c = cpu_summary(runs)
+    assert c["kafka"] == 2.0 and c["worker"] == 11.0 and c["total"] == 13.0
+    assert c["others_pct_of_machine"] == 30.0
+
+
+def test_ratios_and_table(capsys) -> None:  # type: ignore[no-untyped-def]
+    out = {
+        "model_only": {"batch_size": 16, "torch_threads": 2,
+                       "images_per_s": {"n": 1, "median": 10.0, "min": 10.0, "max": 10.0},
+                       "ms_per_image": {k: {"median": 1.0} for k in ("decode", "infer", "postprocess")}},
+        "pipeline": {"saturation": {"images_per_s": {"n": 1, "median": 8.0, "min": 8.0, "max": 8.0},
+                                    "p50_ms": {"median": 100.0}, "p95_ms": {"median": 200.0},
+                                    "p99_ms": {"median": 300.0}, "runs": []},
+                     "half_rate": {"rate_per_s": 4.0, "images_per_s": {"median": None},
+                                   "p50_ms": {}, "p95_ms": {}, "p99_ms": {}, "runs": []},
+                     "paired_ratio_over_model_only": {"median": 0.85, "min": 0.8, "max": 0.9}},
+        "transport": {"hops": 3, "events_per_s": {"n": 1, "median": 500.0, "min": 500.0, "max": 500.0},
+                      "p50_ms": {"median": 10.0}, "p99_ms": {"median": 20.0}},
+    }
+    r = ratios(out)
+    assert r["pipeline_over_model_only"] == 0.8
+    assert r["pipeline_over_model_only_paired"] == 0.85
+    assert r["transport_events_per_s"] == 500.0
+    out["ratios"] = r
+    print_table(out)
+    text = capsys.readouterr().out
+    assert "pipeline images/s at saturation" in text and "transport events/s" in text
