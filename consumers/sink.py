@@ -143,6 +143,8 @@ class Sink:
         self._cluster: Any = None
         self._warned_topics: set[str] = set()
         self._committed: dict[TP, int] = {}
+        # Partitions this member holds (updated by the rebalance callbacks).
+        self.assigned: set[TP] = set()
         self.started = threading.Event()
 
     # -- setup -----------------------------------------------------------------------
@@ -352,12 +354,14 @@ class Sink:
 
     # -- rebalance -------------------------------------------------------------------
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         if self._paused and partitions:
             self._consumer.pause(partitions)
 
     def _release(self, partitions: list[Any], why: str) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        self.assigned -= set(tps)
         if not tps:
             return
         drained = self._drain(lambda: all(not self._open.get(tp) for tp in tps),

@@ -216,7 +216,8 @@ def group_lag(env: Env, group: str) -> int:
     from infra.groups import group_lag as lag
 
     try:
-        return lag(env.base.kafka, group, [env.topic(topics.PREDICTIONS)])["total"]
+        sink_topics = [env.topic(t) for t in (topics.PREDICTIONS, *STAGE_DLQS)]
+        return lag(env.base.kafka, group, sink_topics)["total"]
     except Exception:  # noqa: BLE001 - group not known yet
         return -1
 
@@ -396,15 +397,31 @@ def test_sink_refuses_consistency_that_cannot_overlap(env: Env, tmp_path: Path) 
 
 def test_second_sink_joining_mid_stream_rebalances_without_loss(env: Env) -> None:
     tag = f"d{uuid.uuid4().hex[:6]}"
-    image_ids = ids(tag, 3000)
+    image_ids = ids(tag, 4000)
+    rejected = [f"{tag}-rej{i:03d}" for i in range(90)]
     group = f"g-{tag}"
-    publish_predictions(env, image_ids, int(time.time() * 1000))
+    t0 = int(time.time() * 1000)
+    publish_predictions(env, image_ids[:2000], t0)
     with SinkThread(env.settings(group, concurrency=16)) as a:
         wait_for(lambda: a.sink.rows_written >= 400, WAIT_S, "the first sink to be mid-stream")
         with SinkThread(env.settings(group, concurrency=16)) as b:
-            # The cooperative rebalance hands b some partitions; a commits what it revokes.
-            wait_for(lambda: b.sink.counters.records > 0, WAIT_S, "the second sink to get work")
-            wait_for(lambda: group_lag(env, group) == 0, WAIT_S, "the group to catch up")
-    assert a.sink.counters.commits > 0 and b.sink.counters.commits > 0
+            # Cooperative rebalance: a drains and commits what it gives up, b takes over
+            # (the sticky assignor decides which topics' partitions move).
+            wait_for(lambda: b.sink.assigned and len(a.sink.assigned) < 4 * 6, WAIT_S,
+                     "the second sink to take over partitions")
+            assert not (a.sink.assigned & b.sink.assigned), "a partition held by both members"
+            # More work on every topic, so both members get some of it.
+            publish_predictions(env, image_ids[2000:], t0 + 2000)
+            pub = Publisher(env)
+            for i, image_id in enumerate(rejected):
+                pub.dead_letter(image_id, STAGE_DLQS[i % 3], reason="late")
+            pub.flush()
+            wait_for(lambda: a.done() + b.done() >= len(image_ids) + len(rejected)
+                     and a.sink.open_records == 0 and b.sink.open_records == 0, WAIT_S,
+                     "both sinks to settle every record")
+            wait_for(lambda: group_lag(env, group) == 0, WAIT_S, "the group to commit")
+    assert a.sink.counters.records > 0 and b.sink.counters.records > 0
     got = stored(env, image_ids)
     assert len(got) == len(image_ids), f"lost {sorted(set(image_ids) - set(got))[:5]}"
+    rej = queries.fetch_rejections(env.session, rejected, keyspace=env.keyspace)
+    assert len(rej) == len(rejected)
