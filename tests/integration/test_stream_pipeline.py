@@ -263,6 +263,31 @@ def pipeline(kafka_cluster: Any, unique_name: str, tmp_path: Path) -> Iterator[P
         kafka_cluster.delete_topics(names)
 
 
+def direct_top5(names: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Top-5 of the packaged model called directly (one image per forward pass)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from stream_app.model import load_model
+    from stream_app.settings import ModelSettings
+
+    net = load_model(ModelSettings()).module
+    out = {}
+    for name in names:
+        im = Image.open(PHOTOS / name).convert("RGB")
+        w, h = im.size
+        s = 256 / min(w, h)
+        im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.Resampling.BICUBIC)
+        left, top = (im.width - 224) // 2, (im.height - 224) // 2
+        x = (np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32) - 127.0) / 128.0
+        with torch.no_grad():
+            probs = torch.softmax(net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]), 1)[0]
+        top = torch.topk(probs, 5)
+        out[name] = [(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)]
+    return out
+
+
 def truncated_png() -> bytes:
     return photo("chelsea.png")[:4000]
 
@@ -318,6 +343,14 @@ def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None
             (p["top_k"][0]["class_index"], round(p["top_k"][0]["score"], 4))
         )
     assert all(len(v) == 1 for v in by_photo.values()), by_photo
+    # Invariant 4: what came out of Kafka equals the model called directly on the photo.
+    direct = direct_top5(names)
+    for key, _ in items:
+        got = results.predictions[key][0]["top_k"]
+        want = direct[key.rsplit("-", 1)[0]]
+        assert got[0]["class_index"] == want[0][0]
+        for g, (idx, score) in zip(got, want, strict=True):
+            assert g["class_index"] == idx and abs(g["score"] - score) < 1e-4
     health = w.health()
     assert health is not None
     stages = {s["stage"]: s for s in health["stages"]}
@@ -330,8 +363,9 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
 ) -> None:
     w = pipeline.start_worker()
     pipeline.wait_assigned([w])
-    bad = {
+    bad: dict[str, tuple[bytes | None, str]] = {
         "bad-empty": (b"", "empty"),
+        "bad-null": (None, "empty"),  # a tombstone: no value at all
         "bad-text": (b"this is a text file, not an image\n" * 10, "not-an-image"),
         "bad-random": (bytes(range(256)) * 8, "not-an-image"),
         "bad-trunc-png": (truncated_png(), "truncated"),
@@ -359,7 +393,7 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
         letter = results.dead[key][0]
         assert letter["reason"] == reason, (key, letter["reason"], letter["error_message"])
         assert letter["stage"] == "decode" and letter["error_class"] == "DecodeError"
-        assert letter["payload"] == data  # the original bytes, unchanged
+        assert letter["payload"] == (data or b"")  # the original bytes, unchanged
         assert letter["origin_topic"] == pipeline.prefix + "images.raw"
         assert letter["payload_headers"]["source"] == "integration-test"
         h = results.dead_headers[key]
