@@ -5,14 +5,23 @@ PIPELINE_TEST_BACKEND=native (default) | docker | external; see tests/cluster_ba
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from cluster_backends import Backend, CassandraCluster, KafkaCluster, make_backend
+from cluster_backends import BACKENDS, Backend, CassandraCluster, KafkaCluster, make_backend
 
 from infra.local import CASSANDRA, KAFKA
 from infra.settings import PipelineSettings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = os.environ.get("PIPELINE_TEST_BACKEND", "native").strip().lower() or "native"
+    if name not in BACKENDS:
+        raise pytest.UsageError(
+            f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}"
+        )
 
 
 @pytest.fixture(scope="session")
