@@ -229,15 +229,20 @@ def _fail_worker(rt: Runtime, stage: Stage, records: list[InRecord], exc: BaseEx
 def health_snapshot(app: faust.App, rt: Runtime) -> dict[str, Any]:
     stages = []
     assignment = _assignment(app)
+    # faust keeps committed offsets in a private dict; only used for lag, so guarded.
+    committed_by_tp = getattr(app.consumer, "_committed_offset", {}) if assignment else {}
     for st in rt.stats.values():
         highwaters: dict[int, int | None] = {}
+        committed: dict[int, int | None] = {}
         for tp in assignment:
             if tp.topic == st.source:
                 try:
                     highwaters[tp.partition] = app.consumer.highwater(tp)
                 except Exception:
                     highwaters[tp.partition] = None
-        stages.append(st.snapshot(highwaters))
+                c = committed_by_tp.get(tp) if hasattr(committed_by_tp, "get") else None
+                committed[tp.partition] = c if isinstance(c, int) else None
+        stages.append(st.snapshot(highwaters, committed))
     return {
         "status": "failing" if rt.exit_code else "ok",
         "pid": os.getpid(),

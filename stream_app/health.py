@@ -49,11 +49,18 @@ class StageStats:
         self.last_batch_at = now
         self._recent.append((now, size, seconds))
 
-    def snapshot(self, highwaters: dict[int, int | None]) -> dict[str, Any]:
-        """A JSON-able view; `highwaters` maps assigned source partitions to their end."""
+    def snapshot(
+        self, highwaters: dict[int, int | None], committed: dict[int, int | None] | None = None
+    ) -> dict[str, Any]:
+        """A JSON-able view; `highwaters` maps assigned source partitions to their end,
+        `committed` their committed offsets (where processing starts for a partition
+        this worker has not processed anything from yet)."""
+        committed = committed or {}
         lag: dict[str, int | None] = {}
         for p, hw in sorted(highwaters.items()):
             pos = self.positions.get(p)
+            if pos is None:
+                pos = committed.get(p)
             if hw is not None and pos is None and hw == 0:
                 lag[str(p)] = 0  # empty partition
             else:

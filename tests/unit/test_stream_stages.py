@@ -180,3 +180,6 @@ def test_stage_stats_snapshot_and_lag() -> None:
     assert snap["total_lag"] == 6
     assert snap["images_per_busy_s"] == pytest.approx(12 / 0.75, rel=0.01)
     assert np.isclose(snap["mean_batch_size"], 6.0)
+    # A partition not processed yet: lag counts from its committed offset.
+    snap = st.snapshot({0: 20, 7: 50}, committed={7: 45})
+    assert snap["lag"] == {"0": 6, "7": 5} and snap["total_lag"] == 11
