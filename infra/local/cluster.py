@@ -188,7 +188,9 @@ class LocalCluster:
             for n in nodes(k, want[k]):
                 if self.pid(n) is None:
                     self._preflight(n)
-        libs = {k: self._lib(k) for k in todo}
+        # Both servers resolve at once on a first run (network-bound; separate lib dirs).
+        with ThreadPoolExecutor(len(todo)) as pool:
+            libs = dict(zip(todo, pool.map(self._lib, todo), strict=True))
         state = self.run.load_state()
         for k in todo:
             recorded = int(state.get(k, {}).get("nodes", 0))
