@@ -86,14 +86,15 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
     """'' if each of hosts (the live nodes) lists the others in system.peers_v2 and, as
     coordinator, sees them all alive; else the reason."""
     from cassandra import ConsistencyLevel
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
     from cassandra.query import SimpleStatement
 
+    profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(hosts))
     cluster = Cluster(
         contact_points=hosts,
         port=port,
-        load_balancing_policy=WhiteListRoundRobinPolicy(hosts),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=5,
         connect_timeout=timeout,
         control_connection_timeout=timeout,
