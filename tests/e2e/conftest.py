@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -9,19 +10,22 @@ from e2e_harness import WORKERS, Pipeline, _env, settings_env
 
 from consumers.settings import SinkSettings
 from infra import cassandra_session
+from infra.provision import provision
 from infra.services import Services, pipeline_specs
 from stream_app.settings import StreamSettings
 
 
 @pytest.fixture(scope="session")
 def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pipeline]:
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    run_id = f"e2e-{uuid.uuid4().hex[:8]}"
     env = settings_env(
-        kafka_cluster.get_bootstrap_server(), list(cassandra_cluster.get_contact_points()), "vision"
+        kafka_cluster.get_bootstrap_server(), list(cassandra_cluster.get_contact_points()), run_id, run_dir
     )
     with _env(env):
         sink = SinkSettings()
         stream = StreamSettings()
-    run_dir = tmp_path_factory.mktemp("pipeline")
+    provision(sink, topic_prefix=f"{run_id}.", keyspace=sink.cassandra.keyspace)
     services = Services(run_dir, env)
     cluster, session = cassandra_session.connect(sink.cassandra)
     p = Pipeline(
@@ -34,8 +38,9 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         sink_group=sink.sink.group_id,
         stream_group=stream.stream.worker.app_id,
         run_dir=run_dir,
+        prefix=f"{run_id}.",
     )
-    for spec in pipeline_specs(workers=WORKERS):
+    for spec in pipeline_specs(workers=WORKERS, web_port_base=_free_port_base(WORKERS)):
         services.start(spec)
     try:
         p.wait_ready()
@@ -61,3 +66,20 @@ def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
     return pipeline
 
 
+
+
+def _free_port_base(n: int) -> int:
+    """A base port b such that b+1..b+n are free now (worker web ports)."""
+    import random
+    import socket
+
+    for _ in range(100):
+        base = random.randrange(30000, 39000)
+        try:
+            for port in range(base + 1, base + n + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for the worker web endpoints")

@@ -21,19 +21,30 @@ from infra.services import Services
 from producers.items import Item
 from producers.publisher import PublishResult, publish_items
 from producers.settings import ProducerSettings
+from schemas import topics
 
 WORKERS = 2
 ACCOUNT_TIMEOUT_S = 600.0
 
 
-def settings_env(bootstrap: str, contact_points: list[str], keyspace: str) -> dict[str, str]:
+def settings_env(bootstrap: str, contact_points: list[str], run_id: str, run_dir: Path) -> dict[str, str]:
+    """Env of a private pipeline: its own topics (prefix), groups and keyspace, so backlog
+    or offsets left by a demo, a benchmark or another test never leak into it."""
+    prefix = f"{run_id}."
     return {
         "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "PIPELINE_CASSANDRA__CONTACT_POINTS": ",".join(contact_points),
-        "PIPELINE_CASSANDRA__KEYSPACE": keyspace,
-        # Fault tests want fast failure detection; the health line every few seconds helps
-        # when a test fails and its logs are read.
-        "PIPELINE_SINK__HEALTH_INTERVAL_S": "5",
+        "PIPELINE_CASSANDRA__KEYSPACE": run_id.replace("-", "_"),
+        "PIPELINE_PRODUCER__TOPIC": prefix + topics.RAW,
+        "PIPELINE_STREAM__TOPIC_PREFIX": prefix,
+        "PIPELINE_STREAM__WORKER__APP_ID": f"{run_id}-stream",
+        "PIPELINE_STREAM__WORKER__DATA_DIR": str(run_dir / "stream-data"),
+        "PIPELINE_STREAM__WORKER__HEALTH_LOG_INTERVAL_S": "10",
+        "PIPELINE_SINK__GROUP_ID": f"{run_id}-sink",
+        "PIPELINE_SINK__PREDICTIONS_TOPIC": prefix + topics.PREDICTIONS,
+        "PIPELINE_SINK__DLQ_TOPICS": ",".join(prefix + s.dlq for s in topics.STAGES),
+        "PIPELINE_SINK__DEAD_LETTER_TOPIC": prefix + topics.SINK_DLQ,
+        "PIPELINE_SINK__HEALTH_INTERVAL_S": "10",
     }
 
 
@@ -48,7 +59,15 @@ class Pipeline:
     sink_group: str
     stream_group: str
     run_dir: Path
+    prefix: str
     published: list[PublishResult] = field(default_factory=list)
+
+    @property
+    def raw_topic(self) -> str:
+        return self.prefix + topics.RAW
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
 
     def wait_ready(self, workers: int = WORKERS) -> None:
         groups.wait_for_group(self.kafka, self.sink_group, 1, timeout_s=180)
@@ -92,8 +111,8 @@ class Pipeline:
         for st in self.services.status():
             parts.append(f"--- {st.name} ({st.state}, pid {st.pid}) ---\n{self.services.tail(st.name, 30)}")
         with contextlib.suppress(Exception):
-            parts.append(str(groups.group_lag(self.kafka, self.stream_group, ["images.raw", "images.decoded", "images.inferred"])))
-            parts.append(str(groups.group_lag(self.kafka, self.sink_group, ["images.predictions"])))
+            parts.append(str(groups.group_lag(self.kafka, self.stream_group, [self.topic(t) for t in (topics.RAW, topics.DECODED, topics.INFERRED)])))
+            parts.append(str(groups.group_lag(self.kafka, self.sink_group, [self.topic(topics.PREDICTIONS)])))
         return "\n".join(parts)
 
 
