@@ -102,6 +102,12 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
     try:
         session = cluster.connect()
         by_addr = {h.address: h for h in cluster.metadata.all_hosts()}
+        # connect() can return before the pool of every host is open.
+        pools_by = time.monotonic() + timeout
+        while time.monotonic() < pools_by and not all(
+            h in session.get_pool_state() for h in by_addr.values() if h.address in hosts
+        ):
+            time.sleep(0.1)
         # system_distributed has RF 3: a range read at ONE/TWO/THREE (one per live node)
         # succeeds only if the coordinator sees every other live node as alive.
         level = (ConsistencyLevel.ONE, ConsistencyLevel.TWO, ConsistencyLevel.THREE)[
