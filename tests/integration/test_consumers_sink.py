@@ -97,7 +97,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any) -> Iterator[Env]:
     from infra.cassandra_session import connect
-    from infra.provision import provision_keyspace, provision_topics
+    from infra.provision import admin_client, provision_keyspace, provision_topics
 
     # What the function-scoped `pipeline_settings` fixture returns, for the whole module.
     pipeline_settings = cluster_backend.settings()
@@ -113,6 +113,9 @@ def env(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any) -> Ite
     finally:
         try:
             session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+            admin = admin_client(pipeline_settings)
+            for fut in admin.delete_topics([prefix + s.name for s in specs]).values():
+                fut.result()
         finally:
             cluster.shutdown()
 
