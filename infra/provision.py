@@ -271,7 +271,9 @@ def provision_keyspace(
             session.execute(stmt, timeout=DDL_TIMEOUT_S)
         report.keyspace = ks
         report.tables += len(statements)
-        if not session.cluster.control_connection.wait_for_schema_agreement():
+        if not session.cluster.control_connection.wait_for_schema_agreement(
+            wait_time=DDL_TIMEOUT_S
+        ):
             raise ProvisionError(f"schema of keyspace {ks} did not reach agreement")
     finally:
         session.cluster.shutdown()
