@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         kinds = [args.only] if args.only else [KAFKA, CASSANDRA]
         started = cluster.up(args.kafka_nodes, args.cassandra_nodes, only=args.only)
+        for kind in kinds:  # the user's now: test sessions will not stop it
+            cluster.set_owner(kind, "cli")
         if not args.no_provision:
             _provision(args, cluster, kinds, allow_missing=True)
         word = "up" if started else "already up"

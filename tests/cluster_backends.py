@@ -8,7 +8,6 @@ kill_node (SIGKILL), start_node (returns once the node serves again) and node_na
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -85,30 +84,17 @@ class NativeBackend(Backend):
     """The clusters of `python -m infra` (run dir from $PIPELINE_RUN_DIR or ./.run).
 
     A cluster that is already up is reused and left running. One started by a test
-    session is stopped when the last test session using the run dir ends: each session
-    holds a lease file (<run dir>/test-leases/<pid>) while it runs."""
+    session (owner 'tests' in cluster.json) is stopped when the last test session using
+    the run dir ends; each session holds a lease file (<run dir>/test-leases/<pid>) while
+    it runs. `python -m infra up` makes the clusters the user's again (owner 'cli')."""
 
     name = "native"
-    STARTED_FILE = "test-started.json"
 
     def __init__(self) -> None:
         self.cluster = LocalCluster(resolve_run_dir(None if os.environ.get("PIPELINE_RUN_DIR")
                                                     else REPO_ROOT / ".run"))
         self.ready: set[str] = set()
         self.lease = self.cluster.run_dir / "test-leases" / str(os.getpid())
-
-    def _started_by_tests(self) -> set[str]:
-        try:
-            return set(json.loads((self.cluster.run_dir / self.STARTED_FILE).read_text()))
-        except (OSError, ValueError):
-            return set()
-
-    def _record_started(self, kinds: set[str]) -> None:
-        path = self.cluster.run_dir / self.STARTED_FILE
-        if kinds:
-            path.write_text(json.dumps(sorted(kinds)))
-        else:
-            path.unlink(missing_ok=True)
 
     def ensure(self, kind: str) -> None:
         if kind in self.ready:
@@ -118,8 +104,11 @@ class NativeBackend(Backend):
         with self.cluster.lock:
             self.lease.parent.mkdir(parents=True, exist_ok=True)
             self.lease.touch()
-            if self.cluster.up(only=kind):
-                self._record_started(self._started_by_tests() | {kind})
+            was_running = self.cluster.node_count(kind) > 0 and any(
+                self.cluster.pid(n) for n in self.cluster.known_nodes(kind)
+            )
+            if self.cluster.up(only=kind) and not was_running:
+                self.cluster.set_owner(kind, "tests")
         report = provision(self.settings(), kafka=kind == KAFKA, cassandra=kind == CASSANDRA,
                            allow_missing_schemas=True)
         log.info("native %s cluster ready (%s)", kind, report.summary())
@@ -155,10 +144,9 @@ class NativeBackend(Backend):
                 log.info("leaving the clusters up for test sessions %s",
                          ", ".join(p.name for p in others))
                 return
-            started = self._started_by_tests()
-            for kind in sorted(started):
-                self.cluster.down(kind=kind)
-            self._record_started(set())
+            for kind in (KAFKA, CASSANDRA):
+                if self.cluster.node_count(kind) and self.cluster.owner(kind) == "tests":
+                    self.cluster.down(kind=kind)
 
 
 def _pid_alive(pid: str) -> bool:

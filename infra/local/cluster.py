@@ -78,6 +78,18 @@ class LocalCluster:
         """Nodes of kind this run dir was brought up with (0 if never)."""
         return int(self.run.load_state().get(kind, {}).get("nodes", 0))
 
+    def owner(self, kind: str) -> str:
+        """Who brought the cluster up: 'cli' (a person or make) or 'tests' (a test session,
+        which stops it again when the last session ends)."""
+        return str(self.run.load_state().get(kind, {}).get("owner", "cli"))
+
+    @_locked
+    def set_owner(self, kind: str, owner: str) -> None:
+        state = self.run.load_state()
+        if kind in state:
+            state[kind]["owner"] = owner
+            self.run.save_state(state)
+
     def known_nodes(self, kind: str | None = None) -> list[NodeSpec]:
         """The nodes of the recorded topology; the default 3+3 if nothing is recorded."""
         state = self.run.load_state()

@@ -385,3 +385,12 @@ def test_unresolvable_artifacts_are_one_clear_error(tmp_path, monkeypatch):
                      f"{maven.CASSANDRA_ARTIFACTS.main.version} from Maven (exit 1)")
     assert "Could not resolve dependencies" in rest[0]
     assert not (tmp_path / "cache" / maven.CASSANDRA_ARTIFACTS.key / maven.MARKER).exists()
+
+
+def test_owner_defaults_to_cli_and_is_recorded_per_cluster(tmp_path):
+    c = LocalCluster(tmp_path)
+    c.run.save_state({"kafka": {"nodes": 3}, "cassandra": {"nodes": 3}})
+    assert c.owner("kafka") == "cli"
+    c.set_owner("kafka", "tests")
+    assert (c.owner("kafka"), c.owner("cassandra")) == ("tests", "cli")
+    assert c.node_count("kafka") == 3
