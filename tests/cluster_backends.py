@@ -101,6 +101,8 @@ class NativeBackend(Backend):
             return
         from infra.provision import provision
 
+        # A first run resolves both servers at once, even if this session needs one.
+        self.cluster.prefetch()
         with self.cluster.lock:
             self.lease.parent.mkdir(parents=True, exist_ok=True)
             self.lease.touch()

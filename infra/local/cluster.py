@@ -175,6 +175,14 @@ class LocalCluster:
         assert self._java_home is not None
         return maven.ensure(arts, self._java_home)
 
+    @_locked
+    def prefetch(self, kinds: list[str] | tuple[str, ...] = KINDS) -> dict[str, Path]:
+        """Resolve the servers' jars (in parallel on a first run; network-bound, separate
+        lib dirs); a no-op once they are cached."""
+        self.java()
+        with ThreadPoolExecutor(len(kinds)) as pool:
+            return dict(zip(kinds, pool.map(self._lib, kinds), strict=True))
+
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
@@ -200,9 +208,7 @@ class LocalCluster:
             for n in nodes(k, want[k]):
                 if self.pid(n) is None:
                     self._preflight(n)
-        # Both servers resolve at once on a first run (network-bound; separate lib dirs).
-        with ThreadPoolExecutor(len(todo)) as pool:
-            libs = dict(zip(todo, pool.map(self._lib, todo), strict=True))
+        libs = self.prefetch(todo)
         state = self.run.load_state()
         for k in todo:
             recorded = int(state.get(k, {}).get("nodes", 0))
