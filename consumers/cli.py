@@ -1,7 +1,8 @@
 """`python -m consumers sink|query`: the sink process and the result queries.
 
 Exit codes: 0 ok; 1 query found none of / not all of the asked ids; 2 refused to start
-(configuration: consistency check, missing keyspace) or bad arguments.
+(configuration: consistency check, missing keyspace) or bad arguments; 3 the sink
+stopped because Cassandra refuses every write (keyspace/table dropped, permissions).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- sink ------------------------------------------------------------------------------
 def run_sink(args: argparse.Namespace, settings: SinkSettings) -> int:
-    from consumers.sink import Sink
+    from consumers.sink import Sink, SinkFatalError
 
     if args.concurrency:
         settings.sink.concurrency = args.concurrency
@@ -75,6 +76,9 @@ def run_sink(args: argparse.Namespace, settings: SinkSettings) -> int:
     except ConsistencyConfigError as exc:
         print(f"sink refuses to start: {exc}", file=sys.stderr)
         return 2
+    except SinkFatalError as exc:
+        print(f"sink stopped: Cassandra refuses every write: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

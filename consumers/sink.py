@@ -42,6 +42,10 @@ from schemas import cql
 log = logging.getLogger(__name__)
 
 
+class SinkFatalError(RuntimeError):
+    """Cassandra refuses every write for a reason no record can fix (missing keyspace...)."""
+
+
 @dataclass(eq=False)
 class PendingRecord:
     rec: KafkaRecord
@@ -190,6 +194,8 @@ class Sink:
                     self._accept(msg)
                 self._progress(0.05 if busy else 0.0)
                 self._store()
+                if self._writer.fatal is not None:
+                    raise SinkFatalError(str(self._writer.fatal))
                 now = time.monotonic()
                 if now >= next_health:
                     rows = self._writer.stats.rows_written
@@ -344,9 +350,19 @@ class Sink:
         except KafkaException as exc:
             log.warning("synchronous commit of %s failed: %s", positions, exc)
 
+    def _stuck(self) -> bool:
+        """After a fatal write error nothing more will finish once in-flight requests end."""
+        w = self._writer
+        return w is not None and w.fatal is not None and w.in_flight == 0 and not self._producer_busy()
+
+    def _producer_busy(self) -> bool:
+        return self._producer is not None and len(self._producer) > 0
+
     def _drain(self, until_done: Any, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while not until_done():
+            if self._stuck():
+                return False
             if time.monotonic() >= deadline:
                 return False
             self._progress(0.05)

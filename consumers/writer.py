@@ -57,6 +57,22 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, _RETRIABLE)
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """Errors about the environment, not the record: every later write would fail too.
+
+    A missing keyspace or table, or missing permissions: dead-lettering would empty the
+    topic into the DLQ, so the sink stops instead (offsets stay before these records).
+    """
+    from cassandra import InvalidRequest, Unauthorized
+
+    if isinstance(exc, Unauthorized):
+        return True
+    if isinstance(exc, InvalidRequest):
+        msg = str(exc).lower()
+        return "does not exist" in msg or "unconfigured table" in msg
+    return False
+
+
 def backoff_s(policy: RetrySettings, attempt: int, jitter: float = 0.2) -> float:
     """Delay before retry number `attempt` (1-based): exponential, capped, +/- jitter."""
     base = min(policy.max_backoff_s, policy.initial_backoff_s * policy.multiplier ** (attempt - 1))
@@ -119,6 +135,8 @@ class AsyncWriter:
         self._events: queue.SimpleQueue[tuple[_Job, BaseException | None]] = queue.SimpleQueue()
         self.in_flight = 0
         self.stats = WriterStats()
+        # Set by an error no record can get past (see is_fatal); nothing starts after it.
+        self.fatal: WriteFailed | None = None
 
     # -- submission ------------------------------------------------------------------
     def submit(self, write: Write, owner: Any) -> None:
@@ -153,7 +171,7 @@ class AsyncWriter:
 
     def _start_ready(self) -> None:
         now = self._clock()
-        while self.in_flight < self._concurrency:
+        while self.fatal is None and self.in_flight < self._concurrency:
             if self._retry_heap and self._retry_heap[0][0] <= now:
                 job = heapq.heappop(self._retry_heap)[2]
             elif self._queued:
@@ -200,6 +218,12 @@ class AsyncWriter:
         self.stats.errors_by_class[name] = self.stats.errors_by_class.get(name, 0) + 1
         self.stats.last_error = f"{name}: {exc}"
         if self._cancelled(job):
+            return
+        if is_fatal(exc):
+            if self.fatal is None:
+                self.fatal = WriteFailed(job.write, exc, job.attempts, retriable=False)
+                log.critical("stopping writes: %s", self.fatal)
+            self._queued.appendleft(job)  # never reported: its record stays unsettled
             return
         retriable = is_retriable(exc)
         limit = self._retry.max_attempts

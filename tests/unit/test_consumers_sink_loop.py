@@ -7,6 +7,7 @@ import time
 from collections import namedtuple
 from typing import Any
 
+import pytest
 from cassandra import InvalidRequest, Unavailable
 
 from consumers.settings import RetrySettings, SinkSection, SinkSettings
@@ -109,6 +110,9 @@ class FakeProducer:
     def flush(self, timeout=None):
         self.poll()
         return 0
+
+    def __len__(self):
+        return len(self.pending)
 
 
 class Future:
@@ -312,3 +316,20 @@ def test_window_limits_requests_in_flight():
             time.sleep(0.001)
         wait_for(lambda: h.consumer.last_stored((P, 0)) == records, what="all stored")
     assert seen == 8
+
+
+def test_missing_keyspace_stops_the_sink_instead_of_dead_lettering_everything():
+    from consumers.sink import SinkFatalError
+
+    gone = InvalidRequest('Error from server: code=2200 [Invalid query] message="keyspace '
+                          'vision does not exist"')
+    msgs = [pred_msg(i, f"img-{i}") for i in range(3)]
+    h = Harness(msgs, failures={"img-1": [gone, gone]})
+    with pytest.raises(SinkFatalError), h:
+        wait_for(lambda: h.held() == 6, what="6 writes")
+        h.session.answer(lambda i: i == "img-0")
+        wait_for(lambda: h.consumer.last_stored((P, 0)) == 1, what="img-0 stored")
+        h.session.answer(lambda _i: True)
+        h.thread.join(10)
+    assert h.producer.sent == []  # nothing dead-lettered
+    assert h.consumer.commits[-1] == {(P, 0): 1}  # committed up to the failed record only

@@ -140,3 +140,14 @@ def test_cancelled_owner_is_dropped():
 def test_classification():
     assert is_retriable(Unavailable("x")) and is_retriable(NoHostAvailable("x", {}))
     assert not is_retriable(InvalidRequest("x")) and not is_retriable(ValueError())
+
+
+def test_fatal_error_is_not_reported_and_stops_new_writes():
+    gone = InvalidRequest("keyspace vision does not exist")
+    s, clock = FakeSession({"k0": [gone]}), Clock()
+    w = make(s, concurrency=1, clock=clock)
+    w.submit(write("k0"), owner="a")
+    w.submit(write("k1"), owner="b")
+    s.resolve_all()
+    assert w.pump(0) == [] and w.fatal is not None and w.fatal.error is gone
+    assert s.calls == 1 and w.in_flight == 0  # k1 never started
