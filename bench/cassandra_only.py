@@ -62,6 +62,7 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
             value, headers = prediction_event(image_id, i, now_ms())
             recs.append(KafkaRecord(pred_topic, 0, i, image_id.encode(), value, headers, now_ms()))
         meter = CpuMeter(cluster_pids())
+        meter.sample_background()
         a = meter.snapshot()
         first = now_ms()
         rows = 0
@@ -80,7 +81,7 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
                 failed += failure is not None
         last = now_ms()
         b = meter.snapshot()
-        cpu = CpuMeter.diff(a, b, count)
+        cpu = meter.diff(a, b, count)
         return {
             "events": count, "rows": rows, "concurrency": concurrency,
             "protocol_version": protocol_version, "failed": failed, "batch_events": batch_events,

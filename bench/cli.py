@@ -331,7 +331,16 @@ def ratios(out: dict[str, Any]) -> dict[str, Any]:
     pipe = (out.get("pipeline") or {}).get("saturation", {}).get("images_per_s", {}).get("median")
     trans = (out.get("transport") or {}).get("events_per_s", {}).get("median")
     paired = (out.get("pipeline") or {}).get("paired_ratio_over_model_only", {})
+    model_cpu = (out.get("model_only") or {}).get("cpu_ms_per_image", {}).get("median")
+    pipe_cpu = (out.get("pipeline") or {}).get("saturation", {}).get("cpu_ms_per_image", {})
+    own = sum(v for k, v in pipe_cpu.items() if k in ("worker", "psink", "bench") and v) or None
+    total = pipe_cpu.get("total") or None
     return {
+        # CPU per image of the model alone over CPU per image of the pipeline: the share
+        # of the pipeline's CPU that is model work, i.e. pipeline / model-only on a
+        # machine with nothing else running. Load-independent, unlike the rates.
+        "cpu_efficiency_own_processes": ratio(model_cpu, own),
+        "cpu_efficiency_incl_clusters": ratio(model_cpu, total),
         "pipeline_over_model_only": ratio(pipe, model),
         "pipeline_over_model_only_paired": paired.get("median"),
         "pipeline_over_model_only_paired_range": [paired.get("min"), paired.get("max")],

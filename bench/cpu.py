@@ -4,7 +4,9 @@ On a shared 2-core machine throughput depends on what else runs; the CPU seconds
 component spends per event do much less. Read from /proc (utime + stime of each
 process), for our services (by recorded pid) and the cluster nodes (the JVMs whose
 command line names `.run/kafka-N` or `.run/cassandra-N`), plus the whole machine's
-busy time from /proc/stat for the share the others took.
+busy time from /proc/stat for the share the others took. The cluster JVMs also serve
+other people's tests: their CPU rate in an idle window just before a run (we send
+nothing) is subtracted as background, which is an estimate, not an exact split.
 """
 
 from __future__ import annotations
@@ -70,9 +72,28 @@ def component(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+# Components whose processes also serve other people's work on the shared clusters.
+SHARED = ("kafka", "cassandra")
+
+
 class CpuMeter:
     def __init__(self, pids: Mapping[str, int | None]) -> None:
         self.pids = {n: p for n, p in pids.items() if p}
+        self.background: dict[str, float] = {}  # CPU s per wall s of shared components
+
+    def sample_background(self, seconds: float = 4.0) -> dict[str, float]:
+        """CPU rate of the shared cluster JVMs while we send nothing (a measurement
+        window, not a wait): subtracted from a run's share by `diff`."""
+        a = self.snapshot()
+        time.sleep(seconds)
+        b = self.snapshot()
+        wall = b.at - a.at
+        rates: dict[str, float] = {}
+        for n, v in b.procs.items():
+            if n in a.procs and component(n) in SHARED:
+                rates[component(n)] = rates.get(component(n), 0.0) + (v - a.procs[n]) / wall
+        self.background = rates
+        return rates
 
     def snapshot(self) -> Snapshot:
         procs = {}
@@ -83,19 +104,24 @@ class CpuMeter:
         t = os.times()
         return Snapshot(time.monotonic(), procs, t.user + t.system, machine_cpu_s())
 
-    @staticmethod
-    def diff(a: Snapshot, b: Snapshot, items: int) -> dict[str, Any]:
+    def diff(self, a: Snapshot, b: Snapshot, items: int) -> dict[str, Any]:
         wall = b.at - a.at
         by_comp: dict[str, float] = {}
         for n, v in b.procs.items():
             if n in a.procs:
                 by_comp[component(n)] = by_comp.get(component(n), 0.0) + v - a.procs[n]
         by_comp["bench"] = b.self_s - a.self_s  # the publisher and probes in this process
+        raw = dict(by_comp)
+        for comp, rate in self.background.items():
+            if comp in by_comp:
+                by_comp[comp] = max(0.0, by_comp[comp] - rate * wall)
         busy = b.machine[0] - a.machine[0]
         total = b.machine[1] - a.machine[1]
         ours = sum(by_comp.values())
         return {
             "wall_s": round(wall, 2),
+            "background_cpu_s_per_s": {k: round(v, 3) for k, v in self.background.items()},
+            "cpu_s_before_background_subtraction": {k: round(v, 2) for k, v in sorted(raw.items())},
             "cpu_s": {k: round(v, 2) for k, v in sorted(by_comp.items())},
             "cpu_ms_per_item": {k: round(v / items * 1000, 3) for k, v in sorted(by_comp.items())} if items else {},
             "machine_busy_pct": round(busy / total * 100, 1) if total else None,

@@ -12,6 +12,7 @@ is shared) and their ratio is taken pair by pair.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ class ModelOnly:
         self.blobs = image_bytes(count)
         self.batch_size, self.threads, self.k = batch_size, threads, top_k
         self.rates: list[float] = []
+        self.cpu_ms: list[float] = []  # this process's CPU (all threads) per image
         self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
         self._pass(self.blobs[: batch_size * 2])  # warm-up: allocator, kernels, Pillow plugins
 
@@ -63,10 +65,11 @@ class ModelOnly:
 
     def one_rep(self) -> float:
         """One pass over all images; returns images/s (and records per-stage ms/image)."""
-        start = time.perf_counter()
+        c0, start = _cpu_s(), time.perf_counter()
         t = self._pass(self.blobs)
         rate = len(self.blobs) / (time.perf_counter() - start)
         self.rates.append(rate)
+        self.cpu_ms.append((_cpu_s() - c0) / len(self.blobs) * 1000.0)
         for k, v in t.items():
             self.ms[k].append(v / len(self.blobs) * 1000.0)
         log.info("model-only pass: %.1f images/s", rate)
@@ -79,8 +82,14 @@ class ModelOnly:
             "torch_threads": self.threads,
             "images_per_s": summarize(self.rates),
             "ms_per_image": {k: summarize(v) for k, v in self.ms.items()},
+            "cpu_ms_per_image": summarize(self.cpu_ms),
             "model": {"name": self.model.info.name, "version": self.model.info.version},
         }
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def run_model_only(count: int, batch_size: int, threads: int, repetitions: int,

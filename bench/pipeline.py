@@ -38,6 +38,8 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
     pred_topic = prefix + topics.PREDICTIONS
     before = retrying(lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets")
     alive()
+    if meter is not None:
+        meter.sample_background()
     start = meter.snapshot() if meter is not None else None
     result = publish_items(images.items(count, tag), settings)
     if result.summary.failed:
@@ -62,7 +64,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = CpuMeter.diff(start, marks["end"], len(ids)) if start is not None and "end" in marks else None
+    cpu = meter.diff(start, marks["end"], len(ids)) if start is not None and "end" in marks else None
     return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
 
 

@@ -30,6 +30,8 @@ def print_table(out: dict[str, Any]) -> None:
     if m:
         print(f"  model-only images/s (b={m['batch_size']}, thr={m['torch_threads']})".ljust(38)
               + _fmt(m["images_per_s"]))
+        if m.get("cpu_ms_per_image", {}).get("median"):
+            print("    CPU ms/image (all threads)".ljust(38) + _fmt(m["cpu_ms_per_image"]))
         ms = m["ms_per_image"]
         print("    ms/image decode / infer / post".ljust(38)
               + " / ".join(f"{ms[k]['median']:.2f}" for k in ("decode", "infer", "postprocess")))
@@ -62,5 +64,8 @@ def print_table(out: dict[str, Any]) -> None:
     print(f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (ratio of medians), "
           f"paired per burst {r.get('pipeline_over_model_only_paired')} "
           f"{r.get('pipeline_over_model_only_paired_range')} (goal >= {r.get('goal_pipeline_over_model_only')})")
+    print(f"  CPU efficiency (model CPU/image / pipeline CPU/image): own processes "
+          f"{r.get('cpu_efficiency_own_processes')}, incl. Kafka+Cassandra "
+          f"{r.get('cpu_efficiency_incl_clusters')}")
     print(f"  transport events/s: {r.get('transport_events_per_s')} "
           f"(goal >= {r.get('goal_transport_events_per_s')})")

@@ -82,6 +82,8 @@ def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float
 def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any, tag: str,
              count: int, rate: float = 0.0, timeout_s: float = 300.0, meter: CpuMeter | None = None) -> RunResult:
     alive()
+    if meter is not None:
+        meter.sample_background()
     start = meter.snapshot() if meter is not None else None
     ids, first, last = publish_events(settings, tag, count, rate)
     pred_topic = topology.PREFIX + topics.PREDICTIONS
@@ -104,5 +106,5 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = CpuMeter.diff(start, marks["end"], count) if start is not None and "end" in marks else None
+    cpu = meter.diff(start, marks["end"], count) if start is not None and "end" in marks else None
     return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)

@@ -69,9 +69,15 @@ def test_cpu_component_names_and_diff() -> None:
     assert component("psink-1") == "psink"
     a = Snapshot(0.0, {"kafka-1": 1.0, "kafka-2": 2.0, "tsink-1": 0.5}, 1.0, (10.0, 20.0))
     b = Snapshot(2.0, {"kafka-1": 1.5, "kafka-2": 2.5, "tsink-1": 1.5}, 1.5, (13.0, 24.0))
-    d = CpuMeter.diff(a, b, items=100)
+    meter = CpuMeter({})
+    d = meter.diff(a, b, items=100)
     assert d["cpu_s"] == {"bench": 0.5, "kafka": 1.0, "tsink": 1.0}
     assert d["cpu_ms_per_item"]["kafka"] == 10.0
     assert d["machine_busy_pct"] == 75.0
     assert d["ours_pct_of_machine"] == 62.5
     assert d["others_pct_of_machine"] == 12.5
+
+    meter.background = {"kafka": 0.25}  # 0.25 CPU s per s of others' work over 2 s
+    d = meter.diff(a, b, items=100)
+    assert d["cpu_s"]["kafka"] == 0.5
+    assert d["cpu_s_before_background_subtraction"]["kafka"] == 1.0
