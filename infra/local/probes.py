@@ -83,8 +83,8 @@ def cql_answers(host: str, port: int = 9042, timeout: float = 1.0) -> bool:
 
 
 def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 10.0) -> str:
-    """'' if each of hosts (the live nodes) lists the others in system.peers_v2 and, as
-    coordinator, sees them all alive; else the reason."""
+    """'' if each of hosts (the live nodes) lists the others in system.peers_v2, sees them
+    all alive as coordinator, and all agree on the schema version; else the reason."""
     from cassandra import ConsistencyLevel
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
@@ -115,10 +115,14 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
         all_read = SimpleStatement(
             "SELECT * FROM system_distributed.repair_history LIMIT 1", consistency_level=level
         )
+        versions: dict[str, str] = {}
         for addr in hosts:
             host = by_addr.get(addr)
             if host is None or not host.is_up:
                 return f"{addr} is not reachable over CQL"
+            local = session.execute("SELECT schema_version FROM system.local", host=host,
+                                    timeout=timeout).one()
+            versions[addr] = str(local.schema_version)
             peers = {
                 str(r.peer)
                 for r in session.execute("SELECT peer FROM system.peers_v2", host=host,
@@ -131,6 +135,11 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
                 session.execute(all_read, host=host, timeout=timeout)
             except Exception as e:
                 return f"{addr} does not see all live nodes up: {type(e).__name__}: {e}"
+        if len(set(versions.values())) > 1:
+            # A node that missed schema changes while down must catch up before it serves.
+            counts = {v: list(versions.values()).count(v) for v in versions.values()}
+            odd_first = sorted(versions.items(), key=lambda av: (counts[av[1]], av[0]))
+            return "schema versions differ: " + ", ".join(f"{a}={v[:8]}" for a, v in odd_first)
         return ""
     except Exception as e:
         return f"CQL connection failed: {type(e).__name__}: {e}"
