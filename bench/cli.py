@@ -29,7 +29,7 @@ from bench.cpu import CpuMeter, cluster_pids
 from bench.machine import machine_info
 from bench.report import print_table
 from bench.stats import ratio, stage_breakdown, summarize
-from bench.waits import liveness, wait_caught_up, wait_groups_ready
+from bench.waits import liveness, retrying, wait_caught_up, wait_groups_ready
 from infra import cassandra_session
 from infra.logs import configure
 from infra.services import Services
@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from infra.provision import provision
 
         for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX):
-            provision(settings, topic_prefix=prefix, keyspace=topology.KEYSPACE,
-                      cassandra=prefix == topology.PREFIX)
+            retrying(lambda prefix=prefix: provision(settings, topic_prefix=prefix,  # type: ignore[misc]
+                                                     keyspace=topology.KEYSPACE,
+                                                     cassandra=prefix == topology.PREFIX),
+                     timeout_s=300, what="provisioning")
         cluster, session = cassandra_session.connect(settings.cassandra)
         out["machine"] = machine_info(session)
         model = model_section(args, n_images) if "model" in only else None
