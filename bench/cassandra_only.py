@@ -112,3 +112,60 @@ def _batched(session: Any, prepared: dict[str, Any], recs: list[KafkaRecord], to
         if not ok:
             raise RuntimeError(f"batch failed: {res}")
     return rows
+
+
+CONFIGS = {
+    "rows-c64 (the sink today)": {"concurrency": 64},
+    "rows-c256": {"concurrency": 256},
+    "batch16-c16": {"concurrency": 16, "batch_events": 16},
+    "batch32-c8": {"concurrency": 8, "batch_events": 32},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.cassandra_only [--events N] [--rounds R]`: the sink's write path
+    alone in several configurations, interleaved round by round (shared machine)."""
+    import argparse
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from bench.stats import summarize
+    from infra.logs import configure
+
+    ap = argparse.ArgumentParser(prog="python -m bench.cassandra_only", description=main.__doc__)
+    ap.add_argument("--events", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    configure("ERROR")
+    settings = CassandraSettings()
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
+    for rnd in range(args.rounds):
+        for name, cfg in CONFIGS.items():
+            r = run_cassandra_only(settings, args.events, tag=f"{rnd}-{int(time.time())}", **cfg)
+            runs[name].append(r)
+            print(f"round {rnd + 1} {name:<28} {r['events_per_s']:8.1f} events/s  CPU ms/event "
+                  f"{r['cpu']['cpu_ms_per_item']}", flush=True)
+    out = {"events": args.events, "rounds": args.rounds, "configs": {}}
+    for name, rs in runs.items():
+        out["configs"][name] = {
+            "events_per_s": summarize([r["events_per_s"] for r in rs]),
+            "cassandra_cpu_ms_per_event": summarize([r["cpu"]["cpu_ms_per_item"].get("cassandra", 0) for r in rs]),
+            "client_cpu_ms_per_event": summarize([r["cpu"]["cpu_ms_per_item"]["bench"] for r in rs]),
+            "runs": rs,
+        }
+        s = out["configs"][name]
+        print(f"{name:<28} events/s {s['events_per_s']['median']} [{s['events_per_s']['min']}.."
+              f"{s['events_per_s']['max']}]  cassandra CPU ms/event "
+              f"{s['cassandra_cpu_ms_per_event']['median']}  client CPU ms/event "
+              f"{s['client_cpu_ms_per_event']['median']}")
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-cassandra-only.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
