@@ -23,7 +23,11 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
     """Open a cluster connection; reads default to the configured read consistency."""
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+    from cassandra.policies import (
+        DCAwareRoundRobinPolicy,
+        ExponentialReconnectionPolicy,
+        TokenAwarePolicy,
+    )
 
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(
@@ -41,6 +45,8 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         auth_provider=auth,
         protocol_version=5,
+        # The default backoff grows to minutes: a restarted node would sit unused.
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0),
         connect_timeout=10,
     )
     session = cluster.connect(keyspace)

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from infra import pipeline_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
 from infra.local.topology import MAX_NODES, node_by_name
 from infra.settings import PipelineSettings
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="print the tail of a node's log")
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=50)
+    pipeline_cli.add_parser(sub)
     return p
 
 
@@ -77,8 +79,10 @@ def _print_status(status: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cluster = LocalCluster(resolve_run_dir(args.run_dir))
     cmd = args.command
+    if cmd == "pipeline":
+        return pipeline_cli.run(args, resolve_run_dir(args.run_dir))
+    cluster = LocalCluster(resolve_run_dir(args.run_dir))
     if cmd == "up":
         t0 = time.monotonic()
         kinds = [args.only] if args.only else [KAFKA, CASSANDRA]

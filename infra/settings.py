@@ -8,7 +8,6 @@ the environment at import time.
 from __future__ import annotations
 
 import json
-
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator

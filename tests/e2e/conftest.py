@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient
 from e2e_harness import WORKERS, Pipeline, _env, settings_env
 
 from consumers.settings import SinkSettings
 from infra import cassandra_session
+from infra.kafka_clients import admin_config
 from infra.provision import provision
 from infra.services import Services, pipeline_specs
+from schemas.topics import topic_registry
 from stream_app.settings import StreamSettings
 
 
@@ -49,7 +53,15 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         raise
     yield p
     services.stop_all()
+    # Leave no private topics or keyspace behind: leftovers slow recovery after kills.
+    with contextlib.suppress(Exception):
+        session.execute(f"DROP KEYSPACE IF EXISTS {p.keyspace}", timeout=60)
     cluster.shutdown()
+    with contextlib.suppress(Exception):
+        admin = AdminClient(admin_config(sink.kafka))
+        names = [p.topic(t.name) for t in topic_registry(sink.kafka.partitions)]
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            fut.result(timeout=60)
 
 
 @pytest.fixture

@@ -1,0 +1,72 @@
+"""`python -m infra pipeline up|down|status`: the pipeline's services in the background.
+
+For exploring: with the clusters up, `pipeline up` starts N stream workers and the sink
+and waits until their consumer groups hold partitions; then publish with `producers` and
+look with `consumers query`. Services get the caller's PIPELINE_* environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from infra import groups
+from infra.services import Services, pipeline_specs
+from infra.settings import PipelineSettings
+
+# The services' own defaults (stream_app.settings, consumers.settings); a unit test
+# keeps these in step. Read from the same variables so overrides apply here too.
+STREAM_APP_ID_DEFAULT = "torchstream"
+SINK_GROUP_DEFAULT = "vision-sink"
+
+
+def stream_group() -> str:
+    return os.environ.get("PIPELINE_STREAM__WORKER__APP_ID", STREAM_APP_ID_DEFAULT)
+
+
+def sink_group() -> str:
+    return os.environ.get("PIPELINE_SINK__GROUP_ID", SINK_GROUP_DEFAULT)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run the stream workers and the sink in the background")
+    ps = p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    up = ps.add_parser("up", help="start the workers and the sink, wait until they are ready")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--sinks", type=int, default=1)
+    up.add_argument("--timeout", type=float, default=300.0)
+    ps.add_parser("down", help="stop them (SIGTERM: they drain and commit)")
+    st = ps.add_parser("status", help="which services run")
+    st.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace, run_dir: Path) -> int:
+    services = Services(run_dir)
+    action = args.pipeline_command
+    if action == "up":
+        for spec in pipeline_specs(workers=args.workers, sinks=args.sinks):
+            services.start(spec)
+        kafka = PipelineSettings().kafka
+        try:
+            groups.wait_for_group(kafka, sink_group(), args.sinks, timeout_s=args.timeout)
+            groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=args.timeout)
+        except TimeoutError as exc:
+            for st in services.status():
+                print(f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}", file=sys.stderr)
+            print(f"error: pipeline not ready: {exc}", file=sys.stderr)
+            return 1
+        print(f"pipeline up: {args.workers} stream workers, {args.sinks} sink(s); logs in {services.dir}")
+    elif action == "down":
+        services.stop_all()
+        print("pipeline down")
+    if action in ("up", "status"):
+        states = services.status()
+        if getattr(args, "json", False):
+            print(json.dumps([st.__dict__ for st in states]))
+        else:
+            for st in states:
+                print(f"{st.name:<10} {st.state:<5} pid {st.pid or '-'!s:<8} {st.log}")
+    return 0
