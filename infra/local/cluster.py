@@ -234,8 +234,8 @@ class LocalCluster:
         return any(any(self.dirs(n).data.iterdir()) for n in nodes(kind, count)
                    if self.dirs(n).data.is_dir())
 
-    def _preflight(self, node: NodeSpec) -> None:
-        ports.check_ports_free(node)
+    def _preflight(self, node: NodeSpec, wait_s: float = 0.0) -> None:
+        ports.check_ports_free(node, wait_s)
 
     # Kafka: format once, start all nodes at once (each blocks until a quorum exists).
 
@@ -455,7 +455,8 @@ class LocalCluster:
         if self.pid(node) is not None:
             log.info("%s: already running", name)
         else:
-            self._preflight(node)
+            # Restarting a node we may have just killed: give its sockets time to close.
+            self._preflight(node, wait_s=30.0)
             lib = self._lib(node.kind)
             if node.kind == KAFKA:
                 cluster = nodes(KAFKA, self.node_count(KAFKA))

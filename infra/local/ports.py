@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from infra.local.errors import InfraError
 from infra.local.topology import NodeSpec
@@ -28,11 +29,18 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def check_ports_free(node: NodeSpec) -> None:
-    """Raise InfraError naming the node and port if any port the node binds is taken."""
+def check_ports_free(node: NodeSpec, wait_s: float = 0.0) -> None:
+    """Raise InfraError naming the node and port if any port the node binds is taken.
+
+    `wait_s` > 0 polls that long first: a node just killed may hold its listening
+    sockets until the kernel has torn the process down, which takes a while under load.
+    """
+    deadline = time.monotonic() + wait_s
     for role, port in node.ports.items():
         # Cassandra's local JMX listens on 127.0.0.1 whatever the node's address.
         host = "127.0.0.1" if role == "jmx" else node.host
+        while not port_free(host, port) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if not port_free(host, port):
             raise InfraError(
                 f"port {host}:{port} ({role}) needed by {node.name} is already in use "
