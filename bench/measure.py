@@ -43,11 +43,15 @@ class RunResult:
             "missing": self.missing,
             "publish_s": round((self.last_produce_ms - self.first_produce_ms) / 1000.0, 3),
             "span_s": round((last - self.first_produce_ms) / 1000.0, 3) if last else None,
-            "per_s": round(throughput(len(stored), self.first_produce_ms, last), 2) if last else None,
-            "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0, 2),
+            "per_s": _round(throughput(len(stored), self.first_produce_ms, last)) if last else None,
+            "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0.0, 2),
             **latency_summary(self.latencies()),
             "cpu": self.cpu,
         }
+
+
+def _round(v: float | None, digits: int = 2) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def collect_rows(session: Any, keyspace: str, ids: list[str], since_ms: float,

@@ -64,7 +64,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = meter.diff(start, marks["end"], len(ids)) if start is not None and "end" in marks else None
+    cpu = meter.diff(start, marks["end"], len(ids)) if meter is not None and start is not None and "end" in marks else None
     return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
 
 

@@ -64,7 +64,7 @@ def relay(
                         break
                     except BufferError:
                         producer.poll(0.05)
-                last[(m.topic(), m.partition())] = m.offset()
+                last[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
             producer.poll(0)
             # Side effect first, offset second: the whole batch acknowledged, then store.
             while producer.flush(1.0) > 0 and not stop.is_set():

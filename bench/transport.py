@@ -68,7 +68,8 @@ def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float
         value, headers = prediction_event(image_id, i, now_ms())
         while True:
             try:
-                p.produce(topic, value=value, key=image_id.encode(), headers=headers, on_delivery=on_delivery)
+                p.produce(topic, value=value, key=image_id.encode(), headers=headers,  # type: ignore[arg-type]
+                          on_delivery=on_delivery)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -106,5 +107,5 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = meter.diff(start, marks["end"], count) if start is not None and "end" in marks else None
+    cpu = meter.diff(start, marks["end"], count) if meter is not None and start is not None and "end" in marks else None
     return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)

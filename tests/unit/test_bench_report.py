@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from bench.cli import batch_delta, cpu_summary, ratios
 from bench.pipeline import batch_summary
 from bench.report import print_table
 
 
 def test_batch_summary_and_delta() -> None:
-    health = [
+    health: list[dict[str, Any]] = [
         {"stages": [{"stage": "infer", "records_in": 40, "batches": 5, "max_batch_size": 16,
                      "images_per_busy_s": 9.0}]},
         {"stages": [{"stage": "infer", "records_in": 24, "batches": 3, "max_batch_size": 12}]},
@@ -23,7 +27,7 @@ def test_batch_summary_and_delta() -> None:
 
 
 def test_cpu_summary_medians() -> None:
-    runs = [
+    runs: list[dict[str, Any]] = [
         {"cpu": {"cpu_ms_per_item": {"kafka": 1.0, "worker": 10.0}, "others_pct_of_machine": 20.0}},
         {"cpu": {"cpu_ms_per_item": {"kafka": 3.0, "worker": 12.0}, "others_pct_of_machine": 40.0}},
         {"cpu": None},
@@ -33,7 +37,7 @@ def test_cpu_summary_medians() -> None:
     assert c["others_pct_of_machine"] == 30.0
 
 
-def test_ratios_and_table(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_ratios_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = {
         "model_only": {"batch_size": 16, "torch_threads": 2,
                        "images_per_s": {"n": 1, "median": 10.0, "min": 10.0, "max": 10.0},
