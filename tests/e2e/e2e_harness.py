@@ -70,8 +70,19 @@ class Pipeline:
         return self.prefix + name
 
     def wait_ready(self, workers: int = WORKERS) -> None:
-        groups.wait_for_group(self.kafka, self.sink_group, 1, timeout_s=180)
-        groups.wait_for_group(self.kafka, self.stream_group, workers, timeout_s=300)
+        """Until the sink and the workers hold their partitions; a service that died
+        meanwhile is restarted once, and a timeout reports every service's log tail."""
+        for attempt in (1, 2):
+            try:
+                groups.wait_for_group(self.kafka, self.sink_group, 1, timeout_s=120)
+                groups.wait_for_group(self.kafka, self.stream_group, workers, timeout_s=180)
+                return
+            except TimeoutError as exc:
+                dead = [st.name for st in self.services.status() if st.state == "down"]
+                if attempt == 2 or not dead:
+                    raise TimeoutError(f"{exc}\n{self.diagnose()}") from exc
+                for name in dead:
+                    self.services.restart(name)
 
     def publish(self, items: Iterable[Item]) -> PublishResult:
         with _env(self.env):
