@@ -45,6 +45,12 @@ class SinkSection(BaseModel):
     dead_letter_topic: str = topics.SINK_DLQ
     # Cassandra requests in flight at once.
     concurrency: int = Field(default=64, ge=1, le=4096)
+    # Rows per request: what is queued when a request slot frees goes as one UNLOGGED
+    # batch of up to this many rows and about `write_batch_bytes` (1 = a request per
+    # row). Batches only fill under load, so they add no latency at a low rate.
+    write_batch_rows: int = Field(default=32, ge=1, le=1000)
+    # Keep well below Cassandra's batch_size_fail_threshold (50 KiB by default).
+    write_batch_bytes: int = Field(default=20_000, ge=256, le=1_000_000)
     # Messages taken per consume() call.
     batch_size: int = Field(default=500, ge=1, le=100_000)
     # Records consumed but not yet acknowledged; above this the sink pauses its partitions.

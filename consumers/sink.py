@@ -161,7 +161,9 @@ class Sink:
             session, write_statements(cs.keyspace), consistency_level(cs.write_consistency)
         )
         ss = self.settings.sink
-        self._writer = AsyncWriter(session, prepared, concurrency=ss.concurrency, retry=ss.retry)
+        self._writer = AsyncWriter(session, prepared, concurrency=ss.concurrency, retry=ss.retry,
+                                   batch_rows=ss.write_batch_rows,
+                                   batch_bytes=ss.write_batch_bytes)
         self._producer = self._clients.producer(
             producer_config(self.settings.kafka, {"client.id": "vision-sink-dlq"})
         )
@@ -174,8 +176,8 @@ class Sink:
             ss.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("sink group %s subscribed to %s; writing to keyspace %s at %s "
-                 "(concurrency %d)", self.group_id, ss.topics(), cs.keyspace,
-                 cs.write_consistency, ss.concurrency)
+                 "(concurrency %d, up to %d rows per request)", self.group_id, ss.topics(), cs.keyspace,
+                 cs.write_consistency, ss.concurrency, ss.write_batch_rows)
 
     # -- the loop --------------------------------------------------------------------
     def run(self, stop: threading.Event) -> SinkCounters:
@@ -435,10 +437,12 @@ class Sink:
             by_topic[t].append(f"{p}:{lag}")
         lag_text = " ".join(f"{t}[{','.join(v)}]" for t, v in by_topic.items()) or "-"
         log.info("health: %.0f rows/s, rows %d, records %d (pred %d, rej %d, refused %d, "
-                 "dlq %d), retries %d, failed %d, in-flight %d, open %d%s, lag %s%s",
+                 "dlq %d), retries %d, failed %d, in-flight %d (%.1f rows/request), open %d%s, "
+                 "lag %s%s",
                  rows_per_s, st.rows_written, self.counters.records, self.counters.predictions,
                  self.counters.rejections, self.counters.refused, self.counters.dead_lettered,
-                 st.retries, st.failed, self._writer.in_flight, self._open_count,
+                 st.retries, st.failed, self._writer.in_flight,
+                 st.rows_written / st.requests if st.requests else 0.0, self._open_count,
                  " (paused)" if self._paused else "", lag_text,
                  f", last error {st.last_error}" if st.retries else "")
 

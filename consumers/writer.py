@@ -1,7 +1,12 @@
 """Bounded asynchronous Cassandra writes with retry and backoff.
 
 `AsyncWriter` keeps at most `concurrency` requests in flight (session.execute_async).
-The driver's callbacks run on its I/O thread and only put the outcome on a queue; all
+With `batch_rows` > 1, each request carries the rows of whatever is queued when a slot
+frees up, up to `batch_rows` rows and about `batch_bytes`, as one UNLOGGED batch: at a
+low rate a request holds one or two rows (no added latency), under load they fill up,
+which cuts Cassandra's CPU per row several-fold (BENCHMARKS.md). A batch that fails
+with a non-retriable error is split: its rows are retried one by one, so one bad row
+fails only its own record. The driver's callbacks run on its I/O thread and only put the outcome on a queue; all
 bookkeeping (window, retries, counters) happens in the caller's thread inside `pump()`,
 so the sink loop needs no locks. Retriable errors are retried with exponential backoff
 (forever by default); anything else, or exhausted retries, is reported as failed.
@@ -98,11 +103,69 @@ class _Job:
     write: Write
     owner: Any
     attempts: int = 0
+    # Set after its batch failed for a reason that is not retriable: from then on this
+    # write goes alone, so the error lands on the row that caused it.
+    solo: bool = False
+
+
+def estimated_size(value: Any) -> int:
+    """Rough serialized size of a bound value, for capping a batch's bytes."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value) + 4
+    if isinstance(value, list | tuple | set | frozenset):
+        return 4 + sum(estimated_size(v) for v in value)
+    if isinstance(value, dict):
+        return 4 + sum(estimated_size(k) + estimated_size(v) for k, v in value.items())
+    return 8
+
+
+class _BatchWarningFilter(logging.Filter):
+    """Lets the first server warning about the sink's own batches through, then drops them.
+
+    Clusters with default settings warn on every multi-partition or >5 KiB UNLOGGED
+    batch, and the driver logs each one; the sink's batches are deliberate (see the
+    module doc), so one line says so and the rest would only be noise.
+    """
+
+    MARKERS = ("Unlogged batch covering", "exceeding specified threshold")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not any(m in msg for m in self.MARKERS):
+            return True
+        self.seen += 1
+        if self.seen == 1:
+            record.msg = "%s (the sink batches on purpose; further batch warnings are not logged)"
+            record.args = (msg,)
+            return True
+        return False
+
+
+_batch_warning_filter = _BatchWarningFilter()
+
+
+def unlogged_batch(bound: list[Any], consistency: Any) -> Any:
+    """One UNLOGGED batch of bound statements. Not logged: each row is an idempotent
+    upsert with its own timestamp, so a partly applied batch is completed by the retry."""
+    from cassandra.query import BatchStatement, BatchType
+
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=consistency)
+    for b in bound:
+        batch.add(b)
+    batch.is_idempotent = True
+    return batch
 
 
 @dataclass
 class WriterStats:
     rows_written: int = 0
+    requests: int = 0
+    # Batches that failed with a non-retriable error and were retried row by row.
+    batches_split: int = 0
     retries: int = 0
     failed: int = 0
     last_error: str = ""
@@ -110,6 +173,7 @@ class WriterStats:
 
 
 Completion = tuple[Any, Write, "WriteFailed | None"]
+_Event = tuple[list[_Job], "BaseException | None"]
 
 
 class AsyncWriter:
@@ -122,18 +186,34 @@ class AsyncWriter:
         *,
         concurrency: int,
         retry: RetrySettings,
+        batch_rows: int = 1,
+        batch_bytes: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        make_batch: Callable[[list[Any], Any], Any] | None = None,
     ) -> None:
         self._session = session
         self._prepared = prepared
         self._concurrency = concurrency
+        self._batch_rows = max(1, batch_rows)
+        self._batch_bytes = batch_bytes
+        self._make_batch = make_batch or unlogged_batch
+        if self._batch_rows > 1:
+            proto = logging.getLogger("cassandra.protocol")
+            if _batch_warning_filter not in proto.filters:
+                proto.addFilter(_batch_warning_filter)
+        # A batch takes the consistency its statements were prepared with.
+        first = next(iter(prepared.values()), None)
+        self._consistency = getattr(first, "consistency_level", None)
+        # A job taken out of the queues that did not fit the batch being built.
+        self._carry: _Job | None = None
         self._retry = retry
         self._clock = clock
         self._queued: deque[_Job] = deque()
         self._retry_heap: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
-        self._events: queue.SimpleQueue[tuple[_Job, BaseException | None]] = queue.SimpleQueue()
-        self.in_flight = 0
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.in_flight = 0  # requests
+        self._rows_in_flight = 0
         self.stats = WriterStats()
         # Set by an error no record can get past (see is_fatal); nothing starts after it.
         self.fatal: WriteFailed | None = None
@@ -141,12 +221,15 @@ class AsyncWriter:
     # -- submission ------------------------------------------------------------------
     def submit(self, write: Write, owner: Any) -> None:
         self._queued.append(_Job(write, owner))
-        self._start_ready()
+        if self._batch_rows == 1:
+            self._start_ready()
+        # Batching: requests start in pump(), once the caller has queued all it has.
 
     @property
     def backlog(self) -> int:
-        """Writes not yet finished: queued, waiting to retry, or in flight."""
-        return len(self._queued) + len(self._retry_heap) + self.in_flight
+        """Writes not yet finished: queued, waiting to retry, or in flight (rows)."""
+        return (len(self._queued) + len(self._retry_heap) + self._rows_in_flight
+                + (self._carry is not None))
 
     @property
     def waiting_retry(self) -> int:
@@ -155,32 +238,57 @@ class AsyncWriter:
     def _cancelled(self, job: _Job) -> bool:
         return bool(getattr(job.owner, "cancelled", False))
 
-    def _start(self, job: _Job) -> None:
-        job.attempts += 1
+    def _start(self, jobs: list[_Job]) -> None:
         self.in_flight += 1
+        self._rows_in_flight += len(jobs)
+        self.stats.requests += 1
+        for job in jobs:
+            job.attempts += 1
         try:
-            bound = self._prepared[job.write.statement].bind(job.write.bind_values())
-            future = self._session.execute_async(bound)
+            bound = [self._prepared[j.write.statement].bind(j.write.bind_values()) for j in jobs]
+            request = bound[0] if len(bound) == 1 else self._make_batch(bound, self._consistency)
+            future = self._session.execute_async(request)
         except Exception as exc:  # raised before the request left (e.g. bad bind values)
-            self._events.put((job, exc))
+            self._events.put((jobs, exc))
             return
         future.add_callbacks(
-            callback=lambda _rows, j=job: self._events.put((j, None)),
-            errback=lambda exc, j=job: self._events.put((j, exc)),
+            callback=lambda _rows, js=jobs: self._events.put((js, None)),
+            errback=lambda exc, js=jobs: self._events.put((js, exc)),
         )
 
-    def _start_ready(self) -> None:
-        now = self._clock()
-        while self.fatal is None and self.in_flight < self._concurrency:
-            if self._retry_heap and self._retry_heap[0][0] <= now:
+    def _next_job(self, now: float) -> _Job | None:
+        """The next write to start: a carried one, a due retry, then the queue."""
+        while True:
+            if self._carry is not None:
+                job, self._carry = self._carry, None
+            elif self._retry_heap and self._retry_heap[0][0] <= now:
                 job = heapq.heappop(self._retry_heap)[2]
             elif self._queued:
                 job = self._queued.popleft()
             else:
+                return None
+            if not self._cancelled(job):
+                return job
+
+    def _start_ready(self) -> None:
+        now = self._clock()
+        while self.fatal is None and self.in_flight < self._concurrency:
+            job = self._next_job(now)
+            if job is None:
                 return
-            if self._cancelled(job):
-                continue
-            self._start(job)
+            jobs = [job]
+            size = estimated_size(job.write.params)
+            while not job.solo and len(jobs) < self._batch_rows:
+                nxt = self._next_job(now)
+                if nxt is None:
+                    break
+                nsize = estimated_size(nxt.write.params)
+                if nxt.solo or size + nsize > self._batch_bytes:
+                    self._carry = nxt
+                    break
+                jobs.append(nxt)
+                size += nsize
+            self._start(jobs)
 
     # -- completion ------------------------------------------------------------------
     def pump(self, timeout: float = 0.0) -> list[Completion]:
@@ -207,35 +315,49 @@ class AsyncWriter:
         self._start_ready()
         return done
 
-    def _handle(self, event: tuple[_Job, BaseException | None], done: list[Completion]) -> None:
-        job, exc = event
+    def _handle(self, event: _Event, done: list[Completion]) -> None:
+        jobs, exc = event
         self.in_flight -= 1
+        self._rows_in_flight -= len(jobs)
         if exc is None:
-            self.stats.rows_written += 1
-            done.append((job.owner, job.write, None))
+            self.stats.rows_written += len(jobs)
+            done.extend((job.owner, job.write, None) for job in jobs)
             return
         name = type(exc).__name__
         self.stats.errors_by_class[name] = self.stats.errors_by_class.get(name, 0) + 1
         self.stats.last_error = f"{name}: {exc}"
-        if self._cancelled(job):
-            return
+        jobs = [job for job in jobs if not self._cancelled(job)]
         if is_fatal(exc):
             if self.fatal is None:
-                self.fatal = WriteFailed(job.write, exc, job.attempts, retriable=False)
+                self.fatal = WriteFailed(jobs[0].write if jobs else Write("", (), 0), exc,
+                                         jobs[0].attempts if jobs else 0, retriable=False)
                 log.critical("stopping writes: %s", self.fatal)
-            self._queued.appendleft(job)  # never reported: its record stays unsettled
+            # Never reported: their records stay unsettled.
+            self._queued.extendleft(reversed(jobs))
             return
         retriable = is_retriable(exc)
-        limit = self._retry.max_attempts
-        if retriable and (limit == 0 or job.attempts < limit):
-            delay = backoff_s(self._retry, job.attempts)
-            self.stats.retries += 1
-            log.debug("retrying %s for %r in %.2fs (attempt %d): %s: %s", job.write.statement,
-                      job.write.params[0], delay, job.attempts, name, exc)
-            heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._seq), job))
+        if not retriable and len(jobs) > 1:
+            # One row may have spoiled the batch: retry each row alone, at once; this
+            # attempt does not count against the rows.
+            self.stats.batches_split += 1
+            log.warning("batch of %d rows failed (%s: %s); retrying its rows one by one",
+                        len(jobs), name, exc)
+            for job in jobs:
+                job.solo = True
+                job.attempts -= 1
+            self._queued.extendleft(reversed(jobs))
             return
-        self.stats.failed += 1
-        done.append((job.owner, job.write, WriteFailed(job.write, exc, job.attempts, retriable)))
+        limit = self._retry.max_attempts
+        for job in jobs:
+            if retriable and (limit == 0 or job.attempts < limit):
+                delay = backoff_s(self._retry, job.attempts)
+                self.stats.retries += 1
+                log.debug("retrying %s for %r in %.2fs (attempt %d): %s: %s", job.write.statement,
+                          job.write.params[0], delay, job.attempts, name, exc)
+                heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._seq), job))
+                continue
+            self.stats.failed += 1
+            done.append((job.owner, job.write, WriteFailed(job.write, exc, job.attempts, retriable)))
 
 
 def prepare_writes(session: Any, statements: dict[str, str], consistency: int) -> dict[str, Any]:

@@ -189,7 +189,10 @@ class Harness:
         self.consumer = FakeConsumer(messages)
         self.producer = FakeProducer()
         self.session = FakeSession(failures)
-        section = SinkSection(**({"concurrency": 64, "health_interval_s": 0.05,
+        # One row per request: the fake session answers per image (the writer's batching
+        # has its own tests in test_consumers_writer.py; integration tests use both).
+        section = SinkSection(**({"concurrency": 64, "write_batch_rows": 1,
+                                  "health_interval_s": 0.05,
                                   "drain_timeout_s": 5.0,
                                   "retry": RetrySettings(initial_backoff_s=0.01,
                                                          max_backoff_s=0.02)} | sink))

@@ -40,7 +40,9 @@ class FakeSession:
     def resolve_all(self):
         pending, self.pending = self.pending, []
         for bound, f in pending:
-            errors = self.plan.get(bound[0]) or []
+            # A batch (see make_batch) fails with the first planned error of any of its rows.
+            keys = [b[0] for b in bound[1]] if bound[0] == "batch" else [bound[0]]
+            errors = next((self.plan[k] for k in keys if self.plan.get(k)), [])
             if errors:
                 f.eb(errors.pop(0))
             else:
@@ -59,10 +61,19 @@ def write(key):
     return Write("w", (key,), 1000)
 
 
-def make(session, concurrency=4, max_attempts=0, clock=None):
+def make_batch(bound, consistency):
+    return ("batch", tuple(bound))
+
+
+def make(session, concurrency=4, max_attempts=0, clock=None, batch_rows=1, batch_bytes=20_000):
     return AsyncWriter(session, {"w": FakePrepared()}, concurrency=concurrency,
                        retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0,
-                                           max_attempts=max_attempts), clock=clock or Clock())
+                                           max_attempts=max_attempts), clock=clock or Clock(),
+                       batch_rows=batch_rows, batch_bytes=batch_bytes, make_batch=make_batch)
+
+
+def sizes(session):
+    return [len(b[1]) if b[0] == "batch" else 1 for b, _ in session.pending]
 
 
 def run_until_idle(writer, session, clock, rounds=100):
@@ -151,3 +162,83 @@ def test_fatal_error_is_not_reported_and_stops_new_writes():
     s.resolve_all()
     assert w.pump(0) == [] and w.fatal is not None and w.fatal.error is gone
     assert s.calls == 1 and w.in_flight == 0  # k1 never started
+
+
+def test_batches_fill_only_when_requests_queue_up():
+    s, clock = FakeSession(), Clock()
+    w = make(s, concurrency=2, clock=clock, batch_rows=8)
+    w.submit(write("lone"), owner="lone")
+    assert s.calls == 0  # batching: nothing leaves before pump()
+    w.pump(0)
+    assert sizes(s) == [1]  # a lone row is not held back to fill a batch
+    for i in range(40):
+        w.submit(write(f"k{i}"), owner=i)
+    w.pump(0)
+    assert sizes(s) == [1, 8] and w.in_flight == 2 and w.backlog == 41
+    done = run_until_idle(w, s, clock)
+    assert sorted(o for o, _, f in done if f is None and o != "lone") == list(range(40))
+    assert w.stats.rows_written == 41 and w.stats.requests == 1 + 5 and s.max_in_flight == 2
+
+
+def test_batch_bytes_cap():
+    s, clock = FakeSession(), Clock()
+    w = make(s, concurrency=1, clock=clock, batch_rows=100, batch_bytes=2000)
+    for i in range(10):
+        w.submit(Write("w", (f"k{i}", "x" * 600), 1000), owner=i)
+    w.pump(0)
+    assert sizes(s) == [3]
+    run_until_idle(w, s, clock)
+    assert w.stats.rows_written == 10 and w.stats.requests == 4
+
+
+def test_failed_batch_is_split_so_only_the_bad_row_fails():
+    bad = InvalidRequest("value too large")
+    s, clock = FakeSession({"k2": [bad, bad]}), Clock()
+    w = make(s, concurrency=1, clock=clock, batch_rows=8)
+    for i in range(5):
+        w.submit(write(f"k{i}"), owner=i)
+    done = run_until_idle(w, s, clock)
+    failed = [(o, f) for o, _, f in done if f is not None]
+    assert [o for o, _ in failed] == [2] and failed[0][1].error is bad
+    assert failed[0][1].attempts == 1  # the batch attempt does not count against the row
+    assert sorted(o for o, _, f in done if f is None) == [0, 1, 3, 4]
+    assert w.stats.batches_split == 1 and w.stats.requests == 1 + 5
+
+
+def test_retriable_batch_failure_retries_every_row():
+    cl = ConsistencyLevel.LOCAL_QUORUM
+    s, clock = FakeSession({"k1": [Unavailable("down", cl, 2, 1)]}), Clock()
+    w = make(s, concurrency=1, clock=clock, batch_rows=8)
+    for i in range(4):
+        w.submit(write(f"k{i}"), owner=i)
+    w.pump(0)
+    s.resolve_all()
+    assert w.pump(0) == [] and w.waiting_retry == 4 and w.stats.retries == 4
+    done = run_until_idle(w, s, clock)
+    assert sorted(o for o, _, f in done if f is None) == [0, 1, 2, 3]
+    assert w.stats.failed == 0 and w.stats.batches_split == 0
+
+
+def test_fatal_error_in_a_batch_keeps_every_row_unreported():
+    gone = InvalidRequest("unconfigured table predictions")
+    s, clock = FakeSession({"k0": [gone]}), Clock()
+    w = make(s, concurrency=1, clock=clock, batch_rows=8)
+    for i in range(3):
+        w.submit(write(f"k{i}"), owner=i)
+    w.pump(0)
+    s.resolve_all()
+    assert w.pump(0) == [] and w.fatal is not None and w.backlog == 3 and w.in_flight == 0
+
+
+def test_server_batch_warnings_are_logged_once(caplog):
+    import logging
+
+    make(FakeSession(), batch_rows=8)
+    proto = logging.getLogger("cassandra.protocol")
+    with caplog.at_level(logging.WARNING, logger="cassandra.protocol"):
+        for _ in range(3):
+            proto.warning("Server warning: Unlogged batch covering 64 partitions detected")
+        proto.warning("Server warning: something else")
+    texts = [r.getMessage() for r in caplog.records]
+    assert sum("Unlogged batch covering" in t for t in texts) <= 1
+    assert any("something else" in t for t in texts)
