@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import faulthandler
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-linger-ms", type=int, help="linger.ms of the relays' producers")
     p.add_argument("--model-threads", type=int,
                    help="torch threads for model-only (default: workers x infer.torch_threads)")
+    p.add_argument("--warmup-rounds", type=int, default=8,
+                   help="at most this many warm-up bursts per section; they stop earlier once "
+                        "the servers' JIT compilation is under --jit-settled of their CPU")
+    p.add_argument("--jit-settled", type=float, default=0.15,
+                   help="JIT compiler share of the cluster JVMs' CPU in a warm-up burst below "
+                        "which the servers count as warm")
     p.add_argument("--tag", default="", help="suffix of the timestamped result file")
     p.add_argument("--run-dir", default=".run/bench")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one run")
@@ -64,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash inside a client library's C code (librdkafka, the driver's event loop)
+    # should leave a Python traceback in the log, not just "Segmentation fault".
+    faulthandler.enable()
     args = _parser().parse_args(argv)
     configure(os.environ.get("PIPELINE_LOG_LEVEL", "WARNING"))
     log.setLevel(logging.INFO)
@@ -205,8 +216,10 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
                                topology.PIPELINE_SINK_GROUP: [prefix + topics.PREDICTIONS]}, 600, alive)
         res["startup_s"] = round(time.monotonic() - t0, 1)
         tag0 = f"p{int(time.time())}"
-        step("pipeline: warm-up burst (32 images)")
-        pipeline.run_once(alive, session, f"{tag0}-warm", 32, timeout_s=args.timeout)
+        res["background_cpu_s_per_s"] = meter.sample_background_once()
+        res["warm_up"] = warm_up(
+            "pipeline", meter, args,
+            lambda i: pipeline.run_once(alive, session, f"{tag0}-warm{i}", 32, timeout_s=args.timeout))
         for r in range(reps):
             m_rate = model.one_rep() if model is not None else None
             h0 = pipeline.worker_health(ports)
@@ -257,6 +270,34 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
     return res
 
 
+def warm_up(section: str, meter: CpuMeter, args: argparse.Namespace,
+            burst: Callable[[int], Any]) -> dict[str, Any]:
+    """Warm-up bursts until the servers' JIT compilation settles (a probe, not a count).
+
+    Freshly started Kafka and Cassandra JVMs spend much of their CPU compiling hot code
+    during the first minutes of traffic; measured then, the pipeline would be charged
+    for the servers' start-up. Each burst's JIT share of the cluster JVMs' CPU is
+    recorded; bursts stop once it falls below `--jit-settled`, or after
+    `--warmup-rounds` (then `settled` is false and the JSON says so).
+    """
+    shares: list[float] = []
+    settled = False
+    for i in range(max(1, args.warmup_rounds)):
+        a = meter.snapshot()
+        burst(i)
+        b = meter.snapshot()
+        cpu = meter.diff(a, b, 1)["cpu_s_before_background_subtraction"]
+        servers = sum(v for k, v in cpu.items() if k in ("kafka", "cassandra", "jit"))
+        share = cpu.get("jit", 0.0) / servers if servers else 0.0
+        shares.append(round(share, 3))
+        step(f"{section}: warm-up burst {i + 1}: JIT compilation {share:.0%} of the servers' CPU")
+        if share < args.jit_settled:
+            settled = True
+            break
+    return {"bursts": len(shares), "jit_share_per_burst": shares, "settled": settled,
+            "threshold": args.jit_settled}
+
+
 def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for stage, a in after.items():
@@ -292,8 +333,11 @@ def transport_section(args: argparse.Namespace, settings: PipelineSettings, sess
         lags[topology.TRANSPORT_SINK_GROUP] = [topology.PREFIX + topics.PREDICTIONS]
         wait_caught_up(kafka, lags, 600, alive)
         tag0 = f"t{int(time.time())}"
-        step("transport: warm-up burst (1000 events)")
-        transport.run_once(settings, alive, session, f"{tag0}-warm", 1000, timeout_s=args.timeout)
+        res["background_cpu_s_per_s"] = meter.sample_background_once()
+        res["warm_up"] = warm_up(
+            "transport", meter, args,
+            lambda i: transport.run_once(settings, alive, session, f"{tag0}-warm{i}", 2000,
+                                         timeout_s=args.timeout))
         for r in range(reps):
             run = transport.run_once(settings, alive, session, f"{tag0}-{r}", n_events,
                                      timeout_s=args.timeout, meter=meter)

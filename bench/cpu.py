@@ -7,6 +7,10 @@ command line names `.run/kafka-N` or `.run/cassandra-N`), plus the whole machine
 busy time from /proc/stat for the share the others took. The cluster JVMs also serve
 other people's tests: their CPU rate in an idle window just before a run (we send
 nothing) is subtracted as background, which is an estimate, not an exact split.
+
+The JVMs' JIT compiler threads are counted apart, as component `jit`: compiling is a
+warm-up cost of freshly started servers (it took 20-60% of their CPU in the first
+minutes of traffic here), not a cost per event of the steady state.
 """
 
 from __future__ import annotations
@@ -50,6 +54,26 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def jit_cpu_s(pid: int) -> float:
+    """CPU seconds of a JVM's JIT compiler threads (named "C1/C2 CompilerThreadN")."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if "CompilerThre" in name:
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def machine_cpu_s() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot."""
     with open("/proc/stat") as f:
@@ -68,18 +92,28 @@ class Snapshot:
 
 
 def component(name: str) -> str:
-    """'kafka-2' -> 'kafka', 'relay-decode-1' -> 'relay', 'worker-1' -> 'worker'."""
+    """'kafka-2' -> 'kafka', 'relay-decode-1' -> 'relay', 'jit-kafka-2' -> 'jit'."""
     return name.split("-", 1)[0]
 
 
 # Components whose processes also serve other people's work on the shared clusters.
-SHARED = ("kafka", "cassandra")
+SHARED = ("kafka", "cassandra", "jit")
 
 
 class CpuMeter:
     def __init__(self, pids: Mapping[str, int | None]) -> None:
         self.pids = {n: p for n, p in pids.items() if p}
         self.background: dict[str, float] = {}  # CPU s per wall s of shared components
+        self.background_sampled = False
+
+    def sample_background_once(self) -> dict[str, float]:
+        """The first call samples; later ones keep that sample. Sampled before any of our
+        traffic, the window sees only other people's load; sampled between bursts it
+        would also see our own servers' after-work (JIT, flushes, compaction) and
+        subtract it from the run that caused it."""
+        if not self.background_sampled:
+            self.sample_background()
+        return self.background
 
     def sample_background(self, seconds: float = 4.0) -> dict[str, float]:
         """CPU rate of the shared cluster JVMs while we send nothing (a measurement
@@ -93,14 +127,20 @@ class CpuMeter:
             if n in a.procs and component(n) in SHARED:
                 rates[component(n)] = rates.get(component(n), 0.0) + (v - a.procs[n]) / wall
         self.background = rates
+        self.background_sampled = True
         return rates
 
     def snapshot(self) -> Snapshot:
         procs = {}
         for n, p in self.pids.items():
             v = process_cpu_s(p)
-            if v is not None:
-                procs[n] = v
+            if v is None:
+                continue
+            if component(n) in SHARED:
+                jit = jit_cpu_s(p)
+                procs[f"jit-{n}"] = jit
+                v -= jit
+            procs[n] = v
         t = os.times()
         return Snapshot(time.monotonic(), procs, t.user + t.system, machine_cpu_s())
 

@@ -39,7 +39,7 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
     before = retrying(lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets")
     alive()
     if meter is not None:
-        meter.sample_background()
+        meter.sample_background_once()
     start = meter.snapshot() if meter is not None else None
     result = publish_items(images.items(count, tag), settings)
     if result.summary.failed:

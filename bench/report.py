@@ -20,6 +20,14 @@ def _cpu(c: dict[str, Any]) -> str:
             f"{c.get('others_pct_of_machine')}% of the machine meanwhile")
 
 
+def _warm(w: dict[str, Any] | None) -> str:
+    if not w:
+        return "-"
+    shares = ", ".join(f"{x:.0%}" for x in w["jit_share_per_burst"])
+    return (f"{w['bursts']} burst(s), servers' JIT share {shares}"
+            + ("" if w["settled"] else f" (not below {w['threshold']:.0%}: servers still warming)"))
+
+
 def print_table(out: dict[str, Any]) -> None:
     m = out.get("model_only")
     p = out.get("pipeline")
@@ -37,6 +45,7 @@ def print_table(out: dict[str, Any]) -> None:
               + " / ".join(f"{ms[k]['median']:.2f}" for k in ("decode", "infer", "postprocess")))
     if p and "saturation" in p:
         sat, half = p["saturation"], p["half_rate"]
+        print("  pipeline warm-up".ljust(38) + _warm(p.get("warm_up")))
         print("  pipeline images/s at saturation".ljust(38) + _fmt(sat["images_per_s"]))
         print("    latency p50 / p95 / p99 (ms)".ljust(38)
               + " / ".join(_fmt(sat[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms")))
@@ -55,6 +64,7 @@ def print_table(out: dict[str, Any]) -> None:
             print("    mean batch size at saturation: "
                   + ", ".join(f"{k} {v['mean_batch_size']}" for k, v in batches.items()))
     if t and "events_per_s" in t:
+        print("  transport warm-up".ljust(38) + _warm(t.get("warm_up")))
         print(f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38) + _fmt(t["events_per_s"]))
         print("    latency p50 / p99 (ms)".ljust(38)
               + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms")))

@@ -84,7 +84,7 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
              count: int, rate: float = 0.0, timeout_s: float = 300.0, meter: CpuMeter | None = None) -> RunResult:
     alive()
     if meter is not None:
-        meter.sample_background()
+        meter.sample_background_once()
     start = meter.snapshot() if meter is not None else None
     ids, first, last = publish_events(settings, tag, count, rate)
     pred_topic = topology.PREFIX + topics.PREDICTIONS

@@ -59,3 +59,40 @@ def test_ratios_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     print_table(out)
     text = capsys.readouterr().out
     assert "pipeline images/s at saturation" in text and "transport events/s" in text
+
+
+class _FakeMeter:
+    """Snapshots whose differences give the JIT share of each burst in turn."""
+
+    def __init__(self, jit_shares: list[float]) -> None:
+        self.shares = jit_shares
+        self.i = 0
+
+    def snapshot(self) -> int:
+        return self.i
+
+    def diff(self, a: int, b: int, items: int) -> dict[str, Any]:
+        share = self.shares[self.i - 1]
+        return {"cpu_s_before_background_subtraction": {"kafka": 1 - share, "jit": share,
+                                                        "worker": 5.0}}
+
+
+def test_warm_up_stops_once_jit_settles(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from bench.cli import warm_up
+
+    meter = _FakeMeter([0.6, 0.3, 0.1, 0.05])
+
+    def burst(i: int) -> None:
+        meter.i = i + 1
+
+    args = argparse.Namespace(warmup_rounds=8, jit_settled=0.15)
+    w = warm_up("transport", meter, args, burst)  # type: ignore[arg-type]
+    assert w == {"bursts": 3, "jit_share_per_burst": [0.6, 0.3, 0.1], "settled": True,
+                 "threshold": 0.15}
+    meter.i = 0
+    args.warmup_rounds = 2
+    w = warm_up("transport", meter, args, burst)  # type: ignore[arg-type]
+    assert w["bursts"] == 2 and not w["settled"]
+    assert "JIT compilation 30%" in capsys.readouterr().out

@@ -67,6 +67,7 @@ def test_cpu_component_names_and_diff() -> None:
     assert component("kafka-2") == "kafka"
     assert component("relay-decode-1") == "relay"
     assert component("psink-1") == "psink"
+    assert component("jit-cassandra-3") == "jit"
     a = Snapshot(0.0, {"kafka-1": 1.0, "kafka-2": 2.0, "tsink-1": 0.5}, 1.0, (10.0, 20.0))
     b = Snapshot(2.0, {"kafka-1": 1.5, "kafka-2": 2.5, "tsink-1": 1.5}, 1.5, (13.0, 24.0))
     meter = CpuMeter({})
@@ -81,3 +82,14 @@ def test_cpu_component_names_and_diff() -> None:
     d = meter.diff(a, b, items=100)
     assert d["cpu_s"]["kafka"] == 0.5
     assert d["cpu_s_before_background_subtraction"]["kafka"] == 1.0
+
+
+def test_jit_cpu_of_this_process_is_a_part_of_its_cpu() -> None:
+    import os
+
+    from bench.cpu import jit_cpu_s, process_cpu_s
+
+    # Not a JVM: no compiler threads; a pid that is gone reads as 0.
+    assert jit_cpu_s(os.getpid()) == 0.0
+    assert jit_cpu_s(2**22 + 1) == 0.0
+    assert (process_cpu_s(os.getpid()) or 0.0) >= 0.0
