@@ -118,6 +118,12 @@ class WorkerSettings(BaseModel):
     # How long a batch's sends may take before the worker gives up and exits (the
     # batch is not acked, so it is redelivered to whoever owns the partition next).
     send_timeout_s: float = Field(default=120.0, gt=0)
+    # Producer batching. A batch's outputs are sent together; faust's default 16 KiB
+    # batch holds no decoded image (147 KB), so each would travel in a produce request
+    # of its own (acks=all: a replication round trip each). 1 MiB batches carry a
+    # whole micro-batch per partition in one request.
+    producer_max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
     # Consumer group liveness: a killed worker's partitions move after session_timeout_s.
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

@@ -34,6 +34,8 @@ def test_app_has_one_agent_per_stage_on_registry_topics(
     conf = app.conf
     assert conf.topic_allow_declare is False and conf.topic_replication_factor == 3
     assert conf.producer_acks == -1 and conf.web_port == 6200
+    # A micro-batch of decoded images (147 KB each) fits one producer batch.
+    assert conf.producer_max_batch_size == 1_048_576 and conf.producer_linger == 0.005
     assert [str(u) for u in conf.broker] == ["kafka://127.0.0.1:1", "kafka://127.0.0.1:2"]
     snap = health_snapshot(app, rt)
     assert [s["stage"] for s in snap["stages"]] == ["decode", "infer", "postprocess"]
