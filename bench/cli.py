@@ -5,8 +5,9 @@
   python -m bench --only model,transport --tag sink-conc-256
 
 Results: bench/results/latest.json and bench/results/<UTC timestamp>[-tag].json, and a
-table on stdout. Services run under .run/bench (pid files) and are always stopped at
-the end. Settings of the services come from the environment (PIPELINE_...), so a
+table on stdout. If no cluster node runs, the clusters are started first and stopped
+at the end (KEEP=1 or --keep leaves them up). Services run under .run/bench (pid
+files) and are always stopped at the end. Settings of the services come from the environment (PIPELINE_...), so a
 candidate fix is measured without editing code, e.g.
   PIPELINE_SINK__CONCURRENCY=256 python -m bench --only transport --tag conc256
 """
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="JIT compiler share of the cluster JVMs' CPU in a warm-up burst below "
                         "which the servers count as warm")
     p.add_argument("--tag", default="", help="suffix of the timestamped result file")
+    p.add_argument("--keep", action="store_true", default=os.environ.get("KEEP") == "1",
+                   help="leave the clusters running if this run started them (also KEEP=1)")
     p.add_argument("--run-dir", default=".run/bench")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one run")
     p.add_argument("--cluster-timeout", type=float, default=300.0,
@@ -97,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     cluster, session = None, None
     error: BaseException | None = None
+    started_clusters = False
     try:
+        started_clusters = start_clusters_if_stopped()
+        out["clusters_started_by_bench"] = started_clusters
         step("clusters: waiting until Kafka has 3 brokers and Cassandra 3 nodes up")
         out["clusters_at_start"] = wait_clusters(args.cluster_timeout)
         step("provision: bench topics (bench.t.*, bench.p.*) and keyspace vision_bench")
@@ -137,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         path = write_results(out, args.tag + ("-incomplete" if error else ""), latest=error is None)
         print_table(out)
         print(f"\nresults: {path}; wall {out['wall_s']:.0f}s")
+        if started_clusters and not args.keep:
+            step("clusters: stopping them (this run started them; KEEP=1 leaves them up)")
+            subprocess.run([sys.executable, "-m", "infra", "down"], check=False)
     if error is not None:
         raise error
     return 0
@@ -149,6 +158,21 @@ def cluster_status() -> dict[str, Any] | None:
         return json.loads(res.stdout)
     except json.JSONDecodeError:
         return None
+
+
+def start_clusters_if_stopped() -> bool:
+    """`make bench` on a fresh clone: no local cluster node runs, so start them (as
+    `make demo` does). A cluster that is partly up (someone's fault test stopped a node)
+    is left alone and waited for. True if this run started them."""
+    st = cluster_status()
+    if st and st["kafka"]["brokers"] >= 3 and st["cassandra"]["up_nodes"] >= 3:
+        return False
+    if cluster_pids():
+        return False
+    step("clusters: none running; starting Kafka (3 brokers) and Cassandra (3 nodes)")
+    if subprocess.run([sys.executable, "-m", "infra", "up"], check=False).returncode != 0:
+        raise RuntimeError("the clusters did not start (see above); `python -m infra status`")
+    return True
 
 
 def wait_clusters(timeout_s: float) -> dict[str, Any]:
