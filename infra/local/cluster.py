@@ -303,9 +303,28 @@ class LocalCluster:
         log.info("%s: started pid %d (%s), log %s", node.name, pid, node.address, d.log_file)
         return pid
 
+    def _exited(self, node: NodeSpec) -> bool:
+        """Whether a node we are waiting for has exited. A node this process spawned is
+        judged by its exit status; the /proc ownership check alone once reported a
+        starting Cassandra JVM as gone (CI, 2026-11-26), so it only decides for nodes
+        started elsewhere, and a disagreement is logged with what it saw."""
+        d = self.dirs(node)
+        pid = procs.read_pid(d.pid_file)
+        running = procs.child_running(pid)
+        ours = self.pid(node) is not None
+        if running is not None and running != ours:
+            log.warning("%s: ownership check says %s but the process %s (%s)", node.name,
+                        "ours" if ours else "not ours", "runs" if running else "exited",
+                        procs.describe(pid, d.marker))
+        return not running if running is not None else not ours
+
+    def _exit_reason(self, node: NodeSpec) -> str:
+        d = self.dirs(node)
+        return f"exited during start ({procs.describe(procs.read_pid(d.pid_file), d.marker)})"
+
     def _died(self, started: list[NodeSpec]) -> str | None:
         for n in started:
-            if self.pid(n) is None:
+            if self._exited(n):
                 return n.name
         return None
 
@@ -381,7 +400,7 @@ class LocalCluster:
             ok = probes.poll_until(
                 lambda: probes.cql_answers(node.host, node.port), timeout=timeout,
                 interval=0.5,
-                abort=lambda: "exited during start" if self.pid(node) is None else None,
+                abort=lambda: self._exit_reason(node) if self._exited(node) else None,
             )
         except RuntimeError as e:
             raise self._fail(node.name, str(e)) from None

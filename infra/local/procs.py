@@ -75,6 +75,25 @@ def is_ours(pid: int | None, marker: str) -> bool:
     return any(marker in a for a in args)
 
 
+def child_running(pid: int | None) -> bool | None:
+    """For a process this process spawned: whether it still runs, from its own exit
+    status (exact, unlike /proc checks). None if it is not a child of this process."""
+    proc = _children.get(pid) if pid else None
+    if proc is None:
+        return None
+    return proc.poll() is None
+
+
+def describe(pid: int | None, marker: str) -> str:
+    """What the ownership check sees for pid, for error messages."""
+    if not pid:
+        return "no pid recorded"
+    args = _cmdline(pid)
+    return (f"pid {pid}: state {_state(pid) or 'gone'!r}, argv[0] "
+            f"{(args[0] if args else '')!r}, marker {'found' if any(marker in a for a in args) else 'missing'}"
+            f", child of this process: {child_running(pid)}")
+
+
 def read_pid(pid_file: Path) -> int | None:
     try:
         return int(pid_file.read_text().strip())

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,26 @@ def test_only_our_java_processes_count_as_ours(tmp_path):
     assert not procs.is_ours(os.getpid(), "")  # a python process, not java
     assert not procs.is_ours(None, "x")
     assert not procs.is_ours(2**22 + 12345, "x")
+
+
+def test_a_spawned_child_is_judged_by_its_exit_status(tmp_path):
+    pid = procs.spawn(["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path,
+                      env=dict(os.environ))
+    try:
+        assert procs.child_running(pid) is True
+        assert not procs.is_ours(pid, str(tmp_path))  # not java: the /proc check says no
+        text = procs.describe(pid, "nowhere")
+        assert f"pid {pid}" in text and "sleep" in text and "marker missing" in text
+    finally:
+        os.kill(pid, 9)
+    deadline = time.monotonic() + 5.0
+    while procs.child_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs.child_running(pid) is False
+    procs.wait_gone([pid], "", 5.0)  # reaps it: then it is no longer tracked
+    assert procs.child_running(pid) is None
+    assert procs.child_running(os.getpid()) is None  # not a child of this process
+    assert procs.describe(None, "x") == "no pid recorded"
 
 
 def test_tail_returns_the_last_lines(tmp_path):
