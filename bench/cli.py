@@ -247,8 +247,10 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
         for r in range(reps):
             m_rate = model.one_rep() if model is not None else None
             h0 = pipeline.worker_health(ports)
+            lag = pipeline.LagSampler(kafka, topology.PIPELINE_APP_ID, topology.PIPELINE_SINK_GROUP,
+                                      prefix)
             run = pipeline.run_once(alive, session, f"{tag0}-burst{r}", n_images, timeout_s=args.timeout,
-                                    meter=meter)
+                                    meter=meter, lag=lag)
             h1 = pipeline.worker_health(ports)
             s = run.summary()
             s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
@@ -279,6 +281,7 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
             "p95_ms": summarize([b["p95_ms"] for b in bursts]),
             "p99_ms": summarize([b["p99_ms"] for b in bursts]),
             "cpu_ms_per_image": cpu_summary(bursts),
+            "max_lag": max_lag(bursts),
             "runs": bursts,
         }
         res["half_rate"] = {
@@ -378,6 +381,15 @@ def transport_section(args: argparse.Namespace, settings: PipelineSettings, sess
         step("transport: stopping its services")
         services.stop_all()
     return res
+
+
+def max_lag(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Per stage, the median over runs of the largest input lag seen during each."""
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        for stage, v in ((r.get("lag") or {}).get("max_lag") or {}).items():
+            per.setdefault(stage, []).append(v)
+    return {k: int(summarize(v)["median"] or 0) for k, v in per.items()}
 
 
 def cpu_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class RunResult:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: int = 0
     cpu: dict[str, Any] | None = None
+    # Anything else a benchmark measured during the run (e.g. consumer lag).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def latencies(self) -> list[float]:
         return [float(r["stored_at"] - r["produced_at"]) for r in self.rows.values()
@@ -47,6 +49,7 @@ class RunResult:
             "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0.0, 2),
             **latency_summary(self.latencies()),
             "cpu": self.cpu,
+            **self.extra,
         }
 
 

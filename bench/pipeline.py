@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +29,63 @@ log = logging.getLogger(__name__)
 STAGES = [s.name for s in topics.STAGES]
 
 
+def lag_by_topic(partitions: dict[str, int]) -> dict[str, int]:
+    """{'t[0]': 3, 't[1]': 2, 'u[0]': 1} -> {'t': 5, 'u': 1}."""
+    out: dict[str, int] = {}
+    for key, lag in partitions.items():
+        topic = key.rsplit("[", 1)[0]
+        out[topic] = out.get(topic, 0) + max(0, lag)
+    return out
+
+
+class LagSampler:
+    """The largest committed-offset lag of each stage's input topic seen during a run.
+
+    Sampled at most every `every_s` from the completion probe (two admin round trips per
+    sample), so it shows where a burst queued: the stage whose input lag stays high is
+    the slow one. Faust commits every few seconds, so this is coarse by design.
+    """
+
+    def __init__(self, kafka: Any, app_group: str, sink_group: str, prefix: str,
+                 every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kafka = kafka
+        self.app_group, self.sink_group = app_group, sink_group
+        self.stage_of = {prefix + s.source: s.name for s in topics.STAGES}
+        self.sink_topic = prefix + topics.PREDICTIONS
+        self.every_s = every_s
+        self.clock = clock
+        self.next_at = 0.0
+        self.max_lag: dict[str, int] = {}
+        self.samples = 0
+
+    def record(self, lags: dict[str, int]) -> None:
+        for topic, lag in lags.items():
+            stage = "sink" if topic == self.sink_topic else self.stage_of.get(topic, topic)
+            self.max_lag[stage] = max(self.max_lag.get(stage, 0), lag)
+        self.samples += 1
+
+    def maybe_sample(self) -> None:
+        now = self.clock()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        try:
+            app = groups.group_lag(self.kafka, self.app_group, list(self.stage_of))
+            sink = groups.group_lag(self.kafka, self.sink_group, [self.sink_topic])
+        except Exception as exc:  # noqa: BLE001 - informative only
+            log.debug("lag sample failed: %s", exc)
+            return
+        self.record(lag_by_topic({**app["partitions"], **sink["partitions"]}))
+
+    def summary(self) -> dict[str, Any]:
+        order = [*STAGES, "sink"]
+        return {"max_lag": {k: self.max_lag[k] for k in order if k in self.max_lag},
+                "samples": self.samples, "every_s": self.every_s}
+
+
 def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate: float = 0.0,
              timeout_s: float = 600.0, prefix: str = topology.PIPELINE_PREFIX,
-             meter: CpuMeter | None = None) -> RunResult:
+             meter: CpuMeter | None = None, lag: LagSampler | None = None) -> RunResult:
     settings = ProducerSettings()
     settings.producer.topic = prefix + topics.RAW
     settings.producer.rate = rate
@@ -50,6 +105,8 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
 
     def done() -> bool:
         alive()
+        if lag is not None:
+            lag.maybe_sample()
         if groups.end_offsets(kafka, [pred_topic])[pred_topic] - before < len(ids):
             return False
         return groups.group_lag(kafka, topology.PIPELINE_SINK_GROUP, [pred_topic])["total"] == 0
@@ -65,7 +122,10 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
     cpu = meter.diff(start, marks["end"], len(ids)) if meter is not None and start is not None and "end" in marks else None
-    return RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
+    res = RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
+    if lag is not None:
+        res.extra["lag"] = lag.summary()
+    return res
 
 
 def worker_health(ports: list[int], timeout_s: float = 5.0) -> list[dict[str, Any]]:

@@ -59,6 +59,9 @@ def print_table(out: dict[str, Any]) -> None:
                 print(f"      {hop:<28}{v['p50_ms']}")
         if sat.get("cpu_ms_per_image"):
             print("    CPU ms/image by component: " + _cpu(sat["cpu_ms_per_image"]))
+        if sat.get("max_lag"):
+            print("    max input lag during a burst (records): "
+                  + ", ".join(f"{k} {v}" for k, v in sat["max_lag"].items()))
         batches = (sat.get("runs") or [{}])[-1].get("batches") or {}
         if batches:
             print("    mean batch size at saturation: "

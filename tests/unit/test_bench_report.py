@@ -96,3 +96,34 @@ def test_warm_up_stops_once_jit_settles(capsys: pytest.CaptureFixture[str]) -> N
     w = warm_up("transport", meter, args, burst)  # type: ignore[arg-type]
     assert w["bursts"] == 2 and not w["settled"]
     assert "JIT compilation 30%" in capsys.readouterr().out
+
+
+def test_lag_sampler_keeps_the_largest_lag_per_stage() -> None:
+    from bench.cli import max_lag
+    from bench.pipeline import LagSampler, lag_by_topic
+
+    assert lag_by_topic({"p.images.raw[0]": 3, "p.images.raw[1]": 2, "x[0]": -1}) == {
+        "p.images.raw": 5, "x": 0}
+    s = LagSampler(kafka=None, app_group="a", sink_group="s", prefix="p.")
+    s.record({"p.images.raw": 40, "p.images.decoded": 2, "p.images.predictions": 0})
+    s.record({"p.images.raw": 10, "p.images.decoded": 9, "p.images.inferred": 1})
+    assert s.summary() == {"max_lag": {"decode": 40, "infer": 9, "postprocess": 1, "sink": 0},
+                           "samples": 2, "every_s": 1.0}
+    runs: list[dict[str, Any]] = [{"lag": {"max_lag": {"decode": 40, "infer": 9}}},
+                                  {"lag": {"max_lag": {"decode": 20, "infer": 3}}}, {}]
+    assert max_lag(runs) == {"decode": 30, "infer": 6}
+
+
+def test_lag_sampler_samples_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.pipeline as bp
+
+    t = [0.0]
+    s = bp.LagSampler(kafka=None, app_group="a", sink_group="s", prefix="p.", every_s=1.0,
+                      clock=lambda: t[0])
+    calls: list[float] = []
+    monkeypatch.setattr(s, "record", lambda lags: calls.append(t[0]))
+    monkeypatch.setattr(bp.groups, "group_lag", lambda *a, **k: {"partitions": {}})
+    for now in (0.0, 0.3, 0.9, 1.0, 1.5, 2.2):
+        t[0] = now
+        s.maybe_sample()
+    assert calls == [0.0, 1.0, 2.2]
