@@ -311,7 +311,7 @@ class LocalCluster:
         d = self.dirs(node)
         pid = procs.read_pid(d.pid_file)
         running = procs.child_running(pid)
-        ours = self.pid(node) is not None
+        ours = procs.is_ours(pid, d.marker)
         if running is not None and running != ours:
             log.warning("%s: ownership check says %s but the process %s (%s)", node.name,
                         "ours" if ours else "not ours", "runs" if running else "exited",

@@ -213,6 +213,17 @@ class Results:
         self.consumer.close()
 
 
+def read_results(pipe: Pipeline, group: str, ids: set[str], timeout: float,
+                 progress: Callable[[], None] | None = None) -> Results:
+    """Read the pipeline's outputs until every id has one (or timeout), then close."""
+    results = Results(pipe, group)
+    try:
+        results.wait_all(ids, timeout, progress)
+    finally:
+        results.close()
+    return results
+
+
 def free_port(consecutive: int = 1) -> int:
     """A port p such that p .. p+consecutive-1 are free now."""
     import socket
@@ -313,11 +324,7 @@ def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None
     names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
     items = [(f"{n}-{i}", photo(n)) for i in range(3) for n in names]
     pipeline.produce(items)
-    results = Results(pipeline, f"{unique_name}-read")
-    try:
-        results.wait_all({k for k, _ in items}, timeout=240)
-    finally:
-        results.close()
+    results = read_results(pipeline, f"{unique_name}-read", {k for k, _ in items}, timeout=240)
     assert not results.dead, results.dead
     for key, _ in items:
         preds = results.predictions[key]
@@ -383,11 +390,7 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     items.append((None, photo("chelsea.png")))  # no key: breaks the raw contract
     pipeline.produce(items)
 
-    results = Results(pipeline, f"{unique_name}-read")
-    try:
-        results.wait_all(set(good) | set(bad) | {""}, timeout=240)
-    finally:
-        results.close()
+    results = read_results(pipeline, f"{unique_name}-read", set(good) | set(bad) | {""}, timeout=240)
     for key, (data, reason) in bad.items():
         assert key not in results.predictions
         letter = results.dead[key][0]
@@ -473,11 +476,7 @@ def test_workers_supervisor_restarts_a_killed_worker(pipeline: Pipeline, unique_
     assert sup.proc.poll() is None
     items = [(f"s{i}", photo("coffee.png")) for i in range(6)]
     pipeline.produce(items)
-    results = Results(pipeline, f"{unique_name}-read")
-    try:
-        results.wait_all({k for k, _ in items}, timeout=240)
-    finally:
-        results.close()
+    results = read_results(pipeline, f"{unique_name}-read", {k for k, _ in items}, timeout=240)
     assert {k for k, _ in items} <= set(results.predictions)
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(timeout=90) == 0
