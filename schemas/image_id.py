@@ -36,3 +36,40 @@ def validate_image_id(image_id: str) -> str:
             f"image id {image_id!r} must be 1-200 characters of letters, digits and ._:/@+=-"
         )
     return image_id
+
+
+# Prefixes of ids the pipeline derives when a record's key is no valid id. They are
+# deterministic (a replay lands on the same row) and injective (two different keys can
+# never share a row), unlike a lossy decode of the bytes.
+KEY_HASH_PREFIX = "key-sha256:"
+NO_KEY_PREFIX = "no-key:"
+
+
+def row_id(key: bytes | str | None, origin: tuple[str, int, int]) -> str:
+    """The id a record's row is stored under: its key when that is a valid image id.
+
+    Otherwise `key-sha256:<hex of the raw key bytes>`, or, for a record without a key,
+    `no-key:<topic>/<partition>/<offset>` of the record that first carried the image
+    (`origin`), so a keyless record still ends as exactly one row.
+    """
+    if key is None or len(key) == 0:
+        topic, partition, offset = origin
+        return f"{NO_KEY_PREFIX}{topic}/{partition}/{offset}"
+    raw = key.encode("utf-8", errors="surrogateescape") if isinstance(key, str) else bytes(key)
+    try:
+        return validate_image_id(raw.decode("utf-8"))
+    except (UnicodeDecodeError, InvalidImageId):
+        return KEY_HASH_PREFIX + hashlib.sha256(raw).hexdigest()
+
+
+def raw_key_text(key: bytes | None, limit: int = 256) -> str | None:
+    """A printable, bounded form of a key that is no valid id (for a `raw_key` column):
+    None for a valid id or no key; else its bytes in Python's escaped form, cut at `limit`."""
+    if not key:
+        return None
+    try:
+        validate_image_id(bytes(key).decode("utf-8"))
+        return None
+    except (UnicodeDecodeError, InvalidImageId):
+        text = repr(bytes(key[: limit + 1]))[2:-1]
+        return text if len(key) <= limit else f"{text[: 4 * limit]}... ({len(key)} bytes)"
