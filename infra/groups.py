@@ -1,7 +1,10 @@
 """Consumer-group probes: who is in a group, and how far behind it is.
 
 Used as readiness probes (a service is ready when its group is Stable with its members
-holding partitions) and for progress and lag displays.
+holding partitions) and for progress and lag displays. Every admin and metadata call here
+goes through infra.kafka_retry: a leader move or coordinator change during a probe is
+retried with backoff inside the probe's deadline, and what still fails ends as one
+KafkaCallFailed (one line), never a bare KafkaException.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.kafka_clients import admin_config, consumer_config
+from infra.kafka_retry import DEFAULT_DEADLINE_S, Deadline, KafkaCallFailed, call, check_metadata
 from infra.settings import KafkaSettings
+
+# One request never waits longer than this, so a retry can go to the new leader.
+MIN_REQUEST_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -25,9 +32,19 @@ class GroupState:
     assigned_partitions: int
 
 
-def describe_group(admin: AdminClient, group: str, timeout_s: float = 10.0) -> GroupState:
-    fut = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group]
-    desc = fut.result(timeout=timeout_s)
+def _request_timeout(timeout_s: float, deadline: Deadline) -> float:
+    return max(MIN_REQUEST_S, min(timeout_s, deadline.left()))
+
+
+def describe_group(admin: AdminClient, group: str, timeout_s: float = 10.0,
+                   deadline: Deadline | float = DEFAULT_DEADLINE_S) -> GroupState:
+    dl = deadline if isinstance(deadline, Deadline) else Deadline(deadline)
+
+    def once() -> Any:
+        t = _request_timeout(timeout_s, dl)
+        return admin.describe_consumer_groups([group], request_timeout=t)[group].result(timeout=t)
+
+    desc = call(once, f"describe group {group}", deadline=dl)
     assigned = sum(len(m.assignment.topic_partitions) for m in desc.members if m.assignment)
     state = getattr(desc.state, "name", str(desc.state))
     return GroupState(group, state, len(desc.members), assigned)
@@ -40,14 +57,17 @@ def wait_for_group(
     timeout_s: float = 120.0,
     min_partitions: int = 1,
 ) -> GroupState:
-    """Poll until `group` is Stable with at least `min_members` members holding partitions."""
+    """Poll until `group` is Stable with at least `min_members` members holding partitions.
+
+    Raises TimeoutError when it is not by `timeout_s` (also when the cluster kept failing
+    retriably), KafkaCallFailed for an error that retrying cannot fix."""
     admin = AdminClient(admin_config(settings))
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     last: GroupState | None = None
     err: Exception | None = None
-    while time.monotonic() < deadline:
+    while not deadline.passed():
         try:
-            last = describe_group(admin, group)
+            last = describe_group(admin, group, deadline=deadline)
             err = None
             if (
                 last.state.upper() == "STABLE"
@@ -55,51 +75,84 @@ def wait_for_group(
                 and last.assigned_partitions >= min_partitions
             ):
                 return last
-        except (KafkaException, TimeoutError) as exc:
+        except KafkaCallFailed as exc:
+            if not exc.retriable:
+                raise
             err = exc
-        time.sleep(0.5)
+        time.sleep(min(0.5, deadline.left()))
     raise TimeoutError(
         f"consumer group {group!r} not ready within {timeout_s:.0f}s "
         f"(want {min_members} members; last seen {last}; last error {err})"
     )
 
 
-def end_offsets(settings: KafkaSettings, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
-    """Sum of high watermarks per topic (records ever written, minus none deleted)."""
-    from confluent_kafka import Consumer
+def _high_watermarks(consumer: Consumer, topics: list[str], timeout_s: float,
+                     deadline: Deadline) -> dict[tuple[str, int], int]:
+    """High watermark of every partition of `topics`, each call retried within `deadline`."""
 
+    def metadata() -> Any:
+        md = consumer.list_topics(timeout=_request_timeout(timeout_s, deadline))
+        check_metadata(md, topics)
+        return md
+
+    md = call(metadata, f"metadata of {', '.join(topics)}", deadline=deadline)
+    out: dict[tuple[str, int], int] = {}
+    for t in topics:
+        for p in sorted(md.topics[t].partitions):
+            tp = TopicPartition(t, p)
+
+            def watermarks(tp: TopicPartition = tp) -> tuple[int, int]:
+                return consumer.get_watermark_offsets(
+                    tp, timeout=_request_timeout(timeout_s, deadline))
+
+            out[(t, p)] = call(watermarks, f"watermark offsets of {t}[{p}]", deadline=deadline)[1]
+    return out
+
+
+def end_offsets(settings: KafkaSettings, topics: list[str], timeout_s: float = 10.0,
+                deadline_s: float = DEFAULT_DEADLINE_S) -> dict[str, int]:
+    """Sum of high watermarks per topic (records ever written, minus none deleted)."""
     c = Consumer(consumer_config(settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}))
     try:
-        out: dict[str, int] = {}
-        md = c.list_topics(timeout=timeout_s)
-        for t in topics:
-            total = 0
-            for p in md.topics[t].partitions:
-                _, high = c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)
-                total += high
-            out[t] = total
-        return out
+        highs = _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
     finally:
         c.close()
+    out = dict.fromkeys(topics, 0)
+    for (t, _p), high in highs.items():
+        out[t] += high
+    return out
 
 
-def group_lag(settings: KafkaSettings, group: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, Any]:
+def committed_offsets(admin: AdminClient, group: str, timeout_s: float,
+                      deadline: Deadline) -> dict[tuple[str, int], int]:
+    """The group's committed offset per partition (coordinator moves retried)."""
+
+    def once() -> Any:
+        t = _request_timeout(timeout_s, deadline)
+        req = ConsumerGroupTopicPartitions(group)
+        res = admin.list_consumer_group_offsets([req], request_timeout=t)[group].result(timeout=t)
+        for tp in res.topic_partitions:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return res
+
+    res = call(once, f"committed offsets of group {group}", deadline=deadline)
+    return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions}
+
+
+def group_lag(settings: KafkaSettings, group: str, topics: list[str], timeout_s: float = 10.0,
+              deadline_s: float = DEFAULT_DEADLINE_S) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
-    from confluent_kafka import Consumer
-
+    deadline = Deadline(deadline_s)
     admin = AdminClient(admin_config(settings))
-    req = ConsumerGroupTopicPartitions(group)
-    committed = admin.list_consumer_group_offsets([req], request_timeout=timeout_s)[group].result(timeout=timeout_s)
-    done = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
+    done = committed_offsets(admin, group, timeout_s, deadline)
     c = Consumer(consumer_config(settings, group_id="probe-lag", overrides={"enable.auto.commit": False}))
     try:
-        md = c.list_topics(timeout=timeout_s)
-        lag: dict[str, int] = {}
-        for t in topics:
-            for p in md.topics[t].partitions:
-                _, high = c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)
-                pos = done.get((t, p), -1)
-                lag[f"{t}[{p}]"] = high - pos if pos >= 0 else high
-        return {"group": group, "total": sum(lag.values()), "partitions": lag}
+        highs = _high_watermarks(c, topics, timeout_s, deadline)
     finally:
         c.close()
+    lag: dict[str, int] = {}
+    for (t, p), high in highs.items():
+        pos = done.get((t, p), -1)
+        lag[f"{t}[{p}]"] = high - pos if pos >= 0 else high
+    return {"group": group, "total": sum(lag.values()), "partitions": lag}
