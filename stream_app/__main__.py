@@ -4,7 +4,10 @@
       --web-port N       its web endpoint (health view at /health/)
       --stages a,b       subset of decode,infer,postprocess
   workers -n N           N worker processes on ports web_port .. web_port+N-1,
-                         restarted when they die; SIGTERM/SIGINT stop them all
+                         restarted with backoff when they die (exit 75 "send
+                         failed" and 76 "a stage stalled" are restartable); after
+      --max-crashes K    crashes in a row (PIPELINE_SUPERVISOR__MAX_CRASHES, 5)
+                         it logs CRITICAL and exits 1; SIGTERM/SIGINT stop them all
   benchmark              per-stage throughput on this machine (no Kafka)
 
 Settings come from the environment (PIPELINE_..., see stream_app/settings.py).
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ws = sub.add_parser("workers", help="run and supervise N stream workers")
     ws.add_argument("-n", type=int, default=2)
     ws.add_argument("--web-port", type=int, help="first worker's port (default: settings)")
-    ws.add_argument("--no-restart", action="store_true", help="do not restart dead workers")
+    ws.add_argument("--max-crashes", type=int, help="give up after K crashes in a row")
     sub.add_parser("benchmark", help="measure per-stage throughput (--help for options)")
     args = ap.parse_args(argv)
 
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from stream_app.worker import run_worker
 
         return run_worker(settings, args.web_port)
+    from infra.supervisor import SupervisorSettings
     from stream_app.supervisor import run_workers
 
     logging.basicConfig(
@@ -67,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     port = args.web_port or settings.stream.worker.web_port
-    return run_workers(args.n, port, restart=not args.no_restart)
+    sup = SupervisorSettings()
+    if args.max_crashes:
+        sup.max_crashes = args.max_crashes
+    return run_workers(args.n, port, sup)
 
 
 if __name__ == "__main__":
