@@ -1,8 +1,9 @@
-"""`python -m consumers sink|query`: the sink process and the result queries.
+"""`python -m consumers sink|query|api`: the sink process, the result queries, the read API.
 
 Exit codes: 0 ok; 1 query found none of / not all of the asked ids; 2 refused to start
 (configuration: consistency check, missing keyspace) or bad arguments; 3 the sink
-stopped because Cassandra refuses every write (keyspace/table dropped, permissions).
+stopped because Cassandra refuses every write (keyspace/table dropped, permissions);
+4 a query got no answer from Cassandra after its retries (one line on stderr).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from consumers import queries
+from consumers.api import command as api_command
 from consumers.consistency import ConsistencyConfigError
 from consumers.settings import SinkSettings
 from infra import logs
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--stats", action="store_true", help="counts by label and reason, newest")
     q.add_argument("--json", action="store_true", help="JSON output for machines")
     q.add_argument("--keyspace", help="Cassandra keyspace (default: settings cassandra.keyspace)")
+    api_command.add_parser(sub)
     return p
 
 
@@ -121,11 +124,22 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
         print("give exactly one of: IMAGE_ID..., --label, --rejections [IMAGE_ID...], --stats",
               file=sys.stderr)
         return 2
-    cluster, session = connect(settings.cassandra)
+    from cassandra import DriverException
+    from cassandra.cluster import NoHostAvailable
+    from cassandra.connection import ConnectionException
+
     try:
-        result, table, code = _query(session, ks, args, ids)
-    finally:
-        cluster.shutdown()
+        cluster, session = connect(settings.cassandra)
+        try:
+            result, table, code = _query(session, ks, args, ids)
+        finally:
+            cluster.shutdown()
+    except (DriverException, NoHostAvailable, ConnectionException) as exc:
+        # Already retried on other hosts (READ_PROFILE) and per page: say why in one line.
+        text = " ".join(str(exc).split())
+        print(f"query failed: Cassandra did not answer: {type(exc).__name__}: {text}",
+              file=sys.stderr)
+        return 4
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -153,15 +167,13 @@ def _query(session: Any, ks: str, args: argparse.Namespace,
     if args.rejections and not ids:
         rows = queries.list_rejections(session, keyspace=ks, limit=args.limit)
         return rows, render_table(rows, cols), 0
+    found = queries.lookup(session, ids, keyspace=ks)
     if args.rejections:
-        found = queries.fetch_rejections(session, ids, keyspace=ks)
-        missing = [i for i in ids if i not in found]
-        result = {"rejections": found, "missing": missing}
-        return result, render_table(list(found.values()), cols), 1 if missing else 0
-    preds = queries.fetch_predictions(session, ids, keyspace=ks)
-    rest = [i for i in ids if i not in preds]
-    rejs = queries.fetch_rejections(session, rest, keyspace=ks) if rest else {}
-    missing = [i for i in rest if i not in rejs]
+        missing = [i for i in ids if i not in found.rejections]
+        result = {"rejections": found.rejections, "missing": missing}
+        return result, render_table(list(found.rejections.values()), cols), 1 if missing else 0
+    # One status per image: an id with rows in both tables shows its newer row only.
+    preds, rejs, missing = found.predictions, found.rejections, found.missing
     result = {"predictions": preds, "rejections": rejs, "missing": missing}
     rows = [{"image_id": i, "status": "prediction", "label": p["label"], "score": p["score"],
              "model": f"{p['model_name']}:{p['model_version']}", "detail": p["source"]}
@@ -176,6 +188,8 @@ def _query(session: Any, ks: str, args: argparse.Namespace,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "api":
+        return api_command.run(args)
     settings = SinkSettings()
     logs.configure(settings.log_level if args.command == "sink" else "WARNING")
     if args.command == "sink":

@@ -1,7 +1,10 @@
 """Account for every produced image id: stored prediction, rejection, or missing.
 
-Reads go through consumers.queries at the configured read consistency (LOCAL_QUORUM),
-so a complete count is complete on a quorum of replicas, not just on one node.
+Reads go through consumers.queries.lookup at the configured read consistency
+(LOCAL_QUORUM, under the read profile that rides through one node dying), so a complete
+count is complete on a quorum of replicas, not just on one node. Each id gets one status;
+an id that also had a row in the other table is listed in `both` (an accounting
+violation unless the writer is about to delete the older row).
 """
 
 from __future__ import annotations
@@ -18,24 +21,21 @@ class Accounting:
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
+    shadowed: set[str] = field(default_factory=set)
 
     @property
     def both(self) -> set[str]:
-        """Ids in both tables: an accounting violation."""
-        return set(self.stored) & set(self.rejected)
+        """Ids with rows in both tables: an accounting violation."""
+        return set(self.shadowed)
 
     def complete(self) -> bool:
         return not self.missing
 
 
 def account(session: Any, keyspace: str, ids: Iterable[str]) -> Accounting:
-    wanted = list(dict.fromkeys(ids))
-    acc = Accounting(
-        stored=queries.fetch_predictions(session, wanted, keyspace=keyspace),
-        rejected=queries.fetch_rejections(session, wanted, keyspace=keyspace),
-    )
-    acc.missing = set(wanted) - set(acc.stored) - set(acc.rejected)
-    return acc
+    found = queries.lookup(session, ids, keyspace=keyspace)
+    return Accounting(stored=found.predictions, rejected=found.rejections,
+                      missing=set(found.missing), shadowed=found.shadowed)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -53,5 +53,5 @@ def latencies_ms(acc: Accounting) -> list[float]:
     return [
         float(r["stored_at"] - r["produced_at"])
         for r in rows
-        if r.get("produced_at") and r.get("stored_at")
+        if r.get("stored_at") and r.get("produced_at")
     ]
