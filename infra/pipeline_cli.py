@@ -3,6 +3,12 @@
 For exploring: with the clusters up, `pipeline up` starts N stream workers and the sink
 and waits until their consumer groups hold partitions; then publish with `producers` and
 look with `consumers query`. Services get the caller's PIPELINE_* environment.
+
+Everything runs supervised (infra/services.py `pipeline_specs`): a worker or sink that
+dies is restarted with backoff. `status` shows every worker's stages (in, out, dead
+letters by reason, oldest unacked input, lag, last progress, STALLED) and each sink's
+process, and exits 1 when any stage is stalled or any service is down
+(infra/pipeline_status.py).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from infra import groups
+from infra import groups, pipeline_status
 from infra.services import Services, pipeline_specs
 from infra.settings import PipelineSettings
 
@@ -39,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--sinks", type=int, default=1)
     up.add_argument("--timeout", type=float, default=300.0)
     ps.add_parser("down", help="stop them (SIGTERM: they drain and commit)")
-    st = ps.add_parser("status", help="which services run")
+    st = ps.add_parser("status", help="services and per-stage health; exit 1 if stalled or down")
     st.add_argument("--json", action="store_true")
 
 
@@ -47,7 +53,10 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
     services = Services(run_dir)
     action = args.pipeline_command
     if action == "up":
-        for spec in pipeline_specs(workers=args.workers, sinks=args.sinks):
+        specs = pipeline_specs(workers=args.workers, sinks=args.sinks)
+        for name in set(services.names()) - {s.name for s in specs}:
+            services.forget(name)  # a stopped service of an older layout: not ours to report
+        for spec in specs:
             services.start(spec)
         kafka = PipelineSettings().kafka
         try:
@@ -58,15 +67,17 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
                 print(f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}", file=sys.stderr)
             print(f"error: pipeline not ready: {exc}", file=sys.stderr)
             return 1
-        print(f"pipeline up: {args.workers} stream workers, {args.sinks} sink(s); logs in {services.dir}")
-    elif action == "down":
+        print(f"pipeline up: {args.workers} stream workers, {args.sinks} sink(s), supervised; "
+              f"logs in {services.dir}")  # fmt: skip
+        print(pipeline_status.render(pipeline_status.collect(services)))
+        return 0
+    if action == "down":
         services.stop_all()
         print("pipeline down")
-    if action in ("up", "status"):
-        states = services.status()
-        if getattr(args, "json", False):
-            print(json.dumps([st.__dict__ for st in states]))
-        else:
-            for st in states:
-                print(f"{st.name:<10} {st.state:<5} pid {st.pid or '-'!s:<8} {st.log}")
-    return 0
+        return 0
+    report = pipeline_status.collect(services)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(pipeline_status.render(report))
+    return 1 if report["problems"] else 0

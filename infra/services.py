@@ -5,8 +5,14 @@ running pipeline with `producers` and `consumers query`. Services are started by
 command line, never imported: infra stays below them in the layer order.
 
 State lives under `<run_dir>/services/`: one pid file and one log per service. `down`
-signals only pids it recorded, and only while their command line still names our
+signals only pids it recorded, and only while their environment still names our
 run directory (a recycled pid belongs to someone else).
+
+Every pipeline service runs under a supervisor (`infra.supervisor`): the stream workers
+as `python -m stream_app workers -n N`, each sink as `python -m infra.supervisor -- python
+-m consumers sink`. The recorded pid is the supervisor's; `children(name)` finds the
+processes it runs (fault tests kill those), and `stop` signals the supervisor first and
+kills whatever of its children is left after the grace period.
 """
 
 from __future__ import annotations
@@ -28,20 +34,36 @@ WEB_PORT_BASE = 6066
 RUN_MARK_ENV = "PIPELINE_SERVICE_RUN_DIR"
 
 
+WORKERS_SERVICE = "stream-workers"
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Health endpoints of the processes it runs (the stream workers' web ports).
+    web_ports: list[int] = field(default_factory=list)
 
 
 def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PORT_BASE) -> list[ServiceSpec]:
+    """The stream workers (one supervisor, ports base..base+N-1) and each sink under its
+    own supervisor: whatever kills a process, something starts it again."""
     py = sys.executable
-    specs = [
-        ServiceSpec(f"worker-{i}", [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)])
-        for i in range(1, workers + 1)
-    ]
-    specs += [ServiceSpec(f"sink-{i}", [py, "-m", "consumers", "sink"]) for i in range(1, sinks + 1)]
+    specs = []
+    if workers:
+        specs.append(
+            ServiceSpec(
+                WORKERS_SERVICE,
+                [py, "-m", "stream_app", "workers", "-n", str(workers), "--web-port", str(web_port_base)],
+                web_ports=[web_port_base + i for i in range(workers)],
+            )
+        )
+    specs += [
+        ServiceSpec(f"sink-{i}", [py, "-m", "infra.supervisor", "--name", f"sink-{i}", "--",
+                                  py, "-m", "consumers", "sink"])
+        for i in range(1, sinks + 1)
+    ]  # fmt: skip
     return specs
 
 
@@ -51,6 +73,8 @@ class ServiceState:
     state: str  # "up" | "down"
     pid: int | None
     log: str
+    children: list[int] = field(default_factory=list)
+    web_ports: list[int] = field(default_factory=list)
 
 
 class Services:
@@ -75,6 +99,20 @@ class Services:
         if not self.dir.exists():
             return []
         return sorted(p.stem for p in self.dir.glob("*.json"))
+
+    def spec(self, name: str) -> ServiceSpec:
+        return ServiceSpec(**json.loads(self._spec_file(name).read_text()))
+
+    def forget(self, name: str) -> None:
+        """Drop a stopped service's records (e.g. one an older `pipeline up` started)."""
+        if self.pid(name) is None:
+            for path in (self._spec_file(name), self._pid_file(name)):
+                path.unlink(missing_ok=True)
+
+    def children(self, name: str) -> list[int]:
+        """Pids of the processes the service's supervisor runs now (oldest first)."""
+        pid = self.pid(name)
+        return [] if pid is None else [c for c in _children_of(pid) if _is_ours(c, self.run_dir)]
 
     def pid(self, name: str) -> int | None:
         """The recorded pid if that process is alive and still ours, else None."""
@@ -110,8 +148,7 @@ class Services:
         return proc.pid
 
     def restart(self, name: str) -> int:
-        spec = ServiceSpec(**json.loads(self._spec_file(name).read_text()))
-        return self.start(spec)
+        return self.start(self.spec(name))
 
     def signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.pid(name)
@@ -127,17 +164,37 @@ class Services:
             self._wait_gone(name, 10.0)
         return ok
 
+    def kill_child(self, name: str, index: int = 0) -> int:
+        """SIGKILL one process a supervisor runs (a worker, the sink); returns its pid.
+        The supervisor restarts it: `wait_child_replaced` waits for that."""
+        kids = self.children(name)
+        if len(kids) <= index:
+            raise LookupError(f"{name} runs {len(kids)} child process(es), no child {index}")
+        os.kill(kids[index], signal.SIGKILL)
+        _wait_pid_gone(kids[index], 10.0)
+        return kids[index]
+
+    def wait_child_replaced(self, name: str, dead: int, count: int, timeout_s: float = 120.0) -> list[int]:
+        """Until the supervisor of `name` runs `count` children again, none of them `dead`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            kids = self.children(name)
+            if len(kids) == count and dead not in kids:
+                return kids
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: children {kids} after {timeout_s:.0f}s; want {count} without {dead}")
+            time.sleep(0.2)
+
     def stop(self, name: str, timeout_s: float = 30.0) -> None:
         """SIGTERM (services drain and commit), then SIGKILL after the deadline."""
-        if not self.signal(name, signal.SIGTERM):
-            return
-        if not self._wait_gone(name, timeout_s):
-            log.warning("%s did not stop within %.0fs; sending SIGKILL", name, timeout_s)
-            self.signal(name, signal.SIGKILL)
-            self._wait_gone(name, 10.0)
+        self.stop_all(timeout_s, names=[name])
 
-    def stop_all(self, timeout_s: float = 30.0) -> None:
-        names = [n for n in self.names() if self.pid(n) is not None]
+    def stop_all(self, timeout_s: float = 30.0, names: list[str] | None = None) -> None:
+        """Supervisors first: SIGTERM, which they forward to their children and wait a
+        grace period (shorter than `timeout_s`). A supervisor still there at the deadline
+        gets SIGKILL, then so does any child of it still running."""
+        names = [n for n in (self.names() if names is None else names) if self.pid(n) is not None]
+        children = {n: self.children(n) for n in names}
         for n in names:  # signal all first: they drain in parallel
             self.signal(n, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -146,6 +203,12 @@ class Services:
                 log.warning("%s did not stop in time; sending SIGKILL", n)
                 self.signal(n, signal.SIGKILL)
                 self._wait_gone(n, 10.0)
+            for c in children[n]:
+                if _is_ours(c, self.run_dir) and not _wait_pid_gone(c, max(0.0, deadline - time.monotonic())):
+                    log.warning("%s: child pid %d outlived its supervisor; sending SIGKILL", n, c)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(c, signal.SIGKILL)
+                    _wait_pid_gone(c, 10.0)
 
     def _wait_gone(self, name: str, timeout_s: float) -> bool:
         pid_path = self._pid_file(name)
@@ -153,20 +216,19 @@ class Services:
             pid = int(pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
             return True
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if not _alive(pid):
-                return True
-            time.sleep(0.1)
-        _reap(pid)
-        return not _alive(pid)
+        return _wait_pid_gone(pid, timeout_s)
 
     def status(self) -> list[ServiceState]:
-        return [
-            ServiceState(n, "up" if (p := self.pid(n)) else "down", p, str(self.log_file(n)))
-            for n in self.names()
-        ]
+        out = []
+        for n in self.names():
+            p = self.pid(n)
+            try:
+                ports = self.spec(n).web_ports
+            except (FileNotFoundError, ValueError, TypeError):
+                ports = []
+            out.append(ServiceState(n, "up" if p else "down", p, str(self.log_file(n)),
+                                    self.children(n) if p else [], ports))  # fmt: skip
+        return out
 
     def tail(self, name: str, lines: int = 40) -> str:
         try:
@@ -188,6 +250,43 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _wait_pid_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    _reap(pid)
+    return not _alive(pid)
+
+
+def _children_of(parent: int) -> list[int]:
+    """Pids whose parent is `parent`, oldest first (from /proc; Linux)."""
+    found: list[tuple[int, int]] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After "pid (comm)": state ppid pgrp ... field 22 of stat (index 19 here) is starttime.
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append((int(fields[19]), int(entry.name)))
+    return [pid for _, pid in sorted(found)]
+
+
+def process_age_s(pid: int) -> float | None:
+    """Seconds since `pid` started, from /proc (None when it is gone)."""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _reap(pid: int) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from consumers.settings import SinkSettings
 from demo.accounting import percentile
 from infra import pipeline_cli
-from infra.services import Services, ServiceSpec
+from infra.services import WORKERS_SERVICE, Services, ServiceSpec, pipeline_specs
 from stream_app.settings import StreamSettings
 
 SLEEPER = [sys.executable, "-c", "import time, sys; print('ready', flush=True); time.sleep(600)"]
@@ -73,3 +74,73 @@ def test_percentile_nearest_rank():
     assert percentile(values, 99) == 99
     assert percentile(values, 100) == 100
     assert percentile([7.0], 99) == 7.0
+
+
+# -- supervised services (infra.supervisor) ------------------------------------------
+def supervised(*child: str, name: str = "c") -> list[str]:
+    return [sys.executable, "-m", "infra.supervisor", "--name", name, "--", *child]
+
+
+def _wait(what, check, timeout=20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return got
+
+
+def test_pipeline_specs_run_everything_supervised():
+    specs = {s.name: s for s in pipeline_specs(workers=3, sinks=1, web_port_base=7000)}
+    assert set(specs) == {WORKERS_SERVICE, "sink-1"}
+    w = specs[WORKERS_SERVICE]
+    assert w.argv[1:] == ["-m", "stream_app", "workers", "-n", "3", "--web-port", "7000"]
+    assert w.web_ports == [7000, 7001, 7002]
+    sink = specs["sink-1"].argv
+    assert sink[1:3] == ["-m", "infra.supervisor"]
+    assert sink[sink.index("--") + 1:] == [sys.executable, "-m", "consumers", "sink"]
+
+
+def test_a_killed_child_is_replaced_by_its_supervisor(tmp_path):
+    svc = Services(tmp_path)
+    sup = svc.start(ServiceSpec("s", supervised(*SLEEPER)))
+    first = _wait("the child", lambda: svc.children("s"))
+    assert len(first) == 1 and first[0] != sup
+    assert svc.kill_child("s") == first[0]
+    again = svc.wait_child_replaced("s", first[0], 1, timeout_s=20)
+    assert svc.pid("s") == sup, "the supervisor itself kept running"
+    assert "[c] ready" in _wait("the restarted child's output", lambda: svc.tail("s").count("[c] ready") >= 2 and svc.tail("s"))
+    svc.stop("s", timeout_s=10)
+    assert svc.pid("s") is None
+    assert not any(Path(f"/proc/{p}").exists() for p in again)
+
+
+def test_stop_kills_a_child_that_outlives_its_supervisor(tmp_path):
+    # The supervisor's grace (60 s) is longer than stop's deadline (1 s): stop SIGKILLs the
+    # supervisor, the child ignores the SIGTERM that brings, and stop kills it by pid.
+    svc = Services(tmp_path, env={"PIPELINE_SUPERVISOR__GRACE_S": "60"})
+    svc.start(ServiceSpec("s", supervised(*TERM_IGNORER)))
+    kids = _wait("the child", lambda: svc.children("s"))
+    _wait("the child to ignore SIGTERM", lambda: "[c] ready" in svc.tail("s"))
+    svc.stop("s", timeout_s=1)
+    assert svc.pid("s") is None
+    assert not _alive_pid(kids[0])
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_forget_drops_only_stopped_services(tmp_path):
+    svc = Services(tmp_path)
+    svc.start(ServiceSpec("old", ["true"]))
+    _wait("it to exit", lambda: svc.pid("old") is None)
+    svc.start(ServiceSpec("live", SLEEPER))
+    svc.forget("old")
+    svc.forget("live")
+    assert svc.names() == ["live"]
+    svc.stop_all(timeout_s=10)
