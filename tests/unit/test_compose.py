@@ -10,6 +10,7 @@ import yaml
 
 from infra.local.topology import nodes
 from infra.settings import PipelineSettings
+from infra.supervisor import SupervisorSettings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 KAFKA = [f"kafka-{i}" for i in (1, 2, 3)]
@@ -84,6 +85,22 @@ def test_app_services_exist_and_workers_scale_to_two(services):
         assert services[name].get("build") == "."
     assert services["stream-worker"]["deploy"]["replicas"] == 2
     assert Path(COMPOSE.parent / "Dockerfile").exists()
+
+
+def test_workers_and_sink_run_under_the_supervisor(services):
+    """Supervision everywhere: Docker runs the same restart policy as `pipeline up`."""
+    worker = services["stream-worker"]["command"]
+    assert worker[:4] == ["python", "-m", "stream_app", "workers"]
+    sink = services["sink"]["command"]
+    assert sink[:3] == ["python", "-m", "infra.supervisor"]
+    assert sink[sink.index("--") + 1:] == ["python", "-m", "consumers", "sink"]
+    for name in ("stream-worker", "sink"):
+        svc = services[name]
+        assert svc["init"] is True, "tini as pid 1 forwards signals and reaps"
+        # The supervisor's give-up is final; Docker must not hide a crash loop.
+        assert svc["restart"] == "no"
+        grace = int(str(svc["stop_grace_period"]).rstrip("s"))
+        assert grace > SupervisorSettings().grace_s
 
 
 def _check_field(path: list[str]) -> None:
