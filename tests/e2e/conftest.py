@@ -66,7 +66,9 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
 
 @pytest.fixture
 def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
-    """The pipeline with every service and node up before a test starts (after a fault test)."""
+    """The pipeline with every service and node up before a test starts (after a fault test).
+    A supervisor that is down (stopped by a test, or gave up) is started again; its
+    children are the supervisor's to restart."""
     for name in kafka_cluster.node_names():
         kafka_cluster.start_node(name)
     for name in cassandra_cluster.node_names():
@@ -81,14 +83,14 @@ def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
 
 
 def _free_port_base(n: int) -> int:
-    """A base port b such that b+1..b+n are free now (worker web ports)."""
+    """A base port b such that b..b+n-1 are free now (the supervised workers' web ports)."""
     import random
     import socket
 
     for _ in range(100):
         base = random.randrange(30000, 39000)
         try:
-            for port in range(base + 1, base + n + 1):
+            for port in range(base, base + n):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:

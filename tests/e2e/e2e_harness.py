@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.accounting import Accounting, account
-from infra import groups
+from infra import groups, pipeline_status
 from infra.services import Services
 from producers.items import Item
 from producers.publisher import PublishResult, publish_items
@@ -119,6 +119,8 @@ class Pipeline:
 
     def diagnose(self) -> str:
         parts = []
+        with contextlib.suppress(Exception):  # per-stage health of every supervised worker
+            parts.append(pipeline_status.render(pipeline_status.collect(self.services)))
         for st in self.services.status():
             parts.append(f"--- {st.name} ({st.state}, pid {st.pid}) ---\n{self.services.tail(st.name, 30)}")
         with contextlib.suppress(Exception):

@@ -2,7 +2,8 @@
 
 Each test streams 500 images, kills something once a fifth of them are stored, brings
 it back, and then requires every id in exactly one of predictions or rejections, all
-readable at LOCAL_QUORUM with one Cassandra node down.
+readable at LOCAL_QUORUM with one Cassandra node down. A killed worker or sink process
+is brought back by its supervisor (infra/supervisor.py), not by the test.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from e2e_harness import assert_accounted
+from e2e_harness import WORKERS, assert_accounted
 
+from infra.services import WORKERS_SERVICE
 from producers.synthetic import synthetic_items
 from schemas.image_id import content_id
 
@@ -82,20 +84,31 @@ def test_cassandra_node_sigkill(healthy, kafka_cluster, cassandra_cluster):
     )
 
 
+def _kill_supervised(pipeline, service: str, count: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """SIGKILL one process a supervisor runs; recovery is the supervisor's restart."""
+    killed: list[int] = []
+    supervisor: list[int | None] = []
+
+    def fault() -> None:
+        supervisor.append(pipeline.services.pid(service))
+        killed.append(pipeline.services.kill_child(service, 0))
+
+    def recover() -> None:
+        pipeline.services.wait_child_replaced(service, killed[0], count, timeout_s=120)
+        assert pipeline.services.pid(service) == supervisor[0], "the supervisor itself was replaced"
+        pipeline.wait_ready()
+
+    return fault, recover
+
+
 def test_stream_worker_sigkill(healthy, kafka_cluster, cassandra_cluster):
-    _stream_with_fault(
-        healthy, kafka_cluster, cassandra_cluster, seed=103,
-        fault=lambda: healthy.services.kill("worker-1"),
-        recover=lambda: (healthy.services.restart("worker-1"), healthy.wait_ready()),
-    )
+    fault, recover = _kill_supervised(healthy, WORKERS_SERVICE, WORKERS)
+    _stream_with_fault(healthy, kafka_cluster, cassandra_cluster, seed=103, fault=fault, recover=recover)
 
 
 def test_sink_sigkill(healthy, kafka_cluster, cassandra_cluster):
-    _stream_with_fault(
-        healthy, kafka_cluster, cassandra_cluster, seed=104,
-        fault=lambda: healthy.services.kill("sink-1"),
-        recover=lambda: (healthy.services.restart("sink-1"), healthy.wait_ready()),
-    )
+    fault, recover = _kill_supervised(healthy, "sink-1", 1)
+    _stream_with_fault(healthy, kafka_cluster, cassandra_cluster, seed=104, fault=fault, recover=recover)
 
 
 def test_broker_and_cassandra_node_sigkill_together(healthy, kafka_cluster, cassandra_cluster):
