@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         sink_settings = SinkSettings()
         kafka = sink_settings.kafka
-        step(f"pipeline: starting {args.workers} stream workers and the sink")
-        for spec in pipeline_specs(workers=args.workers):
+        step(f"pipeline: starting {args.workers} stream workers and the sink, supervised")
+        specs = pipeline_specs(workers=args.workers)
+        for name in set(services.names()) - {s.name for s in specs}:
+            services.forget(name)  # stopped records of an older layout
+        for spec in specs:
             services.start(spec)
         try:
             groups.wait_for_group(kafka, sink_settings.sink.group_id, 1, timeout_s=120)
