@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas import codec
-from schemas.raw import headers_dict, now_ms
+from schemas.raw import MAX_HEADER_BYTES, PRODUCED_AT_MAX_MS, headers_dict, now_ms, printable
 
 H_ERROR_CLASS = "error-class"
 H_ERROR_MESSAGE = "error-message"
@@ -19,6 +19,9 @@ H_STAGE = "stage"
 H_ORIGIN_TOPIC = "origin-topic"
 H_ORIGIN_PARTITION = "origin-partition"
 H_ORIGIN_OFFSET = "origin-offset"
+# Set when the original payload was cut so the dead letter fits its topic.
+H_PAYLOAD_BYTES = "payload-original-bytes"
+H_PAYLOAD_TRUNCATED = "payload-truncated"
 
 MAX_MESSAGE_CHARS = 2000
 
@@ -39,13 +42,23 @@ def dead_letter(
     source: str = "",
     produced_at_ms: int = 0,
     retriable: bool = False,
+    max_payload_bytes: int | None = None,
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Encode a DeadLetter; returns (value, headers) ready to produce under the original key."""
-    cls = error_class or (type(error).__name__ if error is not None else "Error")
+    """Encode a DeadLetter; returns (value, headers) ready to produce under the original key.
+
+    Never fails on what the original record held: text is made valid UTF-8, the original
+    headers are kept up to MAX_HEADER_BYTES, an out-of-range time becomes 0, and a payload
+    over `max_payload_bytes` is cut, with its original size in a header.
+    """
+    cls = printable(error_class or (type(error).__name__ if error is not None else "Error"))
     msg = (message if message is not None else str(error) if error is not None else reason)
-    msg = msg[:MAX_MESSAGE_CHARS]
+    msg = printable(msg[:MAX_MESSAGE_CHARS])
+    payload = payload or b""
+    original_size = len(payload)
+    if max_payload_bytes is not None and original_size > max_payload_bytes:
+        payload = payload[: max(0, max_payload_bytes)]
     record = {
-        "image_id": image_id,
+        "image_id": printable(image_id),
         "stage": stage,
         "reason": reason,
         "error_class": cls,
@@ -54,11 +67,11 @@ def dead_letter(
         "origin_topic": origin_topic,
         "origin_partition": origin_partition,
         "origin_offset": origin_offset,
-        "source": source,
-        "produced_at_ms": produced_at_ms,
+        "source": printable(source),
+        "produced_at_ms": produced_at_ms if 0 <= produced_at_ms <= PRODUCED_AT_MAX_MS else 0,
         "failed_at_ms": now_ms(),
-        "payload": payload or b"",
-        "payload_headers": headers_dict(payload_headers),
+        "payload": payload,
+        "payload_headers": bounded_headers(payload_headers),
     }
     value, headers = codec.encode(codec.DEAD_LETTER, record)
     headers += [
@@ -71,7 +84,22 @@ def dead_letter(
         (H_ORIGIN_PARTITION, str(origin_partition).encode()),
         (H_ORIGIN_OFFSET, str(origin_offset).encode()),
     ]
+    if len(payload) < original_size:
+        headers += [(H_PAYLOAD_TRUNCATED, b"true"), (H_PAYLOAD_BYTES, str(original_size).encode())]
     return value, headers
+
+
+def bounded_headers(headers: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+    """The original headers as text, at most MAX_HEADER_BYTES of them (a note says so)."""
+    out: dict[str, str] = {}
+    total = 0
+    for name, value in headers_dict(headers).items():
+        total += len(name) + len(value)
+        if total > MAX_HEADER_BYTES:
+            out["(truncated)"] = "headers beyond the first 16 KiB are not kept"
+            break
+        out[name] = value
+    return out
 
 
 def read_dead_letter(value: bytes | None, headers: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:

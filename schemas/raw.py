@@ -38,6 +38,20 @@ SUPPORTED_CONTENT_TYPES = frozenset(
 
 Headers = Sequence[tuple[str, bytes | str | None]]
 
+# Bounds on what any Kafka client can put in a raw record's headers. Every header rides
+# along in the record's dead letter, so unbounded headers could make a dead letter too
+# large for its topic; 16 KiB holds any honest set many times over.
+MAX_HEADER_COUNT = 64
+MAX_HEADER_BYTES = 16 * 1024
+# produced-at: epoch milliseconds from 1 to the end of year 9999, the range a Cassandra
+# timestamp, an Avro long and a Python datetime all hold. No clock is consulted, so the
+# verdict on a record never changes when it is replayed (a drifted clock is data, not an
+# error).
+PRODUCED_AT_MAX_MS = 253_402_300_799_999
+_PRODUCED_AT_DIGITS = len(str(PRODUCED_AT_MAX_MS))
+# Free text kept with the row; longer values are cut (the image itself is unaffected).
+MAX_SOURCE_CHARS = 1024
+
 
 class RawRecordError(ValueError):
     """A raw record that breaks the contract (missing key, bad header)."""
@@ -77,6 +91,7 @@ def headers_dict(headers: Iterable[tuple[str, bytes | str | None]] | None) -> di
     """Kafka headers as str -> str (last one wins; undecodable bytes replaced)."""
     out: dict[str, str] = {}
     for k, v in headers or ():
+        k = printable(k)
         if v is None:
             out[k] = ""
         elif isinstance(v, bytes | bytearray | memoryview):
@@ -84,6 +99,15 @@ def headers_dict(headers: Iterable[tuple[str, bytes | str | None]] | None) -> di
         else:
             out[k] = str(v)
     return out
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: undecodable bytes kept as surrogates become \\xNN escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,7 @@ def parse_raw(
         validate_image_id(image_id)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RawRecordError("bad-key", f"raw record key is not a valid image id: {exc}") from exc
+    check_headers(headers)
     h = headers_dict(headers)
     produced = h.get(H_PRODUCED_AT)
     if produced is None:
@@ -121,18 +146,53 @@ def parse_raw(
             raise RawRecordError("bad-header", f"raw record has no {H_PRODUCED_AT} header")
         produced_at_ms = record_timestamp_ms
     else:
-        try:
-            produced_at_ms = int(produced)
-        except ValueError:
-            raise RawRecordError(
-                "bad-header", f"header {H_PRODUCED_AT}={produced!r} is not epoch milliseconds"
-            ) from None
-        if produced_at_ms <= 0:
-            raise RawRecordError("bad-header", f"header {H_PRODUCED_AT}={produced!r} is not positive")
+        produced_at_ms = parse_produced_at(produced)
     return RawImage(
         image_id=image_id,
         data=bytes(value or b""),
         content_type=h.get(H_CONTENT_TYPE, ""),
-        source=h.get(H_SOURCE, ""),
+        source=h.get(H_SOURCE, "")[:MAX_SOURCE_CHARS],
         produced_at_ms=produced_at_ms,
     )
+
+
+def parse_produced_at(text: str) -> int:
+    """Decimal epoch milliseconds in [1, PRODUCED_AT_MAX_MS]; anything else is refused."""
+    shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} chars)"
+    if not (text.isascii() and text.isdigit()) or len(text) > _PRODUCED_AT_DIGITS:
+        raise RawRecordError(
+            "bad-header", f"header {H_PRODUCED_AT}={shown!r} is not epoch milliseconds"
+        )
+    value = int(text)
+    if not 1 <= value <= PRODUCED_AT_MAX_MS:
+        raise RawRecordError(
+            "bad-header",
+            f"header {H_PRODUCED_AT}={shown!r} is outside 1..{PRODUCED_AT_MAX_MS} "
+            "(epoch milliseconds up to the year 9999)",
+        )
+    return value
+
+
+def check_headers(headers: Headers | None) -> None:
+    """Refuse header sets no honest producer sends: too many, too large, or with a name
+    that is not UTF-8 (the stream app's consumer keeps such names as surrogates)."""
+    items = list(headers or ())
+    if len(items) > MAX_HEADER_COUNT:
+        raise RawRecordError(
+            "bad-header", f"raw record has {len(items)} headers, limit is {MAX_HEADER_COUNT}"
+        )
+    total = 0
+    for name, value in items:
+        try:
+            total += len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape")[:60]
+            raise RawRecordError(
+                "bad-header", f"header name {shown!r} is not UTF-8"
+            ) from None
+        if value is not None:
+            total += len(value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
+    if total > MAX_HEADER_BYTES:
+        raise RawRecordError(
+            "bad-header", f"raw record headers hold {total} bytes, limit is {MAX_HEADER_BYTES}"
+        )

@@ -5,9 +5,14 @@ For each stage the agent takes up to `batch_size` events (or what arrived within
 batch is processed in the stage's one-thread executor (the event loop stays free for
 heartbeats), every output or dead-letter record is sent, and only when the broker has
 acknowledged all of those sends (acks=all, idempotent producer) are the input events
-acked; faust then commits offsets up to the first un-acked one. If sending fails, the
-worker exits non-zero without acking: the batch is redelivered to whichever worker
-owns the partition next.
+acked; faust then commits offsets up to the first un-acked one.
+
+What a record holds never stops a stage: the stage turns every record-level failure
+into that record's dead letter (stream_app/stages.py), and a record the broker refuses
+for its size is sent again as a dead letter without its payload. The worker exits only
+for faults of the infrastructure: sends that fail past `send_timeout_s` (exit 75), or a
+stage the watchdog finds stalled (exit 76); unacked input is then redelivered to the
+partition's next owner, and the supervisor restarts the worker.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
+from aiokafka import errors as kafka_errors
 
 from schemas.topics import STAGE_BY_NAME, Stage
+from stream_app import faust_seam
 from stream_app.health import StageStats
 from stream_app.labels import load_labels
+from stream_app.lag import LagProbe
 from stream_app.records import InRecord, OutRecord, normalize_headers
 from stream_app.settings import StreamSettings
 from stream_app.spec import preprocess_for
@@ -35,21 +42,22 @@ from stream_app.stages import DecodeStage, InferStage, PostprocessStage
 log = logging.getLogger(__name__)
 
 EX_SEND_FAILED = 75  # EX_TEMPFAIL: the supervisor restarts the worker
+EX_STALLED = 76  # a stage stalled: the supervisor restarts the worker
 
-
-class _IdempotentProducer(faust_aiokafka.Producer):
-    """faust only enables idempotence inside transactions; we want it always:
-    acks=all + enable_idempotence, so producer retries never duplicate or reorder."""
-
-    def _settings_extra(self) -> dict[str, Any]:
-        return {"acks": "all", "enable_idempotence": True}
-
-
-faust_aiokafka.Transport.Producer = _IdempotentProducer
+# The broker (or the client's own size check) refuses this record, not the cluster's
+# state: resending cannot help, so the record goes to its dead letter instead.
+RECORD_REFUSED = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.CorruptRecordException,
+)
 
 
 class Processor(Protocol):
     def process(self, batch: list[InRecord]) -> list[OutRecord]: ...
+
+    def refused(self, rec: InRecord, error: BaseException) -> OutRecord: ...
 
 
 def broker_url(bootstrap: list[str]) -> str:
@@ -64,12 +72,14 @@ class Runtime:
     stats: dict[str, StageStats] = field(default_factory=dict)
     executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict)
     exit_code: int = 0
+    stalled: list[str] = field(default_factory=list)
     model_name: str | None = None
     model_version: str | None = None
 
 
 def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[faust.App, Runtime]:
     """Build the faust app with an agent for each configured stage."""
+    faust_seam.install()
     s = settings.stream
     w = s.worker
     port = web_port or w.web_port
@@ -155,12 +165,16 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
     rt.executors[stage.name] = executor
     stats = rt.stats[stage.name] = StageStats(stage.name, source_name)
 
+    async def send(o: OutRecord) -> Any:
+        return await outputs[o.topic].send(key=o.key, value=o.value, headers=o.headers, force=True)
+
     async def run_stage(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         # noack_take is on faust.Stream, not on the StreamT protocol the agent is typed with.
         taker = cast(faust.Stream, stream)
         async for events in taker.noack_take(w.batch_size, within=w.batch_window_s):
             records = [_in_record(e) for e in events]
+            stats.batch_taken()
             started = time.perf_counter()
             try:
                 outs = await loop.run_in_executor(executor, processor.process, records)
@@ -168,13 +182,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
                     raise RuntimeError(
                         f"{stage.name} produced {len(outs)} records for {len(records)} inputs"
                     )
-                futures = [
-                    await outputs[o.topic].send(
-                        key=o.key, value=o.value, headers=o.headers, force=True
-                    )
-                    for o in outs
-                ]
-                await asyncio.wait_for(asyncio.gather(*futures), timeout=w.send_timeout_s)
+                await send_outputs(send, records, outs, processor.refused, w.send_timeout_s)
             except Exception as exc:
                 stats.errors += 1
                 _fail_worker(rt, stage, records, exc)
@@ -196,6 +204,42 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
 
     run_stage.__name__ = run_stage.__qualname__ = f"{stage.name}_agent"
     app.agent(source, name=f"stream_app.{stage.name}")(run_stage)
+
+
+async def send_outputs(
+    send: Callable[[OutRecord], Awaitable[Any]],
+    records: list[InRecord],
+    outs: list[OutRecord],
+    refuse: Callable[[InRecord, BaseException], OutRecord],
+    timeout_s: float,
+) -> None:
+    """Send every output (`send` returns a future of the broker's ack) and wait for all
+    acks. A record the broker refuses for what it is (RECORD_REFUSED) is replaced in
+    `outs` by `refuse(record, error)`, its bare dead letter, and sent again; any other
+    failure, or no ack within `timeout_s`, raises: the caller then acks nothing."""
+    todo = list(range(len(outs)))
+    for _ in range(3):
+        futures: list[tuple[int, Any]] = []
+        refused: list[tuple[int, BaseException]] = []
+        for i in todo:
+            try:
+                futures.append((i, await send(outs[i])))
+            except RECORD_REFUSED as exc:
+                refused.append((i, exc))
+        results = await asyncio.wait_for(
+            asyncio.gather(*(f for _, f in futures), return_exceptions=True), timeout=timeout_s
+        )
+        for (i, _), result in zip(futures, results, strict=True):
+            if isinstance(result, RECORD_REFUSED):
+                refused.append((i, result))
+            elif isinstance(result, BaseException):
+                raise result
+        if not refused:
+            return
+        for i, error in refused:
+            outs[i] = refuse(records[i], error)
+        todo = sorted(i for i, _ in refused)
+    raise RuntimeError(f"{len(todo)} record(s) refused by the broker even as bare dead letters")
 
 
 def _in_record(event: Any) -> InRecord:
@@ -224,54 +268,98 @@ def _fail_worker(rt: Runtime, stage: Stage, records: list[InRecord], exc: BaseEx
         exc,
         exc_info=exc,
     )
-    rt.exit_code = EX_SEND_FAILED
-    os.kill(os.getpid(), signal.SIGTERM)  # graceful stop: commits only acked offsets
+    faust_seam.request_exit(rt, EX_SEND_FAILED, rt.settings.stream.worker.stop_grace_s)
 
 
 def health_snapshot(app: faust.App, rt: Runtime) -> dict[str, Any]:
-    stages = []
-    assignment = _assignment(app)
-    # faust keeps committed offsets in a private dict; only used for lag, so guarded.
-    committed_by_tp = getattr(app.consumer, "_committed_offset", {}) if assignment else {}
-    for st in rt.stats.values():
-        highwaters: dict[int, int | None] = {}
-        committed: dict[int, int | None] = {}
-        for tp in assignment:
-            if tp.topic == st.source:
-                try:
-                    highwaters[tp.partition] = app.consumer.highwater(tp)
-                except Exception:
-                    highwaters[tp.partition] = None
-                c = committed_by_tp.get(tp) if hasattr(committed_by_tp, "get") else None
-                committed[tp.partition] = c if isinstance(c, int) else None
-        stages.append(st.snapshot(highwaters, committed))
+    w = rt.settings.stream.worker
+    assigned = _assigned_by_topic(app)
+    stages = [
+        st.snapshot(assigned.get(st.source, []), w.stall_after_s) for st in rt.stats.values()
+    ]
+    if rt.stalled or any(st["stalled"] for st in stages):
+        status = "stalled"
+    elif rt.exit_code:
+        status = "failing"
+    else:
+        status = "ok"
     return {
-        "status": "failing" if rt.exit_code else "ok",
+        "status": status,
         "pid": os.getpid(),
         "app_id": app.conf.id,
         "model": {"name": rt.model_name, "version": rt.model_version},
-        "batch_size": rt.settings.stream.worker.batch_size,
+        "batch_size": w.batch_size,
         "stages": stages,
     }
 
 
-def _assignment(app: faust.App) -> set[Any]:
+def _assigned_by_topic(app: faust.App) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
     try:
-        return set(app.consumer.assignment())
+        assignment = app.consumer.assignment()
     except Exception:  # consumer not started yet
-        return set()
+        return out
+    for tp in assignment:
+        out.setdefault(tp.topic, []).append(tp.partition)
+    return out
 
 
 def _register_health(app: faust.App, rt: Runtime) -> None:
+    w = rt.settings.stream.worker
+    probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lag-probe")
+    rt.executors["lag-probe"] = probe_executor
+    probe: list[LagProbe] = []  # built on first use, in the probe's thread
+
+    def measure(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        if not probe:
+            probe.append(LagProbe(rt.settings.kafka, w.app_id))
+        return probe[0].measure(tps)
+
     @app.page("/health/")
     async def health(web: Any, request: Any) -> Any:
         return web.json(health_snapshot(app, rt))
 
-    @app.timer(interval=rt.settings.stream.worker.health_log_interval_s)
+    @app.timer(interval=w.lag_probe_interval_s)
+    async def watchdog() -> None:
+        """Measure fresh lag, then restart the worker if a stage is stalled."""
+        assigned = _assigned_by_topic(app)
+        tps = [(t, p) for st in rt.stats.values() for t in [st.source] for p in assigned.get(t, [])]
+        loop = asyncio.get_running_loop()
+        try:
+            lag = await loop.run_in_executor(probe_executor, measure, tps)
+        except Exception as exc:  # a health probe must never stop the worker
+            log.info("lag probe failed: %s: %s", type(exc).__name__, exc)
+            lag = {}
+        now = time.monotonic()
+        for st in rt.stats.values():
+            parts = assigned.get(st.source, [])
+            if lag or not parts:
+                st.lag_measured({p: lag.get((st.source, p)) for p in parts}, now)
+        stalled = [st for st in rt.stats.values() if st.stalled(now, w.stall_after_s)]
+        if not stalled or rt.exit_code:
+            return
+        for st in stalled:
+            st.stalls += 1
+            log.critical(
+                "watchdog: stage %s is stalled: oldest unacknowledged input %.0fs old, "
+                "no progress for %.0fs (bound %.0fs), lag %s%s",
+                st.stage,
+                st.oldest_unacked_age_s(now) or 0.0,
+                now - st.last_progress_at(),
+                w.stall_after_s,
+                st.fresh_lag,
+                "; restarting the worker" if w.restart_on_stall else "",
+            )
+        rt.stalled = [st.stage for st in stalled]
+        if w.restart_on_stall:
+            faust_seam.request_exit(rt, EX_STALLED, w.stop_grace_s)
+
+    @app.timer(interval=w.health_log_interval_s)
     async def log_health() -> None:
         for st in health_snapshot(app, rt)["stages"]:
             log.info(
-                "health %s: in=%d out=%d dlq=%d batches=%d last_batch=%d lag=%s",
+                "health %s: in=%d out=%d dlq=%d batches=%d last_batch=%d lag=%s "
+                "oldest_unacked=%ss last_progress=%ss%s",
                 st["stage"],
                 st["records_in"],
                 st["records_out"],
@@ -279,4 +367,7 @@ def _register_health(app: faust.App, rt: Runtime) -> None:
                 st["batches"],
                 st["last_batch_size"],
                 st["total_lag"],
+                st["oldest_unacked_age_s"],
+                st["last_progress_age_s"],
+                " STALLED" if st["stalled"] else "",
             )

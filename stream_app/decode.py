@@ -8,12 +8,18 @@ Pure Pillow + numpy (no torch). Every refusal is a `DecodeError` with a reason:
   truncated           the data stops before the image does
   corrupt             the data is damaged (bad stream, bad header, bad EXIF)
   decompression-bomb  width x height above DecodeSettings.max_pixels (or Pillow's limit)
+  bad-aspect-ratio    the longer side over DecodeSettings.max_aspect_ratio x the shorter
   unsupported-mode    a pixel format we do not convert (float, 32-bit int out of range)
 
 Conversion to RGB: EXIF orientation applied; palette, grey, 1-bit, CMYK, YCbCr, LAB, HSV
 converted by Pillow; alpha composited over white; 16-bit grey scaled to 8 bits
 (65535 -> 255), not clipped. Then the shorter side is resized to `resize_size`
 (bicubic) and the centre `input_size` square cropped.
+
+Memory is bounded by what the producer cannot inflate: the decoded source is at most
+`max_pixels`, and the resize works in source coordinates on the crop box only, so its
+output is `input_size` square whatever the input's shape (a 1 x 100000 image once made
+a 256 x 25,600,000 intermediate).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def decode_image(data: bytes, spec: PreprocessSpec, limits: DecodeSettings) -> D
     im = _open(data, limits)
     fmt = im.format or "unknown"
     _check_pixels(im.size, limits, fmt)
+    _check_aspect(im.size, limits, fmt)
     try:
         im.load()  # force a full decode: truncation and stream damage surface here
     except Image.DecompressionBombError as exc:
@@ -161,6 +168,16 @@ def _check_pixels(size: tuple[int, int], limits: DecodeSettings, fmt: str) -> No
         )
 
 
+def _check_aspect(size: tuple[int, int], limits: DecodeSettings, fmt: str) -> None:
+    w, h = size
+    if max(w, h) > limits.max_aspect_ratio * min(w, h):
+        raise DecodeError(
+            "bad-aspect-ratio",
+            f"{fmt} image is {w}x{h}; the longer side may be at most "
+            f"{limits.max_aspect_ratio:g} x the shorter",
+        )
+
+
 def to_rgb(im: Image.Image, fmt: str = "image") -> Image.Image:
     """Convert any supported mode to 8-bit RGB (alpha over white, 16-bit scaled)."""
     mode = im.mode
@@ -199,17 +216,27 @@ def _grey16_to_rgb(arr: np.ndarray, fmt: str) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def resize_center_crop(im: Image.Image, resize_size: int, crop: int) -> np.ndarray:
-    """Shorter side -> resize_size (bicubic), centre crop `crop` square, as uint8 CHW."""
-    w, h = im.size
+def crop_box(
+    size: tuple[int, int], resize_size: int, crop: int
+) -> tuple[float, float, float, float]:
+    """The source-coordinate box whose bicubic resize to `crop` square equals resizing the
+    shorter side to `resize_size` and cutting the centre `crop` square."""
+    w, h = size
     if w <= h:
         nw, nh = resize_size, max(resize_size, int(round(h * resize_size / w)))
     else:
         nw, nh = max(resize_size, int(round(w * resize_size / h))), resize_size
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = (nw - crop) // 2
-    top = (nh - crop) // 2
-    im = im.crop((left, top, left + crop, top + crop))
-    hwc = np.asarray(im, dtype=np.uint8)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    sx, sy = w / nw, h / nh
+    return (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+
+
+def resize_center_crop(im: Image.Image, resize_size: int, crop: int) -> np.ndarray:
+    """Shorter side -> resize_size (bicubic), centre crop `crop` square, as uint8 CHW.
+
+    One resample of the crop box: allocates `crop` x `crop` pixels, never the resized
+    whole image."""
+    box = crop_box(im.size, resize_size, crop)
+    out = im.resize((crop, crop), Image.Resampling.BICUBIC, box=box)
+    hwc = np.asarray(out, dtype=np.uint8)
     return np.ascontiguousarray(hwc.transpose(2, 0, 1))

@@ -1,4 +1,10 @@
-"""Per-stage counters for the health view: records in/out, dead letters, batches, lag."""
+"""Per-stage counters for the health view: records in/out, dead letters, batches, lag,
+and the liveness facts the watchdog judges a stage by.
+
+A stage is *stalled* when it has held an unacknowledged input longer than the bound (a
+batch in processing or in sending), or when records have waited in its source (fresh
+lag above zero) for longer than the bound while it made no progress at all.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,44 @@ class StageStats:
     positions: dict[int, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     last_batch_at: float | None = None
+    # Liveness: when the batch being processed was taken (None: none in hand), when
+    # fresh lag was first seen above zero with no progress since, and the last fresh lag.
+    inflight_since: float | None = None
+    waiting_since: float | None = None
+    fresh_lag: dict[int, int | None] = field(default_factory=dict)
+    lag_checked_at: float | None = None
+    stalls: int = 0
     _recent: deque[tuple[float, int, float]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def batch_taken(self) -> None:
+        self.inflight_since = time.monotonic()
+
+    def lag_measured(self, lag: dict[int, int | None], at: float | None = None) -> None:
+        """Fresh lag per assigned partition (committed offset to log end, asked now)."""
+        now = time.monotonic() if at is None else at
+        self.fresh_lag = dict(lag)
+        self.lag_checked_at = now
+        if sum(v for v in lag.values() if v) > 0:
+            if self.waiting_since is None:
+                self.waiting_since = now
+        else:
+            self.waiting_since = None
+
+    def last_progress_at(self) -> float:
+        return self.last_batch_at if self.last_batch_at is not None else self.started_at
+
+    def oldest_unacked_age_s(self, now: float) -> float | None:
+        ages = [now - t for t in (self.inflight_since, self.waiting_since) if t is not None]
+        return max(ages) if ages else None
+
+    def stalled(self, now: float, bound_s: float) -> bool:
+        if self.inflight_since is not None and now - self.inflight_since > bound_s:
+            return True
+        return (
+            self.waiting_since is not None
+            and now - self.waiting_since > bound_s
+            and now - self.last_progress_at() > bound_s
+        )
 
     def batch_done(
         self,
@@ -47,25 +90,17 @@ class StageStats:
             self.positions[p] = max(self.positions.get(p, 0), nxt)
         now = time.monotonic()
         self.last_batch_at = now
+        self.inflight_since = None
+        self.waiting_since = None  # progress: whatever waits now waits from here
         self._recent.append((now, size, seconds))
 
-    def snapshot(
-        self, highwaters: dict[int, int | None], committed: dict[int, int | None] | None = None
-    ) -> dict[str, Any]:
-        """A JSON-able view; `highwaters` maps assigned source partitions to their end,
-        `committed` their committed offsets (where processing starts for a partition
-        this worker has not processed anything from yet)."""
-        committed = committed or {}
-        lag: dict[str, int | None] = {}
-        for p, hw in sorted(highwaters.items()):
-            pos = self.positions.get(p)
-            if pos is None:
-                pos = committed.get(p)
-            if hw is not None and pos is None and hw == 0:
-                lag[str(p)] = 0  # empty partition
-            else:
-                lag[str(p)] = None if hw is None or pos is None else max(0, hw - pos)
+    def snapshot(self, assigned: list[int], stall_after_s: float) -> dict[str, Any]:
+        """A JSON-able view. `assigned`: the source partitions this worker holds; their lag
+        is the last fresh measurement (None until one is made)."""
+        now = time.monotonic()
+        lag = {str(p): self.fresh_lag.get(p) for p in sorted(assigned)}
         known = [v for v in lag.values() if v is not None]
+        oldest = self.oldest_unacked_age_s(now)
         recent = list(self._recent)
         busy = sum(s for _, _, s in recent)
         n = sum(size for _, size, _ in recent)
@@ -82,12 +117,18 @@ class StageStats:
             "mean_batch_size": round(n / len(recent), 2) if recent else 0,
             "images_per_busy_s": round(n / busy, 1) if busy > 0 else None,
             "failed_batches": self.errors,
-            "assigned_partitions": sorted(highwaters),
+            "assigned_partitions": sorted(assigned),
             "lag": lag,
-            "total_lag": sum(known) if known else (0 if not highwaters else None),
-            "seconds_since_last_batch": (
-                None
-                if self.last_batch_at is None
-                else round(time.monotonic() - self.last_batch_at, 1)
+            "total_lag": sum(known) if known else (0 if not assigned else None),
+            "lag_age_s": (
+                None if self.lag_checked_at is None else round(now - self.lag_checked_at, 1)
             ),
+            "oldest_unacked_age_s": None if oldest is None else round(oldest, 1),
+            "last_progress_age_s": round(now - self.last_progress_at(), 1),
+            "seconds_since_last_batch": (
+                None if self.last_batch_at is None else round(now - self.last_batch_at, 1)
+            ),
+            "stalled": self.stalled(now, stall_after_s),
+            "stall_after_s": stall_after_s,
+            "stalls": self.stalls,
         }

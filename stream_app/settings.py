@@ -79,6 +79,9 @@ class DecodeSettings(BaseModel):
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     # Width x height above this is a decompression bomb; below Pillow's own 89 Mpx.
     max_pixels: int = Field(default=40_000_000, ge=1)
+    # Longer side / shorter side above this is refused (bad-aspect-ratio): a centre crop
+    # of a 1 x 20000 strip classifies nothing. 20:1 passes any panorama a camera makes.
+    max_aspect_ratio: float = Field(default=20.0, ge=1.0)
     # Pillow plugins allowed to parse input; the rest (EPS runs Ghostscript!) never run.
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -124,6 +127,16 @@ class WorkerSettings(BaseModel):
     # whole micro-batch per partition in one request.
     producer_max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Watchdog: a stage that holds an unacknowledged input longer than stall_after_s, or
+    # whose source has had records waiting that long with no progress at all, is
+    # stalled; the worker then exits with code 76 and its supervisor restarts it
+    # (restart_on_stall=false only reports it). Lag is measured every lag_probe_interval_s.
+    stall_after_s: float = Field(default=60.0, gt=0)
+    restart_on_stall: bool = True
+    lag_probe_interval_s: float = Field(default=5.0, gt=0)
+    # A worker stopping (after a failure or a stall) that has not exited after this long
+    # ends hard; nothing unacked was committed, so nothing is lost.
+    stop_grace_s: float = Field(default=30.0, gt=0)
     # Consumer group liveness: a killed worker's partitions move after session_timeout_s.
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

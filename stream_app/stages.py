@@ -5,6 +5,13 @@ letter on the stage's DLQ carrying the original key, value and headers. Nothing 
 dropped. The functions are synchronous and CPU-bound; the faust agents call them in an
 executor thread.
 
+No record can fail a batch: `process` isolates every failure to its record (each output
+is encoded on its own, and a batch step that raises is bisected until the record that
+raised is alone), so the worst a record can do is become its own dead letter. Every
+output is checked against its target topic's `max.message.bytes`: an output too large
+becomes a dead letter, and a dead letter too large carries a cut payload with the
+original size in a header.
+
 Torch is not imported here: InferStage receives an `Inferencer` built by the caller.
 """
 
@@ -18,8 +25,9 @@ import numpy as np
 
 from schemas import codec
 from schemas.dead_letter import dead_letter
+from schemas.image_id import row_id
 from schemas.raw import RawRecordError, now_ms, parse_raw
-from schemas.topics import Stage
+from schemas.topics import Stage, topic_registry
 from stream_app.decode import decode_image
 from stream_app.errors import InferError, StageError
 from stream_app.postprocess import top_k
@@ -43,17 +51,90 @@ LINEAGE = (
 )
 
 
-class BaseStage:
-    """Routing shared by the stages: output and dead-letter records."""
+# Room left in a record for its key, headers and framing beside the value.
+RECORD_OVERHEAD_BYTES = 64 * 1024
 
-    def __init__(self, topics: Stage, prefix: str = "") -> None:
+
+def default_topic_limits() -> dict[str, int]:
+    """max.message.bytes of every registry topic (unprefixed names), as provisioned."""
+    return {t.name: t.max_message_bytes for t in topic_registry()}
+
+
+class BaseStage:
+    """Routing shared by the stages: output and dead-letter records, size limits, and the
+    per-record isolation of failures."""
+
+    def __init__(
+        self, topics: Stage, prefix: str = "", topic_limits: dict[str, int] | None = None
+    ) -> None:
         self.name = topics.name
         self.sink = prefix + topics.sink
         self.dlq = prefix + topics.dlq
+        limits = topic_limits or default_topic_limits()
+        self.sink_limit = limits[topics.sink]
+        self.dlq_limit = limits[topics.dlq]
 
+    # -- the batch entry point ---------------------------------------------------------
+    def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
+        """One output per input, in order; never raises because of what a record holds."""
+        return self._isolated(list(batch))
+
+    def _process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
+        raise NotImplementedError
+
+    def _isolated(self, batch: list[InRecord]) -> list[OutRecord]:
+        if not batch:
+            return []
+        try:
+            outs = self._process(batch)
+            if len(outs) != len(batch):
+                raise RuntimeError(f"{len(outs)} outputs for {len(batch)} inputs")
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("%s: unexpected error on %s", self.name, batch[0].where)
+                return [self.dead(batch[0], reason="internal-error", error=exc)]
+            log.warning(
+                "%s: batch of %d failed (%s: %s); splitting it to isolate the record",
+                self.name,
+                len(batch),
+                type(exc).__name__,
+                exc,
+            )
+            mid = len(batch) // 2
+            return self._isolated(batch[:mid]) + self._isolated(batch[mid:])
+        return [self._fit(rec, out) for rec, out in zip(batch, outs, strict=True)]
+
+    # -- outputs -------------------------------------------------------------------------
     def output(self, key: bytes | None, schema: str, record: dict[str, Any]) -> OutRecord:
         value, headers = codec.encode(schema, record)
         return OutRecord(self.sink, key, value, headers)
+
+    def _each(self, batch: Sequence[InRecord], one: Any) -> list[OutRecord]:
+        """`one(rec)` for each record; a record whose step raises becomes its dead letter."""
+        outs = []
+        for rec in batch:
+            try:
+                outs.append(one(rec))
+            except Exception as exc:
+                log.exception("%s: unexpected error on %s", self.name, rec.where)
+                outs.append(self.dead(rec, reason="internal-error", error=exc))
+        return outs
+
+    def _fit(self, rec: InRecord, out: OutRecord) -> OutRecord:
+        """`out`, or its dead letter when it would not fit its topic. (Dead letters fit by
+        construction: `dead` cuts the payload to the room the DLQ topic leaves.)"""
+        size = record_size(out)
+        if out.dead or size <= self.sink_limit:
+            return out
+        return self.dead(
+            rec,
+            reason="output-too-large",
+            error=StageError(
+                "output-too-large",
+                f"output of {size} bytes exceeds {self.sink}'s max.message.bytes "
+                f"({self.sink_limit})",
+            ),
+        )
 
     def dead(
         self,
@@ -64,14 +145,15 @@ class BaseStage:
         image_id: str | None = None,
         source: str = "",
         produced_at_ms: int = 0,
+        keep_payload: bool = True,
     ) -> OutRecord:
+        """The dead letter for `rec`. Never raises: if the full one cannot be encoded (or
+        would not fit), a bare one without the original payload and headers is sent."""
         retriable = bool(getattr(error, "retriable", False))
         message = getattr(error, "message", None) or str(error)
-        key_text = image_id
-        if key_text is None and rec.key is not None:
-            key_text = rec.key.decode("utf-8", errors="replace")
-        value, headers = dead_letter(
-            image_id=key_text or "",
+        key_text = image_id or row_id(rec.key, (rec.topic, rec.partition, rec.offset))
+        fields = dict(
+            image_id=key_text,
             stage=self.name,
             reason=reason,
             error=error,
@@ -79,12 +161,25 @@ class BaseStage:
             origin_topic=rec.topic,
             origin_partition=rec.partition,
             origin_offset=rec.offset,
-            payload=rec.value,
-            payload_headers=rec.headers,
             source=source,
             produced_at_ms=produced_at_ms,
             retriable=retriable,
         )
+        room = self.dlq_limit - RECORD_OVERHEAD_BYTES - len(rec.key or b"")
+        if not keep_payload:
+            room = 0
+        try:
+            value, headers = dead_letter(
+                payload=rec.value,
+                payload_headers=rec.headers,
+                max_payload_bytes=max(0, room),
+                **fields,  # type: ignore[arg-type]
+            )
+        except Exception as exc:  # keep the record accounted for whatever it holds
+            log.exception("%s: full dead letter for %s failed: %s", self.name, rec.where, exc)
+            value, headers = dead_letter(
+                payload=b"", payload_headers=None, max_payload_bytes=0, **fields  # type: ignore[arg-type]
+            )
         log.warning(
             "%s: %s -> %s (%s: %s: %s)",
             self.name,
@@ -96,8 +191,19 @@ class BaseStage:
         )
         return OutRecord(self.dlq, rec.key, value, headers, dead=True, reason=reason)
 
+    def refused(self, rec: InRecord, error: BaseException) -> OutRecord:
+        """The bare dead letter (no payload) for a record whose output the broker refused
+        for its size or shape; its original size stays in a header."""
+        return self.dead(rec, reason="output-too-large", error=error, keep_payload=False)
+
     def read(self, rec: InRecord, schema: str) -> dict[str, Any]:
         return codec.decode(schema, rec.value, rec.headers)
+
+
+def record_size(out: OutRecord) -> int:
+    """Bytes the record takes in a batch, give or take framing (counted generously)."""
+    headers = sum(len(k.encode("utf-8", "surrogateescape")) + len(v) + 8 for k, v in out.headers)
+    return len(out.value) + len(out.key or b"") + headers + 128
 
 
 def _trace(record: dict[str, Any], stage: str) -> dict[str, int]:
@@ -110,14 +216,19 @@ class DecodeStage(BaseStage):
     """images.raw (image file bytes) -> images.decoded (Avro DecodedImage)."""
 
     def __init__(
-        self, topics: Stage, spec: PreprocessSpec, limits: DecodeSettings, prefix: str = ""
+        self,
+        topics: Stage,
+        spec: PreprocessSpec,
+        limits: DecodeSettings,
+        prefix: str = "",
+        topic_limits: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(topics, prefix)
+        super().__init__(topics, prefix, topic_limits)
         self.spec = spec
         self.limits = limits
 
-    def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
-        return [self.one(rec) for rec in batch]
+    def _process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
+        return self._each(batch, self.one)
 
     def one(self, rec: InRecord) -> OutRecord:
         try:
@@ -169,13 +280,18 @@ class InferStage(BaseStage):
     """images.decoded -> images.inferred (Avro Inference with float32 logits)."""
 
     def __init__(
-        self, topics: Stage, inferencer: Inferencer, info: ModelInfo, prefix: str = ""
+        self,
+        topics: Stage,
+        inferencer: Inferencer,
+        info: ModelInfo,
+        prefix: str = "",
+        topic_limits: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(topics, prefix)
+        super().__init__(topics, prefix, topic_limits)
         self.inferencer = inferencer
         self.info = info
 
-    def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
+    def _process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
         out: list[OutRecord | None] = [None] * len(batch)
         decoded: list[tuple[int, dict[str, Any]]] = []
         arrays: list[object] = []
@@ -198,20 +314,26 @@ class InferStage(BaseStage):
                 out[i] = self._dead_for(rec, d, outcome.error)
                 continue
             assert outcome.logits is not None
-            record = {k: d[k] for k in LINEAGE}
-            record.update(
-                model_name=self.info.name,
-                model_version=self.info.version,
-                logits=outcome.logits.tolist(),
-                trace=_trace(d, self.name),
-            )
-            out[i] = self.output(rec.key, codec.INFERENCE, record)
+            logits = outcome.logits
+            try:
+                record = {k: d[k] for k in LINEAGE}
+                record.update(
+                    model_name=self.info.name,
+                    model_version=self.info.version,
+                    logits=logits.tolist(),
+                    trace=_trace(d, self.name),
+                )
+                out[i] = self.output(rec.key, codec.INFERENCE, record)
+            except Exception as exc:  # encoding fails for this record alone
+                out[i] = self._dead_for(rec, d, exc)
         return [o for o in out if o is not None]
 
-    def _dead_for(self, rec: InRecord, d: dict[str, Any], exc: StageError) -> OutRecord:
+    def _dead_for(
+        self, rec: InRecord, d: dict[str, Any], exc: Exception, reason: str | None = None
+    ) -> OutRecord:
         return self.dead(
             rec,
-            reason=exc.reason,
+            reason=reason or str(getattr(exc, "reason", None) or "internal-error"),
             error=exc,
             image_id=d.get("image_id"),
             source=d.get("source", ""),
@@ -230,13 +352,20 @@ def _pixels(d: dict[str, Any]) -> np.ndarray:
 class PostprocessStage(BaseStage):
     """images.inferred -> images.predictions (Avro Prediction, top-k with labels)."""
 
-    def __init__(self, topics: Stage, labels: list[str], k: int, prefix: str = "") -> None:
-        super().__init__(topics, prefix)
+    def __init__(
+        self,
+        topics: Stage,
+        labels: list[str],
+        k: int,
+        prefix: str = "",
+        topic_limits: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(topics, prefix, topic_limits)
         self.labels = labels
         self.k = k
 
-    def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
-        return [self.one(rec) for rec in batch]
+    def _process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
+        return self._each(batch, self.one)
 
     def one(self, rec: InRecord) -> OutRecord:
         try:

@@ -47,7 +47,9 @@ def test_app_has_one_agent_per_stage_on_registry_topics(
 def test_producer_is_idempotent() -> None:
     from faust.transport.drivers import aiokafka as drv
 
-    import stream_app.app  # noqa: F401  (installs the producer class)
+    from stream_app import faust_seam
+
+    faust_seam.install()
 
     assert drv.Transport.Producer._settings_extra(None) == {  # type: ignore[arg-type]
         "acks": "all",

@@ -172,14 +172,40 @@ def test_stage_stats_snapshot_and_lag() -> None:
     st = StageStats("infer", "images.decoded")
     st.batch_done(8, 7, 1, 0.5, ["wrong-shape"], {0: 10, 1: 4})
     st.batch_done(4, 4, 0, 0.25, [], {0: 14})
-    snap = st.snapshot({0: 20, 1: 4, 2: 0, 3: None, 4: 9})
+    snap = st.snapshot([0, 1, 2], stall_after_s=60)
+    assert snap["lag"] == {"0": None, "1": None, "2": None}  # no fresh measurement yet
+    st.lag_measured({0: 6, 1: 0, 2: None})
+    snap = st.snapshot([0, 1, 2], stall_after_s=60)
     assert (snap["records_in"], snap["records_out"], snap["dead_letters"]) == (12, 11, 1)
     assert snap["dead_letter_reasons"] == {"wrong-shape": 1}
     assert (snap["batches"], snap["last_batch_size"], snap["max_batch_size"]) == (2, 4, 8)
-    assert snap["lag"] == {"0": 6, "1": 0, "2": 0, "3": None, "4": None}
+    assert snap["lag"] == {"0": 6, "1": 0, "2": None}
     assert snap["total_lag"] == 6
     assert snap["images_per_busy_s"] == pytest.approx(12 / 0.75, rel=0.01)
     assert np.isclose(snap["mean_batch_size"], 6.0)
-    # A partition not processed yet: lag counts from its committed offset.
-    snap = st.snapshot({0: 20, 7: 50}, committed={7: 45})
-    assert snap["lag"] == {"0": 6, "7": 5} and snap["total_lag"] == 11
+    assert snap["stalled"] is False and snap["oldest_unacked_age_s"] is not None
+
+
+def test_stall_is_judged_from_held_input_and_waiting_records() -> None:
+    st = StageStats("decode", "images.raw")
+    t0 = st.started_at
+    assert not st.stalled(t0 + 1000, 60)  # nothing held, nothing waiting
+    # A batch in hand for longer than the bound: stalled, whatever the lag.
+    st.inflight_since = t0
+    assert st.stalled(t0 + 61, 60) and not st.stalled(t0 + 59, 60)
+    assert st.oldest_unacked_age_s(t0 + 61) == pytest.approx(61)
+    st.batch_done(1, 1, 0, 0.1, [], {0: 1})
+    assert st.inflight_since is None
+    # Records waiting with no progress: stalled once both exceed the bound.
+    done = st.last_batch_at
+    assert done is not None
+    st.lag_measured({0: 3}, at=done + 1)
+    assert not st.stalled(done + 60, 60)
+    assert st.stalled(done + 62, 60)
+    # Lag drained (committed caught up): not stalled any more.
+    st.lag_measured({0: 0}, at=done + 63)
+    assert not st.stalled(done + 200, 60)
+    # Progress resets the waiting clock even while records keep waiting.
+    st.lag_measured({0: 5}, at=done + 201)
+    st.batch_done(2, 2, 0, 0.1, [], {0: 3})
+    assert st.waiting_since is None

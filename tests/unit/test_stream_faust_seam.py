@@ -1,0 +1,64 @@
+"""The Faust/aiokafka seam: the versions it was checked against, and each patch."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+
+from stream_app import faust_seam
+
+
+def batch_bytes(records: list[tuple[bytes, list[tuple[str, bytes]]]], codec: int = 0) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20,
+    )  # fmt: skip
+    for offset, (key, headers) in enumerate(records):
+        builder.append(offset, timestamp=1, key=key, value=b"v", headers=headers)
+    return bytes(builder.build())
+
+
+def corrupt_header_name(data: bytes) -> bytes:
+    # Same length, so the batch stays well-formed; only the name is no longer UTF-8.
+    assert data.count(b"n@me") == 1
+    return data.replace(b"n@me", b"n\xffme")
+
+
+def test_checked_versions_are_the_installed_ones() -> None:
+    assert version("faust-streaming") == faust_seam.CHECKED_AGAINST["faust-streaming"]
+    assert version("aiokafka") == faust_seam.CHECKED_AGAINST["aiokafka"]
+
+
+def test_aiokafka_alone_cannot_parse_a_non_utf8_header_name() -> None:
+    data = corrupt_header_name(batch_bytes([(b"a", [("ok", b"1")]), (b"b", [("n@me", b"2")])]))
+    batch = MemoryRecords(data).next_batch()
+    with pytest.raises(UnicodeDecodeError):
+        list(batch)
+
+
+@pytest.mark.parametrize("codec", [0, 3])  # none, lz4
+def test_header_safe_records_keep_every_record_and_the_name_losslessly(codec: int) -> None:
+    records = [(b"a", [("ok", b"1")]), (b"b", [("n@me", b"2")]), (b"c", [])]
+    data = batch_bytes(records, codec)
+    if codec == 0:
+        data = corrupt_header_name(data)
+    mr = faust_seam.HeaderSafeMemoryRecords(data)
+    batch = mr.next_batch()
+    got = [(r.offset, r.key, list(r.headers)) for r in batch]
+    assert [k for _, k, _ in got] == [b"a", b"b", b"c"]
+    name = got[1][2][0][0]
+    if codec == 0:
+        assert name == "n\udcffme" and name.encode("utf-8", "surrogateescape") == b"n\xffme"
+    assert batch.next_offset == 3 and not mr.has_next()
+
+
+def test_install_patches_the_fetcher_and_the_producer() -> None:
+    from aiokafka.consumer import fetcher
+    from faust.transport.drivers import aiokafka as drv
+
+    faust_seam.install()
+    assert fetcher.MemoryRecords is faust_seam.HeaderSafeMemoryRecords
+    assert drv.Transport.Producer is faust_seam.IdempotentProducer
