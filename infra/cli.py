@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from infra import pipeline_cli
+from infra import monitor, pipeline_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
 from infra.local.topology import MAX_NODES, node_by_name
 from infra.settings import PipelineSettings
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=50)
     pipeline_cli.add_parser(sub)
+    monitor.add_parser(sub)
     return p
 
 
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "pipeline":
         return pipeline_cli.run(args, resolve_run_dir(args.run_dir))
+    if cmd == "monitor":
+        return monitor.run_cli(args, resolve_run_dir(args.run_dir))
     cluster = LocalCluster(resolve_run_dir(args.run_dir))
     if cmd == "up":
         t0 = time.monotonic()

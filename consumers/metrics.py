@@ -1,0 +1,307 @@
+"""Prometheus metrics of the sink, served by prometheus_client's HTTP server on loopback.
+
+Counters and gauges are read on scrape from what the sink already keeps (`SinkCounters`,
+`WriterStats`, its open records, its consumer's positions), so the sink loop does no
+extra work for them. Cassandra write latency and rows by table need one observation per
+request: `track_request` (one call in writer.py) adds callbacks to the driver's future.
+
+Internals read here, checked against this repository's consumers/sink.py and writer.py
+(the sink is single-threaded; a scrape reads from the HTTP server's thread, so every read
+tolerates a dict changing under it and none takes a lock the sink loop holds):
+  Sink.counters, Sink._writer (.stats, .in_flight, .fatal), Sink._open, Sink._open_count,
+  Sink._consumer (position/watermarks via Sink.lag(), list_topics), Sink._cluster
+  (driver metadata: hosts and their is_up), Sink.settings.sink.predictions_topic.
+
+Settings: `PIPELINE_METRICS__HOST` (default 127.0.0.1), `PIPELINE_METRICS__PORT` (default
+9464; infra/monitor.py's SINK_METRICS_PORT_DEFAULT must match), `PIPELINE_METRICS__ENABLED`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumers.records import PREDICTION, PREDICTION_BY_LABEL, REJECTION
+from schemas import cql
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9464
+# Metadata calls are network round trips: at most one per this many seconds.
+CLUSTER_VIEW_TTL_S = 10.0
+
+TABLE_BY_STATEMENT = {
+    PREDICTION: cql.PREDICTIONS_TABLE,
+    PREDICTION_BY_LABEL: cql.PREDICTIONS_BY_LABEL_TABLE,
+    REJECTION: cql.REJECTIONS_TABLE,
+}
+
+
+class MetricsSection(BaseModel):
+    enabled: bool = True
+    # Loopback by default: the endpoint has no authentication.
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+
+
+class SinkMetricsSettings(BaseSettings):
+    """`PIPELINE_METRICS__*`; built in the sink's main() like the sink's own settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__",
+                                      extra="ignore")
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+
+WRITE_SECONDS = Histogram(
+    "torchstream_cassandra_write_duration_seconds",
+    "Time from sending a write request (one row or an UNLOGGED batch) to its outcome",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=None,
+)
+ROWS_WRITTEN = Counter(
+    "torchstream_cassandra_rows_written",
+    "Row writes Cassandra acknowledged, by table and operation (upsert, delete)",
+    ["table", "op"],
+    registry=None,
+)
+DELETE_PREFIX = "delete_"  # consumers.records names deletes delete_<kind>
+
+
+def table_and_op(statement: str) -> tuple[str, str]:
+    """(table, op) of a statement name: prediction -> (predictions, upsert), ..."""
+    op = "delete" if statement.startswith(DELETE_PREFIX) else "upsert"
+    kind = statement.removeprefix(DELETE_PREFIX)
+    return TABLE_BY_STATEMENT.get(kind, kind), op
+
+
+def track_request(future: Any, statements: Iterable[str]) -> None:
+    """Observe one request's latency and rows by table; called right after it is sent.
+
+    The callbacks run on the driver's I/O thread: they only touch thread-safe metrics."""
+    started = time.perf_counter()
+    names = list(statements)
+
+    def ok(_rows: Any) -> None:
+        WRITE_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        for name in names:
+            ROWS_WRITTEN.labels(*table_and_op(name)).inc()
+
+    def failed(_exc: BaseException) -> None:
+        WRITE_SECONDS.labels("error").observe(time.perf_counter() - started)
+
+    future.add_callbacks(callback=ok, errback=failed)
+
+
+@dataclass
+class ClusterView:
+    """Brokers and Cassandra nodes the sink's clients see, refreshed at most every TTL."""
+
+    kafka_brokers: int | None = None
+    cassandra_up: int | None = None
+    cassandra_known: int | None = None
+    at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SinkCollector(Collector):
+    """Reads a running `consumers.sink.Sink` on every scrape."""
+
+    def __init__(self, sink: Any, clock: Any = time.time) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._view = ClusterView()
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        out: list[Metric] = []
+        for part in (self._counters, self._writer, self._open, self._lag, self._cluster):
+            try:
+                out.extend(part())
+            except Exception as exc:  # one failing read must not empty the scrape
+                log.warning("metrics: %s failed: %s: %s", part.__name__, type(exc).__name__, exc)
+        return out
+
+    def _counters(self) -> Iterator[Metric]:
+        c = self._sink.counters
+        consumed = CounterMetricFamily("torchstream_sink_records_consumed",
+                                       "Records the sink consumed (predictions and dead letters)")
+        consumed.add_metric([], c.records)
+        settled = CounterMetricFamily("torchstream_sink_records_settled", "Records the sink "
+                                      "finished: stored as a prediction or a rejection, or "
+                                      "dead-lettered (sent to the sink's dead-letter topic)",
+                                      labels=["kind"])
+        settled.add_metric(["prediction"], c.predictions)
+        settled.add_metric(["rejection"], c.rejections)
+        settled.add_metric(["dead_letter"], c.dead_lettered)
+        commits = CounterMetricFamily("torchstream_sink_commits", "Synchronous offset commits")
+        commits.add_metric([], c.commits)
+        yield from (consumed, settled, commits)
+
+    def _writer(self) -> Iterator[Metric]:
+        w = getattr(self._sink, "_writer", None)
+        if w is None:
+            return
+        st = w.stats
+        for name, doc, value in (
+            ("torchstream_cassandra_requests", "Write requests sent (a row or a batch)",
+             st.requests),
+            ("torchstream_cassandra_write_retries", "Rows re-sent after a retriable error",
+             st.retries),
+            ("torchstream_cassandra_write_failures", "Rows given up on (dead-lettered)",
+             st.failed),
+            ("torchstream_cassandra_batches_split", "Batches retried row by row after a "
+             "non-retriable error", st.batches_split),
+        ):
+            m = CounterMetricFamily(name, doc)
+            m.add_metric([], value)
+            yield m
+        errors = CounterMetricFamily("torchstream_cassandra_write_errors",
+                                     "Failed write requests by driver error class",
+                                     labels=["error"])
+        for cls, n in sorted(dict(st.errors_by_class).items()):
+            errors.add_metric([cls], n)
+        yield errors
+        g = GaugeMetricFamily("torchstream_cassandra_requests_in_flight",
+                              "Write requests awaiting Cassandra")
+        g.add_metric([], w.in_flight)
+        yield g
+        fatal = GaugeMetricFamily("torchstream_sink_writes_stopped", "1 when Cassandra refused "
+                                  "a write for a reason no record can fix and the sink stops")
+        fatal.add_metric([], 1 if w.fatal is not None else 0)
+        yield fatal
+
+    def _open(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("torchstream_sink_open_records",
+                              "Records consumed but not yet acknowledged by Cassandra")
+        g.add_metric([], self._sink._open_count)
+        yield g
+        oldest = oldest_open_timestamp_ms(self._sink._open)
+        age = GaugeMetricFamily("torchstream_sink_oldest_unacked_age_seconds",
+                                "Age (from its Kafka timestamp) of the oldest record consumed "
+                                "and not yet acknowledged; 0 when none is open")
+        age.add_metric([], 0.0 if oldest is None else max(0.0, self._clock() - oldest / 1000))
+        yield age
+
+    def _lag(self) -> Iterator[Metric]:
+        if getattr(self._sink, "_consumer", None) is None:
+            return
+        g = GaugeMetricFamily("torchstream_consumer_lag_records", "Records between a "
+                              "partition's end and the consumer's position, per assigned "
+                              "partition", labels=["stage", "topic", "partition"])
+        for (topic, part), n in sorted(self._sink.lag().items()):
+            g.add_metric(["sink", topic, str(part)], n)
+        yield g
+
+    def _cluster(self) -> Iterator[Metric]:
+        self._refresh_view()
+        v = self._view
+        for name, doc, value in (
+            ("torchstream_kafka_brokers_up", "Kafka brokers in the cluster metadata the sink's "
+             "consumer sees", v.kafka_brokers),
+            ("torchstream_cassandra_nodes_up", "Cassandra nodes the sink's driver holds as up",
+             v.cassandra_up),
+            ("torchstream_cassandra_nodes_known", "Cassandra nodes in the driver's metadata",
+             v.cassandra_known),
+        ):
+            if value is not None:
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                yield g
+
+    def _refresh_view(self) -> None:
+        v = self._view
+        with v.lock:
+            if self._clock() - v.at < CLUSTER_VIEW_TTL_S:
+                return
+            v.at = self._clock()
+            consumer = getattr(self._sink, "_consumer", None)
+            if consumer is not None:
+                try:
+                    md = consumer.list_topics(self._sink.settings.sink.predictions_topic,
+                                              timeout=2.0)
+                    v.kafka_brokers = len(md.brokers)
+                except Exception as exc:  # no broker answered: none up as far as we know
+                    log.debug("metrics: Kafka metadata unavailable: %s", exc)
+                    v.kafka_brokers = 0
+            cluster = getattr(self._sink, "_cluster", None)
+            if cluster is not None:
+                hosts = list(cluster.metadata.all_hosts())
+                v.cassandra_known = len(hosts)
+                v.cassandra_up = sum(1 for h in hosts if h.is_up)
+
+
+def oldest_open_timestamp_ms(open_records: Any) -> int | None:
+    """The smallest Kafka timestamp among open records ({tp: {offset: PendingRecord}}).
+
+    Read from another thread: a dict that changes meanwhile is read again (a few tries)."""
+    for _ in range(5):
+        try:
+            stamps = [pr.rec.timestamp_ms for recs in list(open_records.values())
+                      for pr in list(recs.values()) if pr.rec.timestamp_ms > 0]
+        except RuntimeError:  # changed size during iteration
+            continue
+        return min(stamps) if stamps else None
+    return None
+
+
+def build_registry(sink: Any) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(SinkCollector(sink))
+    reg.register(WRITE_SECONDS)
+    reg.register(ROWS_WRITTEN)
+    ProcessCollector(registry=reg)
+    reg.register(PLATFORM_COLLECTOR)
+    reg.register(GC_COLLECTOR)
+    return reg
+
+
+class MetricsServer:
+    """The sink's /metrics endpoint; `close()` stops it."""
+
+    def __init__(self, server: Any, thread: threading.Thread, address: tuple[str, int]) -> None:
+        self._server = server
+        self._thread = thread
+        self.address = address
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None) -> MetricsServer | None:
+    """Start the endpoint for `sink` (before sink.run); None when disabled.
+
+    A port that is taken is logged as an error and the sink runs on without metrics:
+    losing the endpoint must not stop the data path (Prometheus' `up` shows it)."""
+    ms = (settings or SinkMetricsSettings()).metrics
+    if not ms.enabled:
+        return None
+    try:
+        server, thread = start_http_server(ms.port, addr=ms.host, registry=build_registry(sink))
+    except OSError as exc:
+        log.error("metrics endpoint %s:%d not started: %s (set PIPELINE_METRICS__PORT)",
+                  ms.host, ms.port, exc)
+        return None
+    log.info("metrics at http://%s:%d/metrics", ms.host, ms.port)
+    return MetricsServer(server, thread, (ms.host, ms.port))
