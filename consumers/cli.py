@@ -21,6 +21,7 @@ from typing import Any
 from consumers import queries
 from consumers.api import command as api_command
 from consumers.consistency import ConsistencyConfigError
+from consumers.metrics import SinkMetricsSettings, serve_sink_metrics
 from consumers.settings import SinkSettings
 from infra import logs
 
@@ -75,7 +76,9 @@ def run_sink(args: argparse.Namespace, settings: SinkSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("sink settings: %s", settings.masked())
     try:
-        Sink(settings, group_id=args.group).run(stop)
+        sink = Sink(settings, group_id=args.group)
+        serve_sink_metrics(sink, SinkMetricsSettings())
+        sink.run(stop)
     except ConsistencyConfigError as exc:
         print(f"sink refuses to start: {exc}", file=sys.stderr)
         return 2

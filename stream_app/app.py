@@ -34,6 +34,7 @@ from stream_app import faust_seam
 from stream_app.health import StageStats
 from stream_app.labels import load_labels
 from stream_app.lag import LagProbe
+from stream_app.metrics import observe_batch, register_metrics
 from stream_app.records import InRecord, OutRecord, normalize_headers
 from stream_app.settings import StreamSettings
 from stream_app.spec import preprocess_for
@@ -118,6 +119,7 @@ def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[f
     for name in w.stages:
         _register_stage(app, rt, STAGE_BY_NAME[name], processors[name])
     _register_health(app, rt)
+    register_metrics(app, lambda: health_snapshot(app, rt), s.topic_prefix)
     return app, rt
 
 
@@ -201,6 +203,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
                 dead,
                 positions,
             )
+            observe_batch(stage.name, records, time.perf_counter() - started)
 
     run_stage.__name__ = run_stage.__qualname__ = f"{stage.name}_agent"
     app.agent(source, name=f"stream_app.{stage.name}")(run_stage)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from stream_app.errors import InferError
+from stream_app.metrics import forward_timer
 from stream_app.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Inferencer:
     def forward(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Logits float32 [N, classes] for valid arrays; raises whatever the model raises."""
         self.forward_calls += 1
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_timer(len(arrays)):
             out = self.model.module(self.to_tensor(arrays))
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(arrays):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
