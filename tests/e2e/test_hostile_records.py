@@ -8,8 +8,8 @@ its row id and no prediction, and a lossy decode of its key finds no row; no ser
 process was restarted or went down; every worker's peak RSS (VmHWM) stayed under
 1.5 GiB. A process watch samples the workers meanwhile and SIGKILLs one that passes a
 safety ceiling, so an unbounded decode fails this test instead of exhausting the shared
-host's memory; the workers are then stopped (the poison record is still in the topic)
-and the `healthy` fixture restarts them for the next test.
+host's memory; the workers' supervisor is then stopped (the poison record is still in
+the topic) and the `healthy` fixture starts it again for the next test.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from e2e_harness import Pipeline
 from hostile_cases import LZ4_BOMB_BYTES, Case, build_cases, good_photos, headers
 
 from infra.kafka_clients import producer_config
+from infra.services import WORKERS_SERVICE
 from schemas.image_id import KEY_HASH_PREFIX, row_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 GIB = 1024**3
 RSS_BOUND = int(1.5 * GIB)  # issue 11: a worker's peak RSS, whatever arrives
 KILL_RSS = int(2.5 * GIB)  # safety ceiling: the host is shared, a 1x100000 PNG wants ~20 GB
-MAX_RESTARTS = 0  # a record never makes a worker exit
+MAX_RESTARTS = 0  # a record never makes a worker or the sink exit
 ACCOUNT_DEADLINE_S = 150.0
 SAMPLE_INTERVAL_S = 0.2
 
@@ -55,13 +56,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _is_worker(pid: int) -> bool:
-    """A `python -m stream_app worker` process (not the `workers` supervisor)."""
+def _role(pid: int) -> str | None:
+    """"worker" for `python -m stream_app worker` (not the `workers` supervisor), "sink"
+    for `python -m consumers sink`, else None."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
-    return b"stream_app" in argv and b"worker" in argv
+        return None
+    if b"stream_app" in argv and b"worker" in argv:
+        return "worker"
+    if b"consumers" in argv and b"sink" in argv:
+        return "sink"
+    return None
 
 
 def _status_kib(pid: int, field_name: str) -> int | None:
@@ -76,11 +82,13 @@ def _status_kib(pid: int, field_name: str) -> int | None:
 
 @dataclass
 class ProcessWatch:
-    """Samples the pipeline's service processes until stopped: worker pids seen, each
-    worker's peak RSS (VmHWM), services seen down; kills a worker over KILL_RSS."""
+    """Samples the pipeline's service processes until stopped: worker and sink pids seen
+    (a new one is a restart), each worker's peak RSS (VmHWM), services seen down; kills a
+    worker over KILL_RSS."""
 
     pipeline: Pipeline
-    initial_workers: set[int] = field(default_factory=set)
+    initial: set[int] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)
     workers_seen: set[int] = field(default_factory=set)
     peak_bytes: dict[int, int] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
@@ -88,8 +96,9 @@ class ProcessWatch:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def workers(self) -> set[int]:
-        found: set[int] = set()
+    def processes(self) -> dict[int, str]:
+        """pid -> role of every worker and sink process under the services."""
+        found: dict[int, str] = {}
         for st in self.pipeline.services.status():
             if st.pid is None:
                 self.down.add(st.name)
@@ -97,13 +106,17 @@ class ProcessWatch:
             stack = [st.pid]
             while stack:
                 pid = stack.pop()
-                if _is_worker(pid):
-                    found.add(pid)
+                role = _role(pid)
+                if role is not None:
+                    found[pid] = role
                 stack += _children(pid)
         return found
 
     def sample(self) -> None:
-        for pid in self.workers():
+        for pid, role in self.processes().items():
+            self.seen.add(pid)
+            if role != "worker":
+                continue
             self.workers_seen.add(pid)
             hwm = _status_kib(pid, "VmHWM")
             if hwm is not None:
@@ -115,8 +128,7 @@ class ProcessWatch:
                 self.killed.append(f"pid {pid} at {rss // 1024} MiB RSS")
 
     def start(self) -> None:
-        self.initial_workers = self.workers()
-        self.workers_seen = set(self.initial_workers)
+        self.initial = set(self.processes())
         self.sample()
         self._thread = threading.Thread(target=self._run, name="process-watch", daemon=True)
         self._thread.start()
@@ -133,7 +145,7 @@ class ProcessWatch:
 
     @property
     def restarts(self) -> int:
-        return len(self.workers_seen - self.initial_workers)
+        return len(self.seen - self.initial)
 
 
 # -- publishing ------------------------------------------------------------------------
@@ -188,7 +200,7 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pip
     goods = good_photos(len(cases) + 1)
     watch = ProcessWatch(pipeline)
     watch.start()
-    assert watch.initial_workers, f"no stream worker process found\n{pipeline.diagnose()}"
+    assert watch.workers_seen, f"no stream worker process found\n{pipeline.diagnose()}"
     plain = Producer(producer_config(pipeline.kafka, {"compression.type": "none"}))
     # librdkafka checks a record's uncompressed size against message.max.bytes.
     lz4 = Producer(producer_config(
@@ -228,7 +240,7 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pip
         watch.stop()
         if watch.killed:
             for st in pipeline.services.status():
-                if st.name.startswith("worker"):
+                if st.name == WORKERS_SERVICE or st.name.startswith("worker"):
                     pipeline.services.stop(st.name)
 
     problems: list[str] = []
@@ -287,8 +299,8 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pip
         if peak >= RSS_BOUND:
             problems.append(f"worker pid {pid} peaked at {peak / GIB:.2f} GiB (bound 1.5 GiB)")
     if watch.restarts > MAX_RESTARTS:
-        problems.append(f"{watch.restarts} worker restart(s): pids {sorted(watch.workers_seen)}, "
-                        f"at start {sorted(watch.initial_workers)}")
+        problems.append(f"{watch.restarts} worker/sink restart(s): pids {sorted(watch.seen)}, "
+                        f"at start {sorted(watch.initial)}")
     if watch.down:
         problems.append(f"service(s) seen down: {sorted(watch.down)}")
 
@@ -297,6 +309,6 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pip
     summary = (f"\n{len(goods)} good photos, {len(cases)} hostile records, published by "
                f"{(published_ms - good_sent[0].produced_ms) / 1000:.1f} s; slowest good photo "
                f"stored after {stored_s:.1f} s; worker peak RSS {peak / GIB:.2f} GiB; "
-               f"worker restarts {watch.restarts}\n" + "\n".join(table))
+               f"worker/sink restarts {watch.restarts}\n" + "\n".join(table))
     print(summary)
     assert not problems, "\n".join(problems) + "\n" + summary + "\n" + pipeline.diagnose()
