@@ -36,10 +36,10 @@ def cassandra_version(session: Any) -> str | None:
 
 
 def machine_info(session: Any = None) -> dict[str, Any]:
-    try:
-        import torch
+    try:  # the installed version, without importing torch (only stream_app may)
+        from importlib.metadata import version
 
-        torch_v = torch.__version__
+        torch_v: str | None = version("torch")
     except Exception:  # noqa: BLE001
         torch_v = None
     mem = None
