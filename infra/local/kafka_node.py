@@ -174,6 +174,9 @@ def format_command(
         "-XX:TieredStopAtLevel=1",
         f"-Djava.io.tmpdir={tmp_dir}",
         f"-Dlog4j2.configurationFile={log4j2_file}",
+        # The log config names ${sys:kafka.logs.dir}; unset, log4j made a directory of
+        # that literal name in the working directory.
+        f"-Dkafka.logs.dir={tmp_dir}",
         "-cp",
         classpath(lib),
         STORAGE_TOOL,
