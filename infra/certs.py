@@ -1,0 +1,177 @@
+"""A local certificate authority and server certificates signed by it (the `cryptography` package).
+
+`ensure_ca(dir)` creates, once, a CA key and self-signed certificate under `dir`;
+`ensure_server_cert(dir, name, hosts)` creates, once, a key and a certificate for `hosts`
+(IP addresses and DNS names) signed by that CA. Later calls reuse the files while they
+are valid, cover the asked hosts and chain to the CA on disk; otherwise the server pair
+is issued again. Every file is written atomically with mode 0600 (keys and certificates
+alike: the run directory is private). Used by the read API now, by Kafka and Cassandra
+TLS later. Operators who bring their own files simply do not call this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CA_DAYS = 3650
+SERVER_DAYS = 825  # the longest validity browsers accept for a leaf certificate
+# Issue again when less than this is left, so a long-running service never starts on a
+# certificate about to expire.
+RENEW_BEFORE = dt.timedelta(days=30)
+DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
+class ServerCert:
+    cert: Path
+    key: Path
+    ca_cert: Path
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, mode 0600 from the first byte."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; make it exact
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    return cert, key
+
+
+def _fresh(cert: x509.Certificate) -> bool:
+    return cert.not_valid_after_utc - RENEW_BEFORE > _now() >= cert.not_valid_before_utc
+
+
+def ensure_ca(directory: Path | str, name: str = "torchstream local CA") -> tuple[Path, Path]:
+    """(ca.crt, ca.key) under `directory`, created once (mode 0600, directory 0700)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert_path, key_path = d / CA_CERT, d / CA_KEY
+    loaded = _load(cert_path, key_path)
+    if loaded is not None and _fresh(loaded[0]):
+        return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    return names
+
+
+def _covers(cert: x509.Certificate, hosts: Sequence[str]) -> bool:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have = set(ext)
+    return all(n in have for n in _san(hosts))
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def ensure_server_cert(directory: Path | str, name: str = "server",
+                       hosts: Sequence[str] = DEFAULT_HOSTS) -> ServerCert:
+    """`<name>.crt` / `<name>.key` for `hosts`, signed by the CA in `directory` (made if absent)."""
+    if not hosts:
+        raise ValueError("a server certificate needs at least one host")
+    d = Path(directory)
+    ca_cert_path, ca_key_path = ensure_ca(d)
+    ca_loaded = _load(ca_cert_path, ca_key_path)
+    if ca_loaded is None:
+        raise RuntimeError(f"the CA under {d} cannot be read")
+    ca_cert, ca_key = ca_loaded
+    cert_path, key_path = d / f"{name}.crt", d / f"{name}.key"
+    out = ServerCert(cert=cert_path, key=key_path, ca_cert=ca_cert_path)
+    loaded = _load(cert_path, key_path)
+    if (loaded is not None and _fresh(loaded[0]) and _covers(loaded[0], hosts)
+            and _signed_by(loaded[0], ca_cert)):
+        return out
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    not_after = min(now + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return out
