@@ -127,8 +127,8 @@ def prometheus_config(targets: Path, rules: Path, scrape_interval_s: float) -> d
                    "scrape_timeout": interval if scrape_interval_s < 10 else "10s"},
         "rule_files": [str(rules)],
         "scrape_configs": [{
+            # The targets file sets each target's job (stream_worker|sink), over this name.
             "job_name": "pipeline",
-            "honor_labels": True,  # keep the job (stream_worker|sink) the targets file sets
             "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
         }],
     }
@@ -197,7 +197,7 @@ class Monitor:
                              "'prometheus' (bash infra/setup-system.sh)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(json.dumps(
-            prometheus_config(targets_file(self.run_dir), rules, scrape_interval_s), indent=2))
+            prometheus_config(targets_file(self.run_dir), rules, scrape_interval_s), indent=2) + "\n")
         port = _free_port()
         argv = [self.binary, f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
