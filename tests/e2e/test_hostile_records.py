@@ -1,6 +1,7 @@
 """Issue 11: no record stops a stage. Hostile raw records, published the way any Kafka
-client could (a plain confluent-kafka Producer, not producers/), interleaved with good
-photos, on the session's e2e pipeline.
+client could (a plain confluent-kafka Producer, not producers/; kcat for the one record
+that client cannot express, a non-UTF-8 header name), interleaved with good photos, on
+the session's e2e pipeline.
 
 Checked: every good photo is stored as a prediction within a deadline; every hostile
 record has exactly one rejection row (stage and reason from hostile_cases.CASES) under
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -156,7 +159,8 @@ class Sent:
     label: str
     key: bytes | None
     produced_ms: int
-    origin: tuple[str, int, int] | None = None
+    origin: tuple[str, int, int] | None = None  # (topic, partition, offset) once delivered
+    delivered: bool = False
     error: str | None = None
 
 
@@ -166,12 +170,41 @@ def _produce(p: Producer, topic: str, sent: Sent, value: bytes | None, hdrs: lis
             sent.error = str(err)
         else:
             sent.origin = (msg.topic(), msg.partition(), msg.offset())
+            sent.delivered = True
 
     kwargs: dict[str, Any] = {"value": value, "headers": hdrs, "on_delivery": on_delivery}
     if sent.key is not None:
         kwargs["key"] = sent.key
     p.produce(topic, **kwargs)
     p.poll(0)
+
+
+def _kcat(pipeline: Pipeline, topic: str, sent: Sent, case: Case, tmp: Path) -> None:
+    """Publish `case` with kcat, which passes header names through as raw bytes."""
+    exe = shutil.which("kcat") or shutil.which("kafkacat")
+    if exe is None:
+        sent.error = "kcat is not installed"
+        return
+    value = tmp / f"{case.name}.bin"
+    value.write_bytes(case.value or b"")
+    argv: list[str | bytes] = [exe, "-P", "-b", pipeline.kafka.bootstrap_servers, "-t", topic]
+    for name, val in {**pipeline.kafka.client_config, **_secret(pipeline)}.items():
+        argv += ["-X", f"{name}={val}"]
+    if case.key is not None:
+        argv += [b"-k", case.key]
+    for hname, hval in case.headers:
+        argv += [b"-H", (hname if isinstance(hname, bytes) else hname.encode()) + b"=" + (hval or b"")]
+    argv.append(str(value))
+    proc = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    if proc.returncode == 0 and b"fail" not in proc.stderr.lower():
+        sent.delivered = True
+    else:
+        sent.error = f"kcat exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}"
+
+
+def _secret(pipeline: Pipeline) -> dict[str, str]:
+    password = getattr(pipeline.kafka, "sasl_password", None)
+    return {} if password is None else {"sasl.password": password.get_secret_value()}
 
 
 def _expected_id(case: Case, sent: Sent) -> str:
@@ -193,7 +226,9 @@ def _columns(session: Any, keyspace: str, table: str) -> set[str]:
 # -- the test --------------------------------------------------------------------------
 
 
-def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pipeline) -> None:
+def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
+    healthy: Pipeline, tmp_path: Path
+) -> None:
     pipeline = healthy
     token = uuid.uuid4().hex[:8]
     cases = build_cases(token)
@@ -215,11 +250,14 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(healthy: Pip
             if i < len(cases):
                 case = cases[i]
                 sent = Sent(case.name, case.key, int(time.time() * 1000))
-                _produce(lz4 if case.lz4 else plain, pipeline.raw_topic, sent, case.value,
-                         case.headers)
+                if case.kcat:
+                    _kcat(pipeline, pipeline.raw_topic, sent, case, tmp_path)
+                else:
+                    _produce(lz4 if case.lz4 else plain, pipeline.raw_topic, sent, case.value,
+                             case.headers)
                 case_sent.append(sent)
         assert plain.flush(60) == 0 and lz4.flush(60) == 0, "records still queued after 60 s"
-        undelivered = [f"{s.label}: {s.error}" for s in good_sent + case_sent if s.origin is None]
+        undelivered = [f"{s.label}: {s.error}" for s in good_sent + case_sent if not s.delivered]
         assert not undelivered, f"the broker refused records: {undelivered}"
         published_ms = int(time.time() * 1000)
 
