@@ -1,7 +1,7 @@
 """What the routes read from Cassandra, at the session's read consistency (LOCAL_QUORUM).
 
-Lookups, stats and rejection lists go through `consumers.queries` (shared with the CLI
-and made fault-tolerant there). One query is the API's own: a page of
+Lookups, stats and rejection lists go through `consumers.queries` (shared with the CLI;
+fault-tolerant there: READ_PROFILE retries and speculative execution). One query is the API's own: a page of
 `predictions_by_label` after a given image id (the clustering key), which `queries`
 does not offer; its hits are checked against `predictions` like `queries.by_label`.
 Every function here is blocking (the driver's sync API): the routes run them in threads.
@@ -16,18 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 from consumers import queries
+from infra.cassandra_session import read_profile_of
 from schemas import cql
 
 
 def image(session: Any, keyspace: str, image_id: str) -> dict[str, Any] | None:
-    """One status per image: its prediction, else its rejection, else None."""
-    preds = queries.fetch_predictions(session, [image_id], keyspace=keyspace)
-    if image_id in preds:
-        return {"image_id": image_id, "status": "prediction", **preds[image_id]}
-    rejs = queries.fetch_rejections(session, [image_id], keyspace=keyspace)
-    if image_id in rejs:
-        return {"image_id": image_id, "status": "rejected", **rejs[image_id]}
-    return None
+    """One status per image (`queries.lookup`: the newer of its prediction and rejection)."""
+    found = queries.lookup(session, [image_id], keyspace=keyspace)
+    if image_id in found.predictions:
+        row, status = found.predictions[image_id], "prediction"
+    elif image_id in found.rejections:
+        row, status = found.rejections[image_id], "rejected"
+    else:
+        return None
+    row = {k: v for k, v in row.items() if k != queries.WRITE_TIME}
+    return {**row, "image_id": image_id, "status": status}
 
 
 def _plain(value: Any) -> Any:
@@ -48,6 +51,8 @@ class LabelPages:
         table = f"{keyspace}.{cql.PREDICTIONS_BY_LABEL_TABLE}"
         self._session = session
         self._keyspace = keyspace
+        # The retries and speculative execution every read of `queries` runs under.
+        self._profile = read_profile_of(session)
         self._first = session.prepare(f"SELECT {cols} FROM {table} WHERE label = ? LIMIT ?")
         self._after = session.prepare(
             f"SELECT {cols} FROM {table} WHERE label = ? AND image_id > ? LIMIT ?")
@@ -61,9 +66,11 @@ class LabelPages:
         that loses stale index rows to verification still moves forward; None at the end.
         """
         if after is None:
-            rows = list(self._session.execute(self._first, (label, limit)))
+            rows = list(self._session.execute(self._first, (label, limit),
+                                              execution_profile=self._profile))
         else:
-            rows = list(self._session.execute(self._after, (label, after, limit)))
+            rows = list(self._session.execute(self._after, (label, after, limit),
+                                              execution_profile=self._profile))
         hits = [{c: _plain(getattr(r, c)) for c in queries.BY_LABEL_COLUMNS} for r in rows]
         nxt = hits[-1]["image_id"] if len(rows) == limit else None
         if not hits:

@@ -1,7 +1,7 @@
 """The pipeline's stages for the page: the workers' JSON health, merged per stage.
 
-`health_urls` finds the workers' endpoints (a setting, else the `--web-port` of each
-service spec under <run_dir>/services). `merge` is pure: it sums counters over workers,
+`health_urls` finds the workers' endpoints (a setting, else the `web_ports` of each
+service spec under <run_dir>/services, or its `--web-port`). `merge` is pure: it sums counters over workers,
 derives a rate from earlier samples (`RateWindow`) and marks a stage stalled when it has
 lag but no batch for `stall_after_s`. `fetch` does the HTTP with a short deadline: a
 worker that does not answer is listed as down, it does not fail the request.
@@ -18,24 +18,28 @@ from typing import Any
 
 import aiohttp
 
-FETCH_TIMEOUT_S = 1.5
+FETCH_TIMEOUT_S = 3.0  # a worker busy with a forward pass answers late, not never
 COUNTERS = ("records_in", "records_out", "dead_letters", "batches", "failed_batches")
 
 
 def health_urls(configured: list[str], run_dir: Path) -> list[str]:
     if configured:
         return list(configured)
-    urls = []
+    ports: list[int] = []
     for spec_file in sorted((run_dir / "services").glob("*.json")):
         try:
-            argv = json.loads(spec_file.read_text()).get("argv", [])
-        except (OSError, ValueError, AttributeError):
+            spec = json.loads(spec_file.read_text())
+            argv = list(spec.get("argv", []))
+        except (OSError, ValueError, AttributeError, TypeError):
             continue
-        if "--web-port" in argv[:-1]:
-            port = argv[argv.index("--web-port") + 1]
-            if str(port).isdigit():
-                urls.append(f"http://127.0.0.1:{port}/health/")
-    return urls
+        # `web_ports`: every worker's port (a supervisor of N workers has N); older specs
+        # name one worker's port on its command line.
+        found = [p for p in spec.get("web_ports") or [] if isinstance(p, int)]
+        if not found and "--web-port" in argv[:-1]:
+            port = str(argv[argv.index("--web-port") + 1])
+            found = [int(port)] if port.isdigit() else []
+        ports += found
+    return [f"http://127.0.0.1:{p}/health/" for p in dict.fromkeys(ports)]
 
 
 async def fetch(session: aiohttp.ClientSession, urls: list[str]) -> list[dict[str, Any]]:

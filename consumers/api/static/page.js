@@ -104,7 +104,8 @@ async function tick() {
     renderRejections(rej, stats);
     await renderLatest(stats);
     const stalled = view.stages.some(s => s.stalled);
-    setStatus(stalled ? "stalled" : (down ? down + " worker(s) down" : "live"), stalled || down ? "bad" : "ok");
+    if (!view.workers.length) setStatus("live (no worker health endpoint found)", "warn");
+    else setStatus(stalled ? "stalled" : (down ? down + " worker(s) down" : "live"), stalled || down ? "bad" : "ok");
   } catch (e) {
     if (e.message !== "token") setStatus("API unreachable, retrying", "warn");
   }
