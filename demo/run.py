@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from consumers.api import launch as api_launch
 from consumers.settings import SinkSettings
 from demo.accounting import Accounting, account, latencies_ms, percentile
 from demo.progress import StageProgress
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {st.name} ({st.state}) ---\n{services.tail(st.name, 20)}", file=sys.stderr)
             print(f"demo: pipeline not ready: {exc}", file=sys.stderr)
             return 1
+        try:  # the live page (read API): a failure to serve it does not stop the demo
+            step(f"web page: {api_launch.start(services, run_dir).page_url()}")
+        except (TimeoutError, OSError) as exc:
+            print(f"    web page not available: {exc} (log: {services.log_file('api')})")
         counted = [topics.DECODED, topics.INFERRED]
         before = groups.end_offsets(kafka, counted)
 

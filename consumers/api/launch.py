@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.services import ServiceSpec
+from infra.services import Services, ServiceSpec
 
 SERVICE_NAME = "api"
 
@@ -82,3 +82,9 @@ def wait_serving(run_dir: Path | str, timeout_s: float, pid: int | None = None) 
             raise TimeoutError(f"the read API under {run_dir} did not answer /healthz "
                                f"within {timeout_s:.0f}s")
         time.sleep(0.25)
+
+
+def start(services: Services, run_dir: Path | str, timeout_s: float = 60.0) -> Endpoint:
+    """Start the API as a service of `services` (or find it running) and wait until it serves."""
+    pid = services.start(service_spec())
+    return wait_serving(run_dir, timeout_s, pid=pid)
