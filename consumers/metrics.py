@@ -143,6 +143,10 @@ class SinkCollector(Collector):
         return out
 
     def _counters(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("torchstream_sink_info", "Always 1: the sink's consumer group",
+                                 labels=["group_id"])
+        info.add_metric([str(getattr(self._sink, "group_id", ""))], 1)
+        yield info
         c = self._sink.counters
         consumed = CounterMetricFamily("torchstream_sink_records_consumed",
                                        "Records the sink consumed (predictions and dead letters)")

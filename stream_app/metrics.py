@@ -145,6 +145,12 @@ def stage_metrics(snap: dict[str, Any], prefix: str, now: float) -> Iterator[Met
     lag = GaugeMetricFamily("torchstream_consumer_lag_records", "Records between a partition's "
                             "end and the consumer's position, per assigned partition",
                             labels=["stage", "topic", "partition"])
+    model = snap.get("model") or {}
+    info = GaugeMetricFamily("torchstream_worker_info", "Always 1: the worker's consumer group "
+                             "and model", labels=["app_id", "model", "model_version"])
+    info.add_metric([str(snap.get("app_id", "")), str(model.get("name") or ""),
+                     str(model.get("version") or "")], 1)
+    yield info
     for st in snap.get("stages", []):
         name = st["stage"]
         topics = STAGE_BY_NAME.get(name)

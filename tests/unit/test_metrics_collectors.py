@@ -28,6 +28,8 @@ def _samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 SNAPSHOT = {
     "status": "ok",
+    "app_id": "torchstream",
+    "model": {"name": "efficientnet-lite0", "version": "1"},
     "stages": [
         {"stage": "decode", "source": "p.images.raw", "records_in": 10, "records_out": 8,
          "dead_letters": 2, "dead_letter_reasons": {"not-an-image": 2}, "batches": 3,
@@ -64,6 +66,8 @@ def test_stage_metrics_from_a_health_snapshot() -> None:
               (("stage", "infer"), ("topic", "p.images.decoded")))] == 0
     assert any(k[0] == "process_resident_memory_bytes" for k in s)
     assert any(k[0] == "process_cpu_seconds_total" for k in s)
+    assert s[("torchstream_worker_info", (("app_id", "torchstream"),
+                                          ("model", "efficientnet-lite0"), ("model_version", "1")))] == 1
 
 
 def test_stage_metrics_last_batch_time() -> None:
@@ -163,6 +167,7 @@ class FakeSink:
         self._consumer = _Consumer()
         self._cluster = _Cluster()
         self.settings = _Settings()
+        self.group_id = "vision-sink"
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {("images.predictions", 1): 4, ("images.predictions", 0): 0}
@@ -175,6 +180,7 @@ def test_sink_collector_reads_the_sink() -> None:
     s = {(x.name, tuple(sorted(x.labels.items()))): x.value
          for m in collector.collect() for x in m.samples}
     assert s[("torchstream_sink_records_consumed_total", ())] == 12
+    assert s[("torchstream_sink_info", (("group_id", "vision-sink"),))] == 1
     assert s[("torchstream_sink_records_settled_total", (("kind", "prediction"),))] == 9
     assert s[("torchstream_sink_records_settled_total", (("kind", "dead_letter"),))] == 1
     assert s[("torchstream_cassandra_write_retries_total", ())] == 4
