@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from infra import monitor, pipeline_cli
+from infra.backup import cli as backup_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
 from infra.local.topology import MAX_NODES, node_by_name
 from infra.settings import PipelineSettings
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", "--lines", type=int, default=50)
     pipeline_cli.add_parser(sub)
     monitor.add_parser(sub)
+    backup_cli.add_parsers(sub)
     return p
 
 
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return pipeline_cli.run(args, resolve_run_dir(args.run_dir))
     if cmd == "monitor":
         return monitor.run_cli(args, resolve_run_dir(args.run_dir))
+    if cmd in backup_cli.COMMANDS:
+        return backup_cli.run(args, resolve_run_dir(args.run_dir))
     cluster = LocalCluster(resolve_run_dir(args.run_dir))
     if cmd == "up":
         t0 = time.monotonic()
