@@ -127,20 +127,35 @@ def pages(session: Any, statement: Any, params: Sequence[Any] | None = None,
 def _by_ids(session: Any, keyspace: str, table: str, columns: Sequence[str], ids: Iterable[str],
             consistency: int | None, concurrency: int,
             dated: bool = False) -> dict[str, dict[str, Any]]:
+    """Each id's row, read concurrently; ids whose read failed retriably (the driver's
+    own retries and speculation used up) are asked again, at most PAGE_ATTEMPTS tries."""
     from cassandra.concurrent import execute_concurrent_with_args
 
-    unique = list(dict.fromkeys(ids))
-    if not unique:
+    pending = list(dict.fromkeys(ids))
+    if not pending:
         return {}
     ps = _prepare(session, _select(columns, keyspace, table, "image_id = ?", dated), consistency)
-    results = execute_concurrent_with_args(session, ps, [(i,) for i in unique],
-                                           concurrency=concurrency, raise_on_first_error=True,
-                                           execution_profile=read_profile_of(session))
     cols = (*columns, WRITE_TIME) if dated else columns
     out: dict[str, dict[str, Any]] = {}
-    for (_ok, rows), image_id in zip(results, unique, strict=True):
-        for row in rows:
-            out[image_id] = _row(cols, row)
+    for attempt in range(1, PAGE_ATTEMPTS + 1):
+        results = execute_concurrent_with_args(session, ps, [(i,) for i in pending],
+                                               concurrency=concurrency,
+                                               raise_on_first_error=False,
+                                               execution_profile=read_profile_of(session))
+        failed: list[str] = []
+        for (ok, rows), image_id in zip(results, pending, strict=True):
+            if not ok:
+                if attempt == PAGE_ATTEMPTS or not retriable_read_error(rows):
+                    raise rows
+                failed.append(image_id)
+                continue
+            for row in rows:
+                out[image_id] = _row(cols, row)
+        if not failed:
+            break
+        log.warning("%d reads of %s.%s failed (e.g. %s); asking again", len(failed), keyspace,
+                    table, failed[0])
+        pending = failed
     return out
 
 

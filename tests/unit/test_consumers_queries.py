@@ -169,3 +169,39 @@ def test_the_read_profile_speculates_and_keeps_a_retry_inside_its_timeout() -> N
     assert prof.speculative_execution_policy.max_attempts >= 1
     # A server read timeout (5 s) plus one more attempt fits in the request timeout.
     assert prof.request_timeout > 2 * 5.0
+
+
+def test_point_reads_that_fail_retriably_are_asked_again(monkeypatch) -> None:
+    import cassandra.concurrent as concurrent
+
+    calls: list[list[str]] = []
+    fails = {"b": 1, "c": 1}
+
+    def fake_concurrent(_session: Any, _ps: Any, params: list[tuple[str]], **kw: Any) -> list[Any]:
+        assert kw["execution_profile"] == cassandra_session.READ_PROFILE
+        ids = [p[0] for p in params]
+        calls.append(ids)
+        out = []
+        for i in ids:
+            if fails.get(i, 0) > 0:
+                fails[i] -= 1
+                out.append((False, OperationTimedOut("slow")))
+            else:
+                cols = dict.fromkeys(queries.REJECTION_COLUMNS)
+                out.append((True, [row(**{**cols, "image_id": i, "reason": "r"})]))
+        return out
+
+    monkeypatch.setattr(concurrent, "execute_concurrent_with_args", fake_concurrent)
+    session = FakeSession([])
+    got = queries.fetch_rejections(session, ["a", "b", "c", "a"], keyspace="ks")
+    assert set(got) == {"a", "b", "c"}
+    assert calls == [["a", "b", "c"], ["b", "c"]]  # only the failed ones again
+
+    fails.update({"a": 99})
+    with pytest.raises(OperationTimedOut):
+        queries.fetch_rejections(session, ["a"], keyspace="ks")
+    calls.clear()
+    monkeypatch.setattr(concurrent, "execute_concurrent_with_args",
+                        lambda *_a, **_k: [(False, ValueError("bad"))])
+    with pytest.raises(ValueError):
+        queries.fetch_rejections(session, ["a"], keyspace="ks")
