@@ -9,11 +9,14 @@ violation unless the writer is about to delete the older row).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from consumers import queries
+from infra import groups
+from infra.settings import KafkaSettings
 
 
 @dataclass
@@ -36,6 +39,34 @@ def account(session: Any, keyspace: str, ids: Iterable[str]) -> Accounting:
     found = queries.lookup(session, ids, keyspace=keyspace)
     return Accounting(stored=found.predictions, rejected=found.rejections,
                       missing=set(found.missing), shadowed=found.shadowed)
+
+
+def wait_accounted(session: Any, keyspace: str, ids: Sequence[str], *, kafka: KafkaSettings,
+                   counted: Mapping[str, str], before: Mapping[str, int], timeout_s: float,
+                   done: Callable[[Accounting], tuple[int, int]] | None = None,
+                   progress: Callable[[dict[str, int]], None] | None = None,
+                   every_s: float = 1.0) -> tuple[Accounting, dict[str, int]]:
+    """Poll until every id is stored or rejected, or `timeout_s` passed; returns the last
+    accounting and counts (published, one count per `counted` name, stored, rejected).
+
+    Each poll reads both tables (the read profile: one Cassandra node dying only slows
+    it) and the end offsets of the `counted` topics ({name: topic}, records since
+    `before`, through infra.kafka_retry: a leader move is retried). A Kafka failure that
+    outlasts the retry deadline raises KafkaCallFailed (one line). `done` says which
+    rows count (default: all found)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        acc = account(session, keyspace, ids)
+        stored, rejected = done(acc) if done else (len(acc.stored), len(acc.rejected))
+        now = groups.end_offsets(kafka, list(counted.values()))
+        counts = {"published": len(ids),
+                  **{name: now[t] - before.get(t, 0) for name, t in counted.items()},
+                  "stored": stored, "rejected": rejected}
+        if progress is not None:
+            progress(counts)
+        if stored + rejected >= len(ids) or time.monotonic() > deadline:
+            return acc, counts
+        time.sleep(min(every_s, max(0.0, deadline - time.monotonic())))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from consumers.api import launch as api_launch
 from consumers.settings import SinkSettings
-from demo.accounting import Accounting, account, latencies_ms, percentile
+from demo.accounting import Accounting, latencies_ms, percentile, wait_accounted
 from demo.progress import StageProgress
 from infra import cassandra_session, groups
+from infra.kafka_retry import KafkaCallFailed
 from infra.logs import configure
 from infra.services import Services, pipeline_specs
 from producers.publisher import publish_items
@@ -134,23 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster, session = cassandra_session.connect(sink_settings.cassandra)
         keyspace = sink_settings.cassandra.keyspace
         prog = StageProgress(len(ids), ["published", "decoded", "inferred", "stored", "rejected"])
-        deadline = time.monotonic() + args.timeout
-        counts: dict[str, int] = {}
-        while True:
-            acc = account(session, keyspace, ids)
-            stored, rejected = _done(acc, produced_at)
-            now_off = groups.end_offsets(kafka, counted)
-            counts = {
-                "published": len(ids),
-                "decoded": now_off[topics.DECODED] - before[topics.DECODED],
-                "inferred": now_off[topics.INFERRED] - before[topics.INFERRED],
-                "stored": stored,
-                "rejected": rejected,
-            }
-            prog.update(counts)
-            if stored + rejected >= len(ids) or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
+        acc, counts = wait_accounted(
+            session, keyspace, ids, kafka=kafka,
+            counted={"decoded": topics.DECODED, "inferred": topics.INFERRED}, before=before,
+            timeout_s=args.timeout, done=lambda a: _done(a, produced_at), progress=prog.update)
         prog.close(counts)
         t_end = time.time()
         summary = _summarize(acc, produced_at, ids, t_pub, t_end, s)
@@ -159,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    summary written to {run_dir / 'demo-summary.json'}")
         cluster.shutdown()
         return 0 if summary["missing"] == 0 and s.failed == 0 else 1
+    except KafkaCallFailed as exc:  # already retried until its deadline: one line
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         if args.keep:
             step("KEEP=1: leaving everything running (`python -m infra pipeline down`, `make down`)")
