@@ -1,6 +1,6 @@
 """Settings of the Cassandra sink: the shared Kafka/Cassandra sections plus a `sink` section.
 
-Env: PIPELINE_SINK__GROUP_ID, PIPELINE_SINK__CONCURRENCY, PIPELINE_SINK__RETRY__MAX_ATTEMPTS,
+Env: PIPELINE_SINK__GROUP_ID, PIPELINE_SINK__CONCURRENCY, PIPELINE_SINK__RETRY__MAX_BACKOFF_S,
 PIPELINE_SINK__DLQ_TOPICS=images.decode.dlq,images.infer.dlq ... The keyspace is
 PIPELINE_CASSANDRA__KEYSPACE. Topic names default to the registry in schemas.topics.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from infra.settings import PipelineSettings
@@ -20,14 +20,19 @@ STAGE_DLQS: tuple[str, ...] = tuple(s.dlq for s in topics.STAGES)
 
 
 class RetrySettings(BaseModel):
-    """Backoff for retriable Cassandra errors (Unavailable, timeouts, no host)."""
+    """Backoff for transient Cassandra errors (Unavailable, timeouts, no host, ...).
+
+    They are retried forever, with no attempt limit to set: a Cassandra outage stalls the
+    sink (lag grows, the health line shows the retries) instead of dead-lettering good
+    records and committing past them, which would leave their images without a row.
+    """
+
+    # A leftover `max_attempts` (an older release's limit) fails at start, not silently.
+    model_config = ConfigDict(extra="forbid")
 
     initial_backoff_s: float = Field(default=0.1, gt=0)
     max_backoff_s: float = Field(default=5.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1.0)
-    # 0 = retry forever: a Cassandra outage stalls the sink (lag grows) instead of
-    # dead-lettering good records. A positive value dead-letters after that many attempts.
-    max_attempts: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> RetrySettings:

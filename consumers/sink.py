@@ -6,6 +6,13 @@ done when Cassandra acknowledged all its rows (and, if it is refused, when its d
 letter is delivered); only then does its offset count, and only the contiguous
 done-watermark per partition is stored (`WatermarkTracker`). librdkafka's auto-commit
 commits what is stored; shutdown and rebalances commit synchronously.
+
+Every record the sink sees leaves a row: transient Cassandra errors are retried forever
+(the record stays open, so nothing is committed past it); a record whose rows Cassandra
+refuses for good gets a small last-resort rejection row (`records.fallback_writes`) and
+a dead letter. What no record can fix stops the sink before it, offsets unmoved: a
+missing keyspace or table, missing permissions, or a record under a schema version newer
+than this sink reads.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from consumers.offsets import TP, WatermarkTracker
 from consumers.records import (
     KafkaRecord,
     Mapped,
+    UnknownSchemaVersion,
+    fallback_writes,
     map_record,
     sink_dead_letter,
     write_failed_request,
@@ -41,9 +50,14 @@ from schemas import cql
 
 log = logging.getLogger(__name__)
 
+# A sink dead letter the topic refused as too large is sent again with the original
+# payload cut to this (the row is written already; the dead letter is for forensics).
+TRUNCATED_PAYLOAD_BYTES = 64 * 1024
+
 
 class SinkFatalError(RuntimeError):
-    """Cassandra refuses every write for a reason no record can fix (missing keyspace...)."""
+    """A fault no record can get past (missing keyspace, no permission, a record newer
+    than this sink's schemas): the sink stops with offsets before it."""
 
 
 @dataclass(eq=False)
@@ -52,8 +66,12 @@ class PendingRecord:
     mapped: Mapped
     remaining: int
     failure: WriteFailed | None = None
+    # Set once its rows were refused and the last-resort rejection row was submitted.
+    fallback: bool = False
     cancelled: bool = False
     dlq_attempts: int = 0
+    # Set after the dead-letter topic refused the dead letter as too large.
+    dlq_truncate: bool = False
 
     @property
     def tp(self) -> TP:
@@ -96,6 +114,12 @@ def check_tables(session: Any, keyspace: str) -> None:
         raise ConsistencyConfigError(
             f"keyspace {keyspace!r} lacks table(s) {missing}; provision it first "
             "(python -m infra provision)"
+        )
+    absent = [f"{t}.{c}" for t, c, _type in cql.ADDED_COLUMNS if (t, c) not in columns]
+    if absent:
+        raise ConsistencyConfigError(
+            f"keyspace {keyspace!r} lacks column(s) {absent}; provision it again "
+            "(python -m infra provision adds them)"
         )
     top_k = columns.get((cql.PREDICTIONS_TABLE, "top_k"), "")
     if top_k.startswith("list<"):
@@ -235,7 +259,11 @@ class Sink:
         rec = KafkaRecord.from_message(msg)
         tp = (rec.topic, rec.partition)
         self.tracker.track(tp, rec.offset)
-        mapped = map_record(rec, self.settings.sink.predictions_topic)
+        try:
+            mapped = map_record(rec, self.settings.sink.predictions_topic)
+        except UnknownSchemaVersion as exc:
+            # Tracked but never done: no offset is stored or committed past it.
+            raise SinkFatalError(str(exc)) from exc
         pr = PendingRecord(rec, mapped, remaining=len(mapped.writes))
         self._open[tp][rec.offset] = pr
         self._open_count += 1
@@ -249,8 +277,7 @@ class Sink:
             self._settle(pr)
             return
         assert self._writer is not None
-        for w in mapped.writes:
-            self._writer.submit(w, pr)
+        self._writer.submit(mapped.writes, pr)
 
     def _progress(self, timeout: float) -> None:
         """Collect finished writes and dead-letter deliveries; settle records."""
@@ -260,7 +287,11 @@ class Sink:
             if pr.cancelled:
                 continue
             pr.remaining -= 1
-            if failure is not None and pr.failure is None:
+            if failure is not None and pr.fallback:
+                log.critical("record %s[%d]@%d (image %s): even its last-resort rejection row "
+                             "was refused (%s); only its dead letter remains", pr.rec.topic,
+                             pr.rec.partition, pr.rec.offset, pr.mapped.image_id, failure)
+            elif failure is not None and pr.failure is None:
                 pr.failure = failure
                 log.error("record %s[%d]@%d (image %s) cannot be written: %s", pr.rec.topic,
                           pr.rec.partition, pr.rec.offset, pr.mapped.image_id, failure)
@@ -276,6 +307,16 @@ class Sink:
                     self._send_dead_letter(pr)
 
     def _settle(self, pr: PendingRecord) -> None:
+        if pr.failure is not None and not pr.fallback:
+            # Its rows were refused for good: the image still gets a row, then the dead
+            # letter goes out, then the offset may move.
+            writes = fallback_writes(pr.mapped, pr.rec, pr.failure.error)
+            pr.fallback = True
+            pr.remaining = len(writes)
+            self.counters.refused += 1
+            assert self._writer is not None
+            self._writer.submit(writes, pr)
+            return
         if pr.failure is not None or pr.mapped.dead_letter is not None:
             self._send_dead_letter(pr)
         else:
@@ -285,20 +326,22 @@ class Sink:
         req = pr.mapped.dead_letter
         if req is None:
             assert pr.failure is not None
-            req = write_failed_request(pr.mapped, pr.failure.error, retriable=pr.failure.retriable)
-        value, headers = sink_dead_letter(pr.rec, req)
+            req = write_failed_request(pr.mapped, pr.failure.error)
+        value, headers = sink_dead_letter(
+            pr.rec, req, TRUNCATED_PAYLOAD_BYTES if pr.dlq_truncate else None
+        )
         pr.dlq_attempts += 1
 
         def delivered(err: Any, _msg: Any, pr: PendingRecord = pr) -> None:
             if pr.cancelled:
                 return
             if err is not None:
-                log.error("dead letter for %s[%d]@%d not delivered (%s); retrying", pr.rec.topic,
-                          pr.rec.partition, pr.rec.offset, err)
-                self._dlq_retry.append((time.monotonic() + min(30.0, pr.dlq_attempts), pr))
+                self._dead_letter_failed(pr, err)
                 return
             self.counters.dead_lettered += 1
             self._finish(pr)
+
+        from confluent_kafka import KafkaException
 
         while True:
             try:
@@ -307,12 +350,31 @@ class Sink:
                 return
             except BufferError:
                 self._producer.poll(0.1)
+            except KafkaException as exc:  # refused before it left, e.g. too large
+                if not _too_large(exc.args[0]):
+                    raise
+                self._dead_letter_failed(pr, exc.args[0])
+                return
+
+    def _dead_letter_failed(self, pr: PendingRecord, err: Any) -> None:
+        """Retry a dead letter that was not delivered (at-least-once: its record stays
+        open meanwhile); one refused as too large goes again with its payload cut."""
+        if _too_large(err) and not pr.dlq_truncate:
+            pr.dlq_truncate = True
+            log.warning("dead letter for %s[%d]@%d too large (%s); sending it with the payload "
+                        "cut to %d bytes", pr.rec.topic, pr.rec.partition, pr.rec.offset, err,
+                        TRUNCATED_PAYLOAD_BYTES)
+            self._dlq_retry.append((time.monotonic(), pr))
+            return
+        log.error("dead letter for %s[%d]@%d not delivered (%s); retrying", pr.rec.topic,
+                  pr.rec.partition, pr.rec.offset, err)
+        self._dlq_retry.append((time.monotonic() + min(30.0, pr.dlq_attempts), pr))
 
     def _finish(self, pr: PendingRecord) -> None:
         tp = pr.tp
         self._open[tp].pop(pr.rec.offset, None)
         self._open_count -= 1
-        kind = pr.mapped.kind
+        kind = "refused" if pr.fallback else pr.mapped.kind
         if kind == "prediction":
             self.counters.predictions += 1
         elif kind == "rejection":
@@ -466,8 +528,17 @@ class Sink:
 
     @property
     def rows_written(self) -> int:
+        """Upserts Cassandra acknowledged (the one-status deletes not counted)."""
         return 0 if self._writer is None else self._writer.stats.rows_written
 
     @property
     def open_records(self) -> int:
         return self._open_count
+
+
+def _too_large(err: Any) -> bool:
+    """A produce error that retrying the same message cannot fix: it is too large."""
+    from confluent_kafka import KafkaError
+
+    code = err.code() if hasattr(err, "code") else None
+    return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)

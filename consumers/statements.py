@@ -1,4 +1,7 @@
-"""The sink's CQL, one statement per record kind; every write ends in `USING TIMESTAMP ?`.
+"""The sink's CQL, one statement per row kind; each carries `USING TIMESTAMP ?`.
+
+Upserts end with it; the deletes that keep one status per image (consumers.records)
+start with it: `DELETE FROM t USING TIMESTAMP ? WHERE image_id = ?`.
 
 `stored_at` is the coordinator's clock (`toTimestamp(now())`): the time the row was last
 written, which a replay moves forward without touching the data columns' timestamps.
@@ -8,7 +11,13 @@ from __future__ import annotations
 
 import re
 
-from consumers.records import PREDICTION, PREDICTION_BY_LABEL, REJECTION
+from consumers.records import (
+    DELETE_PREDICTION,
+    DELETE_REJECTION,
+    PREDICTION,
+    PREDICTION_BY_LABEL,
+    REJECTION,
+)
 from schemas import cql
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -29,8 +38,14 @@ _WRITES = {
     REJECTION: (
         "INSERT INTO {ks}." + cql.REJECTIONS_TABLE + " (image_id, stage, reason, error_class,"
         " message, retriable, source, origin_topic, origin_partition, origin_offset,"
-        " produced_at, rejected_at, stored_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?"
+        " produced_at, rejected_at, raw_key, stored_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?"
+    ),
+    DELETE_REJECTION: (
+        "DELETE FROM {ks}." + cql.REJECTIONS_TABLE + " USING TIMESTAMP ? WHERE image_id = ?"
+    ),
+    DELETE_PREDICTION: (
+        "DELETE FROM {ks}." + cql.PREDICTIONS_TABLE + " USING TIMESTAMP ? WHERE image_id = ?"
     ),
 }
 

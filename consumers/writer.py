@@ -1,16 +1,26 @@
 """Bounded asynchronous Cassandra writes with retry and backoff.
 
 `AsyncWriter` keeps at most `concurrency` requests in flight (session.execute_async).
-With `batch_rows` > 1, each request carries the rows of whatever is queued when a slot
-frees up, up to `batch_rows` rows and about `batch_bytes`, as one UNLOGGED batch: at a
-low rate a request holds one or two rows (no added latency), under load they fill up,
-which cuts Cassandra's CPU per row several-fold (BENCHMARKS.md). A batch that fails
-with a non-retriable error is split: its rows are retried one by one, so one bad row
-fails only its own record. The driver's callbacks run on its I/O thread and only put the outcome on a queue; all
-bookkeeping (window, retries, counters) happens in the caller's thread inside `pump()`,
-so the sink loop needs no locks. Retriable errors are retried with exponential backoff
-(forever by default); anything else, or exhausted retries, is reported as failed.
-Writes are idempotent upserts with a fixed `USING TIMESTAMP`, so retrying is safe.
+A submission is the statements of one record (e.g. a prediction's two rows and the
+delete of its rejection); they always travel in one request. With `batch_rows` > 1, each
+request carries whatever submissions are queued when a slot frees up, up to `batch_rows`
+statements and about `batch_bytes`, as one UNLOGGED batch: at a low rate a request holds
+one record (no added latency), under load they fill up, which cuts Cassandra's CPU per
+row several-fold (BENCHMARKS.md). A request of several records that fails with a
+non-retriable error is split: each record is retried alone, so one bad row fails only
+its own record. The driver's callbacks run on its I/O thread and only put the outcome on
+a queue; all bookkeeping (window, retries, counters) happens in the caller's thread
+inside `pump()`, so the sink loop needs no locks.
+
+Error classes (see `is_retriable`, `is_fatal`):
+* transient in practice (timeouts, unavailable, overloaded, a replica's WriteFailure, a
+  coordinator's ServerError, connection errors): retried with exponential backoff,
+  forever; the record stays unreported, so its offset is never committed past it;
+* fatal (missing keyspace/table, no permission): no record can get past it; nothing
+  more starts and the sink stops;
+* anything else (InvalidRequest: a value Cassandra refuses): reported as failed, for
+  that record alone.
+Writes are idempotent (upserts and deletes at a fixed `USING TIMESTAMP`), so retrying is safe.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import queue
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers.metrics import track_request
 from consumers.records import Write
 from consumers.settings import RetrySettings
 
@@ -33,22 +44,30 @@ log = logging.getLogger(__name__)
 
 
 def _retriable_types() -> tuple[type[BaseException], ...]:
-    from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+    from cassandra import OperationTimedOut, Unavailable, WriteFailure, WriteTimeout
     from cassandra.cluster import NoHostAvailable
-    from cassandra.connection import ConnectionException
-    from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+    from cassandra.connection import ConnectionBusy, ConnectionException
+    from cassandra.protocol import (
+        IsBootstrappingErrorMessage,
+        OverloadedErrorMessage,
+        ServerError,
+    )
 
-    # The four the contract names, plus what a coordinator dying mid-request looks like
-    # (connection errors) and a coordinator that is overloaded or still starting. Not
-    # retried: WriteFailure (replicas answered with an error), InvalidRequest, ...
+    # Replicas or a coordinator that are down, slow, overloaded, starting, or dying
+    # mid-request. WriteFailure (a replica answered with an error: disk full, a node
+    # shutting down) and ServerError (the coordinator's own exception) are transient in
+    # practice; dead-lettering them would leave the image without a row.
     return (
         Unavailable,
         WriteTimeout,
+        WriteFailure,
         OperationTimedOut,
         NoHostAvailable,
         ConnectionException,
+        ConnectionBusy,
         OverloadedErrorMessage,
         IsBootstrappingErrorMessage,
+        ServerError,
     )
 
 
@@ -89,23 +108,28 @@ def backoff_s(policy: RetrySettings, attempt: int, jitter: float = 0.2) -> float
 class WriteFailed(Exception):
     """A write that will not be retried; keeps the driver's exception (with its counts)."""
 
-    def __init__(self, write: Write, error: BaseException, attempts: int, retriable: bool) -> None:
+    def __init__(self, write: Write, error: BaseException, attempts: int) -> None:
         super().__init__(f"{write.statement} failed after {attempts} attempt(s): "
                          f"{type(error).__name__}: {error}")
         self.write = write
         self.error = error
         self.attempts = attempts
-        self.retriable = retriable
 
 
 @dataclass
 class _Job:
-    write: Write
+    """One submission: the statements of one record, always sent in one request."""
+
+    writes: tuple[Write, ...]
     owner: Any
     attempts: int = 0
     # Set after its batch failed for a reason that is not retriable: from then on this
-    # write goes alone, so the error lands on the row that caused it.
+    # record goes alone, so the error lands on the record that caused it.
     solo: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(estimated_size(w.params) for w in self.writes)
 
 
 def estimated_size(value: Any) -> int:
@@ -162,7 +186,7 @@ def unlogged_batch(bound: list[Any], consistency: Any) -> Any:
 
 @dataclass
 class WriterStats:
-    rows_written: int = 0
+    rows_written: int = 0  # upserts acknowledged (the deletes that go with them not counted)
     requests: int = 0
     # Batches that failed with a non-retriable error and were retried row by row.
     batches_split: int = 0
@@ -213,22 +237,27 @@ class AsyncWriter:
         self._seq = itertools.count()
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.in_flight = 0  # requests
-        self._rows_in_flight = 0
+        self._jobs_in_flight = 0
         self.stats = WriterStats()
         # Set by an error no record can get past (see is_fatal); nothing starts after it.
         self.fatal: WriteFailed | None = None
 
     # -- submission ------------------------------------------------------------------
-    def submit(self, write: Write, owner: Any) -> None:
-        self._queued.append(_Job(write, owner))
+    def submit(self, writes: Write | Sequence[Write], owner: Any) -> None:
+        """Queue one record's statements; they go in one request, and each is reported
+        by `pump()` as (owner, write, failure|None)."""
+        group = (writes,) if isinstance(writes, Write) else tuple(writes)
+        if not group:
+            raise ValueError("nothing to write")
+        self._queued.append(_Job(group, owner))
         if self._batch_rows == 1:
             self._start_ready()
         # Batching: requests start in pump(), once the caller has queued all it has.
 
     @property
     def backlog(self) -> int:
-        """Writes not yet finished: queued, waiting to retry, or in flight (rows)."""
-        return (len(self._queued) + len(self._retry_heap) + self._rows_in_flight
+        """Submissions not yet finished: queued, waiting to retry, or in flight."""
+        return (len(self._queued) + len(self._retry_heap) + self._jobs_in_flight
                 + (self._carry is not None))
 
     @property
@@ -240,17 +269,19 @@ class AsyncWriter:
 
     def _start(self, jobs: list[_Job]) -> None:
         self.in_flight += 1
-        self._rows_in_flight += len(jobs)
+        self._jobs_in_flight += len(jobs)
         self.stats.requests += 1
         for job in jobs:
             job.attempts += 1
         try:
-            bound = [self._prepared[j.write.statement].bind(j.write.bind_values()) for j in jobs]
+            bound = [self._prepared[w.statement].bind(w.bind_values())
+                     for j in jobs for w in j.writes]
             request = bound[0] if len(bound) == 1 else self._make_batch(bound, self._consistency)
             future = self._session.execute_async(request)
         except Exception as exc:  # raised before the request left (e.g. bad bind values)
             self._events.put((jobs, exc))
             return
+        track_request(future, [w.statement for j in jobs for w in j.writes])
         future.add_callbacks(
             callback=lambda _rows, js=jobs: self._events.put((js, None)),
             errback=lambda exc, js=jobs: self._events.put((js, exc)),
@@ -276,18 +307,21 @@ class AsyncWriter:
             job = self._next_job(now)
             if job is None:
                 return
+            # A record always goes whole, even when it alone exceeds the caps.
             jobs = [job]
-            size = estimated_size(job.write.params)
-            while not job.solo and len(jobs) < self._batch_rows:
+            size, rows = job.size, len(job.writes)
+            while not job.solo and rows < self._batch_rows:
                 nxt = self._next_job(now)
                 if nxt is None:
                     break
-                nsize = estimated_size(nxt.write.params)
-                if nxt.solo or size + nsize > self._batch_bytes:
+                nsize = nxt.size
+                if (nxt.solo or size + nsize > self._batch_bytes
+                        or rows + len(nxt.writes) > self._batch_rows):
                     self._carry = nxt
                     break
                 jobs.append(nxt)
                 size += nsize
+                rows += len(nxt.writes)
             self._start(jobs)
 
     # -- completion ------------------------------------------------------------------
@@ -316,48 +350,52 @@ class AsyncWriter:
         return done
 
     def _handle(self, event: _Event, done: list[Completion]) -> None:
-        jobs, exc = event
+        sent, exc = event
         self.in_flight -= 1
-        self._rows_in_flight -= len(jobs)
+        self._jobs_in_flight -= len(sent)
         if exc is None:
-            self.stats.rows_written += len(jobs)
-            done.extend((job.owner, job.write, None) for job in jobs)
+            self.stats.rows_written += sum(not w.is_delete for job in sent for w in job.writes)
+            done.extend((job.owner, w, None) for job in sent for w in job.writes)
             return
         name = type(exc).__name__
         self.stats.errors_by_class[name] = self.stats.errors_by_class.get(name, 0) + 1
         self.stats.last_error = f"{name}: {exc}"
-        jobs = [job for job in jobs if not self._cancelled(job)]
+        jobs = [job for job in sent if not self._cancelled(job)]
         if is_fatal(exc):
             if self.fatal is None:
-                self.fatal = WriteFailed(jobs[0].write if jobs else Write("", (), 0), exc,
-                                         jobs[0].attempts if jobs else 0, retriable=False)
+                first = jobs[0] if jobs else None
+                self.fatal = WriteFailed(first.writes[0] if first else Write("", (), 0), exc,
+                                         first.attempts if first else 0)
                 log.critical("stopping writes: %s", self.fatal)
             # Never reported: their records stay unsettled.
             self._queued.extendleft(reversed(jobs))
             return
-        retriable = is_retriable(exc)
-        if not retriable and len(jobs) > 1:
-            # One row may have spoiled the batch: retry each row alone, at once; this
-            # attempt does not count against the rows.
+        if is_retriable(exc):
+            for job in jobs:
+                delay = backoff_s(self._retry, job.attempts)
+                self.stats.retries += 1
+                log.debug("retrying %s for %r in %.2fs (attempt %d): %s: %s",
+                          job.writes[0].statement, job.writes[0].params[0], delay, job.attempts,
+                          name, exc)
+                heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._seq), job))
+            return
+        # Whether the request held other records is decided on what was sent, not on
+        # what survives cancellation: a survivor of a shared request may be innocent.
+        if len(sent) > 1:
+            # One record may have spoiled the batch: retry each alone, at once; this
+            # attempt does not count against them.
             self.stats.batches_split += 1
-            log.warning("batch of %d rows failed (%s: %s); retrying its rows one by one",
-                        len(jobs), name, exc)
+            log.warning("batch of %d records failed (%s: %s); retrying them one by one",
+                        len(sent), name, exc)
             for job in jobs:
                 job.solo = True
                 job.attempts -= 1
             self._queued.extendleft(reversed(jobs))
             return
-        limit = self._retry.max_attempts
         for job in jobs:
-            if retriable and (limit == 0 or job.attempts < limit):
-                delay = backoff_s(self._retry, job.attempts)
-                self.stats.retries += 1
-                log.debug("retrying %s for %r in %.2fs (attempt %d): %s: %s", job.write.statement,
-                          job.write.params[0], delay, job.attempts, name, exc)
-                heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._seq), job))
-                continue
             self.stats.failed += 1
-            done.append((job.owner, job.write, WriteFailed(job.write, exc, job.attempts, retriable)))
+            for w in job.writes:
+                done.append((job.owner, w, WriteFailed(w, exc, job.attempts)))
 
 
 def prepare_writes(session: Any, statements: dict[str, str], consistency: int) -> dict[str, Any]:

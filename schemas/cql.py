@@ -10,6 +10,10 @@ PREDICTIONS_BY_LABEL_TABLE = "predictions_by_label"
 REJECTIONS_TABLE = "rejections"
 TABLES = (PREDICTIONS_TABLE, PREDICTIONS_BY_LABEL_TABLE, REJECTIONS_TABLE)
 
+# Columns added after the first release: (table, column, CQL type). `CREATE TABLE IF NOT
+# EXISTS` leaves an existing table as it is, so provisioning adds these when missing.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ((REJECTIONS_TABLE, "raw_key", "text"),)
+
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 # Datacenter names go inside a quoted map key: no quotes or braces.
 _DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,3 +48,10 @@ def keyspace_ddl(keyspace: str, replication_factor: int = 3, datacenter: str = "
 def table_ddl(keyspace: str) -> list[str]:
     """`CREATE TABLE IF NOT EXISTS` for every table in TABLES, in that order."""
     return _statements(keyspace, 3, "datacenter1")[1:]
+
+
+def add_column_ddl(keyspace: str, table: str, column: str, cql_type: str) -> str:
+    """`ALTER TABLE ... ADD` for one of ADDED_COLUMNS."""
+    if (table, column, cql_type) not in ADDED_COLUMNS:
+        raise ValueError(f"{table}.{column} {cql_type} is not a known added column")
+    return f"ALTER TABLE {_check_ident('keyspace', keyspace)}.{table} ADD {column} {cql_type}"

@@ -1,3 +1,6 @@
+import pytest
+from pydantic import ValidationError
+
 from consumers.settings import SinkSettings
 from schemas import topics
 
@@ -13,9 +16,16 @@ def test_defaults_are_the_registry_topics():
 def test_env_overrides(monkeypatch):
     monkeypatch.setenv("PIPELINE_SINK__DLQ_TOPICS", "a.dlq, b.dlq")
     monkeypatch.setenv("PIPELINE_SINK__CONCURRENCY", "128")
-    monkeypatch.setenv("PIPELINE_SINK__RETRY__MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("PIPELINE_SINK__RETRY__MAX_BACKOFF_S", "7")
     monkeypatch.setenv("PIPELINE_CASSANDRA__KEYSPACE", "ks_env")
     s = SinkSettings()
     assert s.sink.dlq_topics == ["a.dlq", "b.dlq"]
-    assert s.sink.concurrency == 128 and s.sink.retry.max_attempts == 5
+    assert s.sink.concurrency == 128 and s.sink.retry.max_backoff_s == 7
     assert s.cassandra.keyspace == "ks_env"
+
+
+def test_an_attempt_limit_is_refused_at_start(monkeypatch):
+    # Transient errors are retried forever; a limit would commit past unwritten images.
+    monkeypatch.setenv("PIPELINE_SINK__RETRY__MAX_ATTEMPTS", "5")
+    with pytest.raises(ValidationError, match="max_attempts"):
+        SinkSettings()

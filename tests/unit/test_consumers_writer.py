@@ -1,11 +1,24 @@
 """The bounded async writer against a fake session (no servers)."""
 
-from cassandra import ConsistencyLevel, InvalidRequest, Unavailable, WriteTimeout
+import pytest
+from cassandra import (
+    ConsistencyLevel,
+    InvalidRequest,
+    OperationTimedOut,
+    Unauthorized,
+    Unavailable,
+    WriteFailure,
+    WriteTimeout,
+)
 from cassandra.cluster import NoHostAvailable
+from cassandra.connection import ConnectionBusy, ConnectionException, ConnectionShutdown
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 
-from consumers.records import Write
+from consumers.records import DELETE_REJECTION, Write
 from consumers.settings import RetrySettings
-from consumers.writer import AsyncWriter, is_retriable
+from consumers.writer import AsyncWriter, is_fatal, is_retriable
+
+CL = ConsistencyLevel.LOCAL_QUORUM
 
 
 class FakeFuture:
@@ -41,12 +54,17 @@ class FakeSession:
         pending, self.pending = self.pending, []
         for bound, f in pending:
             # A batch (see make_batch) fails with the first planned error of any of its rows.
-            keys = [b[0] for b in bound[1]] if bound[0] == "batch" else [bound[0]]
+            keys = [key_of(b) for b in bound[1]] if bound[0] == "batch" else [key_of(bound)]
             errors = next((self.plan[k] for k in keys if self.plan.get(k)), [])
             if errors:
                 f.eb(errors.pop(0))
             else:
                 f.cb([])
+
+
+def key_of(bound):
+    """The key a bound write is for (upserts bind it first, deletes after the timestamp)."""
+    return next(v for v in bound if isinstance(v, str))
 
 
 class Clock:
@@ -61,15 +79,20 @@ def write(key):
     return Write("w", (key,), 1000)
 
 
+def delete(key):
+    return Write(DELETE_REJECTION, (key,), 1000)
+
+
 def make_batch(bound, consistency):
     return ("batch", tuple(bound))
 
 
-def make(session, concurrency=4, max_attempts=0, clock=None, batch_rows=1, batch_bytes=20_000):
-    return AsyncWriter(session, {"w": FakePrepared()}, concurrency=concurrency,
-                       retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0,
-                                           max_attempts=max_attempts), clock=clock or Clock(),
-                       batch_rows=batch_rows, batch_bytes=batch_bytes, make_batch=make_batch)
+def make(session, concurrency=4, clock=None, batch_rows=1, batch_bytes=20_000):
+    return AsyncWriter(session, {"w": FakePrepared(), DELETE_REJECTION: FakePrepared()},
+                       concurrency=concurrency,
+                       retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0),
+                       clock=clock or Clock(), batch_rows=batch_rows, batch_bytes=batch_bytes,
+                       make_batch=make_batch)
 
 
 def sizes(session):
@@ -122,16 +145,60 @@ def test_non_retriable_error_fails_at_once_and_keeps_the_cause():
     w = make(s, clock=clock)
     w.submit(write("k"), owner="x")
     ((owner, _, failure),) = run_until_idle(w, s, clock)
-    assert owner == "x" and failure.error is err and not failure.retriable
+    assert owner == "x" and failure.error is err
     assert failure.attempts == 1 and w.stats.failed == 1
 
 
-def test_max_attempts_exhausted_fails_as_retriable():
-    s, clock = FakeSession({"k": [NoHostAvailable("none", {})] * 5}), Clock()
-    w = make(s, max_attempts=3, clock=clock)
+# What each transient error looks like when the driver raises it.
+TRANSIENT = [
+    Unavailable("down", CL, 2, 1),
+    WriteTimeout("slow", consistency=CL, required_responses=2, received_responses=1,
+                 write_type=0),
+    WriteFailure("replica error", consistency=CL, required_responses=2, received_responses=1,
+                 failures=1, error_code_map={}, write_type=0),
+    ServerError(0, "java.lang.RuntimeException", None),
+    OperationTimedOut("client timeout"),
+    NoHostAvailable("none", {}),
+    ConnectionException("reset"),
+    ConnectionShutdown("closed"),
+    ConnectionBusy("busy"),
+    OverloadedErrorMessage(0, "overloaded", None),
+    IsBootstrappingErrorMessage(0, "bootstrapping", None),
+]
+
+
+@pytest.mark.parametrize("err", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_each_transient_error_is_retried_forever_and_never_reported(err):
+    s, clock = FakeSession({"k": [err] * 60}), Clock()
+    w = make(s, clock=clock)
     w.submit(write("k"), owner="x")
-    ((_, _, failure),) = run_until_idle(w, s, clock)
-    assert failure.retriable and failure.attempts == 3 and s.calls == 3
+    while w.stats.retries < 60:  # far past any old attempt limit: pending, never failed
+        s.resolve_all()
+        assert w.pump(0) == []
+        clock.t += 10.0
+    assert w.backlog == 1 and w.stats.failed == 0
+    assert not is_fatal(err)
+    done = run_until_idle(w, s, clock)  # the cluster is back
+    assert [(o, f) for o, _, f in done] == [("x", None)] and s.calls == 61
+
+
+@pytest.mark.parametrize("err, fatal", [
+    (InvalidRequest("Key length of 70000 is longer than maximum of 65535"), False),
+    (InvalidRequest("Batch too large"), False),
+    (InvalidRequest("keyspace vision does not exist"), True),
+    (InvalidRequest("unconfigured table rejections"), True),
+    (Unauthorized("no MODIFY permission"), True),
+], ids=["key-too-long", "batch-too-large", "no-keyspace", "no-table", "unauthorized"])
+def test_refused_and_fatal_errors_are_told_apart(err, fatal):
+    assert not is_retriable(err) and is_fatal(err) is fatal
+    s, clock = FakeSession({"k": [err]}), Clock()
+    w = make(s, clock=clock)
+    w.submit(write("k"), owner="x")
+    done = run_until_idle(w, s, clock, rounds=3)
+    if fatal:  # never reported: its record stays open, and nothing more starts
+        assert done == [] and w.fatal is not None and w.fatal.error is err
+    else:
+        assert [(o, f.error) for o, _, f in done] == [("x", err)] and w.fatal is None
 
 
 def test_cancelled_owner_is_dropped():
@@ -149,8 +216,33 @@ def test_cancelled_owner_is_dropped():
 
 
 def test_classification():
-    assert is_retriable(Unavailable("x")) and is_retriable(NoHostAvailable("x", {}))
+    assert all(is_retriable(e) for e in TRANSIENT)
     assert not is_retriable(InvalidRequest("x")) and not is_retriable(ValueError())
+
+
+def test_a_records_statements_go_in_one_request_and_are_each_reported():
+    s, clock = FakeSession(), Clock()
+    w = make(s, concurrency=4, clock=clock, batch_rows=1)
+    w.submit([write("a"), write("a2"), delete("a")], owner="rec")
+    assert sizes(s) == [3]  # one batch of 3, even with batch_rows=1
+    done = run_until_idle(w, s, clock)
+    assert [(o, wr.statement) for o, wr, f in done if f is None] == [
+        ("rec", "w"), ("rec", "w"), ("rec", DELETE_REJECTION)]
+    assert w.stats.rows_written == 2  # the delete is not a row
+
+
+def test_a_failing_record_fails_all_its_statements():
+    bad = InvalidRequest("value too large")
+    s, clock = FakeSession({"a": [bad]}), Clock()
+    w = make(s, clock=clock)
+    w.submit([write("a"), delete("a")], owner="rec")
+    done = run_until_idle(w, s, clock)
+    assert [(o, f.error) for o, _, f in done] == [("rec", bad), ("rec", bad)]
+    assert w.stats.failed == 1 and w.stats.batches_split == 0
+
+
+def test_delete_binds_its_timestamp_first():
+    assert delete("a").bind_values() == (1000, "a") and write("a").bind_values() == ("a", 1000)
 
 
 def test_fatal_error_is_not_reported_and_stops_new_writes():
@@ -217,6 +309,30 @@ def test_retriable_batch_failure_retries_every_row():
     done = run_until_idle(w, s, clock)
     assert sorted(o for o, _, f in done if f is None) == [0, 1, 2, 3]
     assert w.stats.failed == 0 and w.stats.batches_split == 0
+
+
+class Owner:
+    def __init__(self):
+        self.cancelled = False
+
+
+def test_batch_split_counts_the_request_not_the_rows_left_after_a_revoke():
+    """A batch of three fails on a bad row; two of its records were revoked meanwhile.
+
+    The survivor may be innocent: it is retried alone (not failed because it is alone)."""
+    bad = InvalidRequest("value too large")
+    s, clock = FakeSession({"bad": [bad, bad]}), Clock()
+    w = make(s, concurrency=1, clock=clock, batch_rows=8)
+    good, revoked_bad, revoked = Owner(), Owner(), Owner()
+    w.submit(write("good"), good)
+    w.submit(write("bad"), revoked_bad)
+    w.submit(write("other"), revoked)
+    w.pump(0)
+    assert sizes(s) == [3]
+    revoked_bad.cancelled = revoked.cancelled = True  # revoked while the request was out
+    done = run_until_idle(w, s, clock)
+    assert [(o, f) for o, _, f in done] == [(good, None)]
+    assert w.stats.batches_split == 1 and w.stats.failed == 0 and s.calls == 2
 
 
 def test_fatal_error_in_a_batch_keeps_every_row_unreported():
