@@ -269,6 +269,7 @@ def provision_keyspace(
         statements = list(cql.table_ddl(ks) if table_ddl is None else table_ddl)
         for stmt in statements:
             session.execute(stmt, timeout=DDL_TIMEOUT_S)
+        add_missing_columns(session, ks)
         report.keyspace = ks
         report.tables += len(statements)
         if not session.cluster.control_connection.wait_for_schema_agreement(
@@ -278,6 +279,28 @@ def provision_keyspace(
     finally:
         session.cluster.shutdown()
     return report
+
+
+def add_missing_columns(session: Any, keyspace: str) -> list[str]:
+    """`ALTER TABLE ... ADD` each schemas.cql.ADDED_COLUMNS column an existing table lacks
+    (`CREATE TABLE IF NOT EXISTS` leaves a table from an older release as it was)."""
+    from schemas import cql
+
+    rows = session.execute(
+        "SELECT table_name, column_name FROM system_schema.columns WHERE keyspace_name = %s",
+        (keyspace,),
+        timeout=DDL_TIMEOUT_S,
+    )
+    present = {(r.table_name, r.column_name) for r in rows}
+    tables = {t for t, _ in present}
+    added = []
+    for table, column, cql_type in cql.ADDED_COLUMNS:
+        if table in tables and (table, column) not in present:
+            session.execute(cql.add_column_ddl(keyspace, table, column, cql_type),
+                            timeout=DDL_TIMEOUT_S)
+            added.append(f"{table}.{column}")
+            log.info("keyspace %s: added column %s.%s %s", keyspace, table, column, cql_type)
+    return added
 
 
 def provision(
