@@ -1,16 +1,22 @@
 """Prometheus metrics of the sink, served by prometheus_client's HTTP server on loopback.
 
 Counters and gauges are read on scrape from what the sink already keeps (`SinkCounters`,
-`WriterStats`, its open records, its consumer's positions), so the sink loop does no
+`WriterStats`, its open records, the driver's host states), so the sink loop does no
 extra work for them. Cassandra write latency and rows by table need one observation per
 request: `track_request` (one call in writer.py) adds callbacks to the driver's future.
+
+The Kafka side (lag of the partitions this sink holds, brokers in the metadata) comes
+from a consumer of the metrics' own that never subscribes, refreshed by a background
+thread (`KafkaView`): confluent-kafka serialises a consumer's calls, so a `position()`
+from the scrape thread would wait behind the sink's poll (seen: scrapes hanging 10 s+).
+Scrapes only read the last refresh, so they never wait on the network.
 
 Internals read here, checked against this repository's consumers/sink.py and writer.py
 (the sink is single-threaded; a scrape reads from the HTTP server's thread, so every read
 tolerates a dict changing under it and none takes a lock the sink loop holds):
   Sink.counters, Sink._writer (.stats, .in_flight, .fatal), Sink._open, Sink._open_count,
-  Sink._consumer (position/watermarks via Sink.lag(), list_topics), Sink._cluster
-  (driver metadata: hosts and their is_up), Sink.settings.sink.predictions_topic.
+  Sink.assigned, Sink.group_id, Sink.settings (kafka, sink.predictions_topic),
+  Sink._cluster (driver metadata: hosts and their is_up).
 
 Settings: `PIPELINE_METRICS__HOST` (default 127.0.0.1), `PIPELINE_METRICS__PORT` (default
 9464; infra/monitor.py's SINK_METRICS_PORT_DEFAULT must match), `PIPELINE_METRICS__ENABLED`.
@@ -18,11 +24,11 @@ Settings: `PIPELINE_METRICS__HOST` (default 127.0.0.1), `PIPELINE_METRICS__PORT`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -45,8 +51,8 @@ from schemas import cql
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9464
-# Metadata calls are network round trips: at most one per this many seconds.
-CLUSTER_VIEW_TTL_S = 10.0
+# How often the Kafka view (lag, brokers) is refreshed in the background.
+KAFKA_VIEW_INTERVAL_S = 5.0
 
 TABLE_BY_STATEMENT = {
     PREDICTION: cql.PREDICTIONS_TABLE,
@@ -111,24 +117,93 @@ def track_request(future: Any, statements: Iterable[str]) -> None:
     future.add_callbacks(callback=ok, errback=failed)
 
 
-@dataclass
-class ClusterView:
-    """Brokers and Cassandra nodes the sink's clients see, refreshed at most every TTL."""
+class KafkaView:
+    """Lag of the partitions a sink holds and the brokers count, from a consumer of its own.
 
-    kafka_brokers: int | None = None
-    cassandra_up: int | None = None
-    cassandra_known: int | None = None
-    at: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    Who calls me: `serve_sink_metrics` starts the refresh thread, `close()` stops it; the
+    collector reads `lag` and `brokers` (replaced whole under the lock, never mutated).
+    The lag is log end minus the group's committed offset, so it counts records consumed
+    but not yet acknowledged by Cassandra too (the sink commits only acknowledged ones).
+    """
+
+    def __init__(self, sink: Any, make_consumer: Callable[[], Any],
+                 interval_s: float = KAFKA_VIEW_INTERVAL_S) -> None:
+        self._sink = sink
+        self._make_consumer = make_consumer
+        self._consumer: Any = None
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.lag: dict[tuple[str, int], int] = {}
+        self.brokers: int | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metrics-kafka-view", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # never let the view kill the sink
+                log.warning("metrics: Kafka view refresh failed: %s: %s", type(exc).__name__, exc)
+            self._stop.wait(self._interval_s)
+
+    def refresh(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        if self._consumer is None:
+            self._consumer = self._make_consumer()
+        c = self._consumer
+        try:
+            md = c.list_topics(self._sink.settings.sink.predictions_topic, timeout=2.0)
+            brokers = len(md.brokers)
+        except Exception as exc:  # no broker answered: none up as far as we can tell
+            log.debug("metrics: Kafka metadata unavailable: %s", exc)
+            brokers = 0
+        lag: dict[tuple[str, int], int] = {}
+        held = sorted(_copy_set(self._sink.assigned))
+        if brokers and held:
+            committed = c.committed([TopicPartition(t, p) for t, p in held], timeout=5.0)
+            for tp in committed:
+                lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                 timeout=2.0, cached=False)
+                pos = tp.offset if tp.offset >= 0 else lo
+                lag[(tp.topic, tp.partition)] = max(0, hi - pos)
+        with self._lock:
+            self.brokers, self.lag = brokers, lag
+
+    def read(self) -> tuple[int | None, dict[tuple[str, int], int]]:
+        with self._lock:
+            return self.brokers, self.lag
+
+
+def _copy_set(items: Any) -> set[Any]:
+    """A copy of a set another thread may change meanwhile."""
+    for _ in range(5):
+        try:
+            return set(items)
+        except RuntimeError:  # changed size during iteration
+            continue
+    return set()
 
 
 class SinkCollector(Collector):
     """Reads a running `consumers.sink.Sink` on every scrape."""
 
-    def __init__(self, sink: Any, clock: Any = time.time) -> None:
+    def __init__(self, sink: Any, kafka: KafkaView | None = None, clock: Any = time.time) -> None:
         self._sink = sink
         self._clock = clock
-        self._view = ClusterView()
+        self._kafka = kafka
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -208,51 +283,36 @@ class SinkCollector(Collector):
         yield age
 
     def _lag(self) -> Iterator[Metric]:
-        if getattr(self._sink, "_consumer", None) is None:
+        if self._kafka is None:
             return
+        _, lag = self._kafka.read()
         g = GaugeMetricFamily("torchstream_consumer_lag_records", "Records between a "
-                              "partition's end and the consumer's position, per assigned "
-                              "partition", labels=["stage", "topic", "partition"])
-        for (topic, part), n in sorted(self._sink.lag().items()):
+                              "partition's end and the consumer's position (the sink: its "
+                              "committed offset), per partition the process holds",
+                              labels=["stage", "topic", "partition"])
+        for (topic, part), n in sorted(lag.items()):
             g.add_metric(["sink", topic, str(part)], n)
         yield g
 
     def _cluster(self) -> Iterator[Metric]:
-        self._refresh_view()
-        v = self._view
+        brokers = self._kafka.read()[0] if self._kafka is not None else None
+        up = known = None
+        cluster = getattr(self._sink, "_cluster", None)
+        if cluster is not None:
+            hosts = list(cluster.metadata.all_hosts())
+            known, up = len(hosts), sum(1 for h in hosts if h.is_up)
         for name, doc, value in (
             ("torchstream_kafka_brokers_up", "Kafka brokers in the cluster metadata the sink's "
-             "consumer sees", v.kafka_brokers),
+             "metrics client sees", brokers),
             ("torchstream_cassandra_nodes_up", "Cassandra nodes the sink's driver holds as up",
-             v.cassandra_up),
+             up),
             ("torchstream_cassandra_nodes_known", "Cassandra nodes in the driver's metadata",
-             v.cassandra_known),
+             known),
         ):
             if value is not None:
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], value)
                 yield g
-
-    def _refresh_view(self) -> None:
-        v = self._view
-        with v.lock:
-            if self._clock() - v.at < CLUSTER_VIEW_TTL_S:
-                return
-            v.at = self._clock()
-            consumer = getattr(self._sink, "_consumer", None)
-            if consumer is not None:
-                try:
-                    md = consumer.list_topics(self._sink.settings.sink.predictions_topic,
-                                              timeout=2.0)
-                    v.kafka_brokers = len(md.brokers)
-                except Exception as exc:  # no broker answered: none up as far as we know
-                    log.debug("metrics: Kafka metadata unavailable: %s", exc)
-                    v.kafka_brokers = 0
-            cluster = getattr(self._sink, "_cluster", None)
-            if cluster is not None:
-                hosts = list(cluster.metadata.all_hosts())
-                v.cassandra_known = len(hosts)
-                v.cassandra_up = sum(1 for h in hosts if h.is_up)
 
 
 def oldest_open_timestamp_ms(open_records: Any) -> int | None:
@@ -269,9 +329,9 @@ def oldest_open_timestamp_ms(open_records: Any) -> int | None:
     return None
 
 
-def build_registry(sink: Any) -> CollectorRegistry:
+def build_registry(sink: Any, kafka: KafkaView | None = None) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(SinkCollector(sink))
+    reg.register(SinkCollector(sink, kafka))
     reg.register(WRITE_SECONDS)
     reg.register(ROWS_WRITTEN)
     ProcessCollector(registry=reg)
@@ -283,17 +343,34 @@ def build_registry(sink: Any) -> CollectorRegistry:
 class MetricsServer:
     """The sink's /metrics endpoint; `close()` stops it."""
 
-    def __init__(self, server: Any, thread: threading.Thread, address: tuple[str, int]) -> None:
+    def __init__(self, server: Any, kafka: KafkaView | None, address: tuple[str, int]) -> None:
         self._server = server
-        self._thread = thread
+        self._kafka = kafka
         self.address = address
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._kafka is not None:
+            self._kafka.close()
 
 
-def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None) -> MetricsServer | None:
+def _metrics_consumer(sink: Any) -> Callable[[], Any]:
+    """A consumer in the sink's group that never subscribes (it only reads the group's
+    committed offsets and the watermarks), so it never joins or rebalances the group."""
+    def make() -> Any:
+        from confluent_kafka import Consumer
+
+        from infra.kafka_clients import consumer_config
+
+        return Consumer(consumer_config(sink.settings.kafka, sink.group_id, {
+            "client.id": f"vision-sink-metrics-{sink.group_id}", "enable.auto.commit": False}))
+
+    return make
+
+
+def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None,
+                       make_consumer: Callable[[], Any] | None = None) -> MetricsServer | None:
     """Start the endpoint for `sink` (before sink.run); None when disabled.
 
     A port that is taken is logged as an error and the sink runs on without metrics:
@@ -301,11 +378,14 @@ def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None) -
     ms = (settings or SinkMetricsSettings()).metrics
     if not ms.enabled:
         return None
+    kafka = KafkaView(sink, make_consumer or _metrics_consumer(sink))
     try:
-        server, thread = start_http_server(ms.port, addr=ms.host, registry=build_registry(sink))
+        server, _thread = start_http_server(ms.port, addr=ms.host,
+                                            registry=build_registry(sink, kafka))
     except OSError as exc:
         log.error("metrics endpoint %s:%d not started: %s (set PIPELINE_METRICS__PORT)",
                   ms.host, ms.port, exc)
         return None
+    kafka.start()
     log.info("metrics at http://%s:%d/metrics", ms.host, ms.port)
-    return MetricsServer(server, thread, (ms.host, ms.port))
+    return MetricsServer(server, kafka, (ms.host, ms.port))

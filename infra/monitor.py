@@ -334,7 +334,7 @@ def run_cli(args: Any, run_dir: Path) -> int:
                                                  if status["state"] == "up" else ""))
         for t in status.get("targets", []):
             err = f"  {t['last_error']}" if t["last_error"] else ""
-            print(f"  {t['job']:<14} {t['service'] or '-':<10} {t['address']:<22} {t['health']}{err}")
+            print(f"  {t['job']:<14} {t['service'] or '-':<18} {t['address']:<22} {t['health']}{err}")
         for a in status.get("alerts", []):
             print(f"  alert {a['name']}: {a['state']}")
         if "error" in status:

@@ -4,6 +4,7 @@ servers: fake snapshots and a fake sink, parsed back with prometheus_client's pa
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,13 +142,33 @@ class _Metadata:
     brokers = {1: object(), 2: object(), 3: object()}
 
 
-class _Consumer:
-    def __init__(self) -> None:
+class FakeKafkaConsumer:
+    """The metrics' own consumer: metadata, committed offsets, watermarks."""
+
+    def __init__(self, committed: dict[tuple[str, int], int], ends: dict[tuple[str, int], int],
+                 down: bool = False) -> None:
+        self._committed, self._ends, self.down = committed, ends, down
         self.calls = 0
+        self.closed = False
 
     def list_topics(self, topic: str, timeout: float) -> _Metadata:
         self.calls += 1
+        if self.down:
+            raise RuntimeError("KafkaException: all brokers down")
         return _Metadata()
+
+    def committed(self, tps: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, self._committed.get(
+            (tp.topic, tp.partition), -1001)) for tp in tps]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        assert not cached  # the view asks the broker
+        return 2, self._ends[(tp.topic, tp.partition)]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _Settings:
@@ -164,19 +185,24 @@ class FakeSink:
                                                    6: _Pending(_Rec(0))},
                       ("images.predictions", 1): {9: _Pending(_Rec(94_000))}}
         self._open_count = 3
-        self._consumer = _Consumer()
         self._cluster = _Cluster()
         self.settings = _Settings()
         self.group_id = "vision-sink"
+        self.assigned = {("images.predictions", 0), ("images.predictions", 1)}
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        return {("images.predictions", 1): 4, ("images.predictions", 0): 0}
+
+def _fake_consumer() -> FakeKafkaConsumer:
+    # partition 0: committed 10 of 10; partition 1: nothing committed yet (from low = 2)
+    return FakeKafkaConsumer({("images.predictions", 0): 10},
+                             {("images.predictions", 0): 10, ("images.predictions", 1): 6})
 
 
 def test_sink_collector_reads_the_sink() -> None:
     sink = FakeSink()
-    reg = sink_metrics.build_registry(sink)
-    collector = sink_metrics.SinkCollector(sink, clock=lambda: 100.0)
+    kafka = sink_metrics.KafkaView(sink, _fake_consumer)
+    kafka.refresh()
+    reg = sink_metrics.build_registry(sink, kafka)
+    collector = sink_metrics.SinkCollector(sink, kafka, clock=lambda: 100.0)
     s = {(x.name, tuple(sorted(x.labels.items()))): x.value
          for m in collector.collect() for x in m.samples}
     assert s[("torchstream_sink_records_consumed_total", ())] == 12
@@ -189,27 +215,41 @@ def test_sink_collector_reads_the_sink() -> None:
     assert s[("torchstream_sink_writes_stopped", ())] == 0
     assert s[("torchstream_sink_open_records", ())] == 3
     assert s[("torchstream_sink_oldest_unacked_age_seconds", ())] == pytest.approx(6.0)
+    assert s[("torchstream_consumer_lag_records", (("partition", "0"), ("stage", "sink"),
+                                                   ("topic", "images.predictions")))] == 0
     assert s[("torchstream_consumer_lag_records", (("partition", "1"), ("stage", "sink"),
                                                    ("topic", "images.predictions")))] == 4
     assert s[("torchstream_kafka_brokers_up", ())] == 3
     assert s[("torchstream_cassandra_nodes_up", ())] == 2
     assert s[("torchstream_cassandra_nodes_known", ())] == 3
-    # the cluster view is cached: a second scrape within the TTL asks Kafka nothing
+    # scrapes read the last refresh: they never call Kafka themselves
+    consumer = kafka._consumer
     list(collector.collect())
-    assert sink._consumer.calls == 1
+    assert consumer.calls == 1
     assert b"torchstream_sink_open_records 3.0" in generate_latest(reg)
 
 
 def test_sink_collector_survives_a_failing_part() -> None:
     sink = FakeSink()
 
-    def no_lag() -> dict[tuple[str, int], int]:
-        raise RuntimeError("consumer closed")
+    class Broken:
+        @property
+        def metadata(self) -> Any:
+            raise RuntimeError("driver shut down")
 
-    sink.lag = no_lag  # type: ignore[method-assign]
+    sink._cluster = Broken()  # type: ignore[assignment]
     names = {m.name for m in sink_metrics.SinkCollector(sink).collect()}
     assert "torchstream_sink_open_records" in names
-    assert "torchstream_consumer_lag_records" not in names
+    assert "torchstream_cassandra_nodes_up" not in names
+
+
+def test_kafka_view_with_every_broker_down_reports_zero_brokers() -> None:
+    sink = FakeSink()
+    view = sink_metrics.KafkaView(sink, lambda: FakeKafkaConsumer({}, {}, down=True))
+    view.refresh()
+    assert view.read() == (0, {})
+    fams = {m.name: m for m in sink_metrics.SinkCollector(sink, view).collect()}
+    assert fams["torchstream_kafka_brokers_up"].samples[0].value == 0
 
 
 def test_oldest_open_timestamp_ignores_missing_stamps() -> None:
@@ -260,15 +300,31 @@ def _free_port() -> int:
 def test_sink_endpoint_serves_and_a_taken_port_does_not_stop_the_sink() -> None:
     port = _free_port()
     settings = sink_metrics.SinkMetricsSettings(metrics={"port": port})
-    server = sink_metrics.serve_sink_metrics(FakeSink(), settings)
+    consumers: list[FakeKafkaConsumer] = []
+
+    def make() -> FakeKafkaConsumer:
+        consumers.append(_fake_consumer())
+        return consumers[-1]
+
+    server = sink_metrics.serve_sink_metrics(FakeSink(), settings, make_consumer=make)
     assert server is not None
+    lag_key = ("torchstream_consumer_lag_records",
+               (("partition", "1"), ("stage", "sink"), ("topic", "images.predictions")))
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        assert ("torchstream_sink_records_consumed_total", ()) in _samples(body)
+        deadline = time.monotonic() + 10
+        while True:  # the background refresh fills in the Kafka view
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            samples = _samples(body)
+            if lag_key in samples or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert ("torchstream_sink_records_consumed_total", ()) in samples
+        assert samples[lag_key] == 4
         # a second sink on the same port: logged, no exception, no endpoint
-        assert sink_metrics.serve_sink_metrics(FakeSink(), settings) is None
+        assert sink_metrics.serve_sink_metrics(FakeSink(), settings, make_consumer=make) is None
     finally:
         server.close()
+    assert consumers and consumers[0].closed
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
