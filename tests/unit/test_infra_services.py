@@ -107,6 +107,7 @@ def test_a_killed_child_is_replaced_by_its_supervisor(tmp_path):
     sup = svc.start(ServiceSpec("s", supervised(*SLEEPER)))
     first = _wait("the child", lambda: svc.children("s"))
     assert len(first) == 1 and first[0] != sup
+    _wait("the child's output", lambda: "[c] ready" in svc.tail("s"))
     assert svc.kill_child("s") == first[0]
     again = svc.wait_child_replaced("s", first[0], 1, timeout_s=20)
     assert svc.pid("s") == sup, "the supervisor itself kept running"
