@@ -77,9 +77,7 @@ def admin_client(settings: PipelineSettings) -> Any:
 
 
 def registry_topics(settings: PipelineSettings) -> list[TopicSpecLike]:
-    from schemas.topics import topic_registry
-
-    return list(topic_registry(settings.kafka.partitions))
+    return list(settings.kafka.topics())
 
 
 def provision_topics(

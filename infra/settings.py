@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas.topics import TopicSpec, topic_registry
+
 # Defaults match the local clusters that `python -m infra up` starts.
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 DEFAULT_CONTACT_POINTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
@@ -41,6 +43,16 @@ class KafkaSettings(BaseModel):
 
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def topics(self) -> list[TopicSpec]:
+        """The topic registry sized by these settings: the one source of every topic's
+        partitions, replication, min ISR and max.message.bytes."""
+        return topic_registry(
+            partitions=self.partitions,
+            raw_max_message_bytes=self.max_message_bytes,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
 
 
 class CassandraSettings(BaseModel):

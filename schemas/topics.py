@@ -6,7 +6,7 @@ instead of spelling them, so a renamed topic changes in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 RAW = "images.raw"
 DECODED = "images.decoded"
@@ -73,9 +73,23 @@ DLQ_TOPICS: tuple[str, ...] = (DECODE_DLQ, INFER_DLQ, POSTPROCESS_DLQ, SINK_DLQ)
 
 
 def topic_registry(
-    partitions: int = DEFAULT_PARTITIONS, raw_max_message_bytes: int = RAW_MAX_MESSAGE_BYTES
+    partitions: int = DEFAULT_PARTITIONS,
+    raw_max_message_bytes: int = RAW_MAX_MESSAGE_BYTES,
+    replication_factor: int = REPLICATION_FACTOR,
+    min_insync_replicas: int = MIN_INSYNC_REPLICAS,
 ) -> list[TopicSpec]:
-    """Every pipeline topic, in pipeline order, each stage's DLQ after its output."""
+    """Every pipeline topic, in pipeline order, each stage's DLQ after its output.
+
+    Services build it from their Kafka settings (`infra.settings.KafkaSettings.topics()`),
+    so provisioning, producers, stages and the sink agree on every topic's sizing."""
+    specs = _registry(partitions, raw_max_message_bytes)
+    return [
+        replace(t, replication_factor=replication_factor, min_insync_replicas=min_insync_replicas)
+        for t in specs
+    ]
+
+
+def _registry(partitions: int, raw_max_message_bytes: int) -> list[TopicSpec]:
     p = partitions
     dead = dict(key="image id (utf-8)", value="avro:DeadLetter", partitions=p)
     # A dead letter carries the original payload, so it must fit the largest input.

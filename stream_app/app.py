@@ -38,7 +38,7 @@ from stream_app.metrics import observe_batch, register_metrics
 from stream_app.records import InRecord, OutRecord, normalize_headers
 from stream_app.settings import StreamSettings
 from stream_app.spec import preprocess_for
-from stream_app.stages import DecodeStage, InferStage, PostprocessStage
+from stream_app.stages import DecodeStage, InferStage, PostprocessStage, topic_limits
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
     s = settings.stream
     prefix = s.topic_prefix
     stages = s.worker.stages
+    limits = topic_limits(settings.kafka.topics())
     out: dict[str, Processor] = {}
     labels: list[str] | None = None
     if "infer" in stages:
@@ -140,15 +141,19 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         labels = model.labels
         rt.model_name, rt.model_version = model.info.name, model.info.version
         inferencer = Inferencer(model, s.infer.max_forward_batch)
-        out["infer"] = InferStage(STAGE_BY_NAME["infer"], inferencer, model.info, prefix)
+        out["infer"] = InferStage(
+            STAGE_BY_NAME["infer"], inferencer, model.info, prefix, topic_limits=limits
+        )
     if "decode" in stages:
         spec = preprocess_for(s.model)
-        out["decode"] = DecodeStage(STAGE_BY_NAME["decode"], spec, s.decode, prefix)
+        out["decode"] = DecodeStage(
+            STAGE_BY_NAME["decode"], spec, s.decode, prefix, topic_limits=limits
+        )
     if "postprocess" in stages:
         if labels is None:
             labels = load_labels(s.model.labels_path)
         out["postprocess"] = PostprocessStage(
-            STAGE_BY_NAME["postprocess"], labels, s.postprocess.top_k, prefix
+            STAGE_BY_NAME["postprocess"], labels, s.postprocess.top_k, prefix, topic_limits=limits
         )
     return out
 

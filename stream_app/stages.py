@@ -27,7 +27,7 @@ from schemas import codec
 from schemas.dead_letter import dead_letter
 from schemas.image_id import row_id
 from schemas.raw import RawRecordError, now_ms, parse_raw
-from schemas.topics import Stage, topic_registry
+from schemas.topics import Stage, TopicSpec, topic_registry
 from stream_app.decode import decode_image
 from stream_app.errors import InferError, StageError
 from stream_app.postprocess import top_k
@@ -55,9 +55,14 @@ LINEAGE = (
 RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
-def default_topic_limits() -> dict[str, int]:
-    """max.message.bytes of every registry topic (unprefixed names), as provisioned."""
-    return {t.name: t.max_message_bytes for t in topic_registry()}
+def topic_limits(specs: Sequence[TopicSpec] | None = None) -> dict[str, int]:
+    """max.message.bytes of every registry topic (unprefixed names), as provisioned; the
+    default registry's when `specs` (KafkaSettings.topics()) is not given."""
+    return {t.name: t.max_message_bytes for t in (specs or topic_registry())}
+
+
+def _default_limits() -> dict[str, int]:
+    return topic_limits()
 
 
 class BaseStage:
@@ -70,7 +75,7 @@ class BaseStage:
         self.name = topics.name
         self.sink = prefix + topics.sink
         self.dlq = prefix + topics.dlq
-        limits = topic_limits or default_topic_limits()
+        limits = topic_limits or _default_limits()
         self.sink_limit = limits[topics.sink]
         self.dlq_limit = limits[topics.dlq]
 

@@ -22,19 +22,18 @@ from schemas.topics import STAGE_BY_NAME
 from stream_app.records import InRecord, OutRecord
 from stream_app.settings import DecodeSettings, ModelSettings
 from stream_app.spec import preprocess_for
-from stream_app.stages import DecodeStage, PostprocessStage, default_topic_limits
+from stream_app.stages import DecodeStage, PostprocessStage, topic_limits
 
 PHOTO = (Path(os.path.dirname(skimage.data.__file__)) / "chelsea.png").read_bytes()
 TOPIC = "images.raw"
 
 
 def decode_stage(**limits: int) -> DecodeStage:
-    topic_limits = {**default_topic_limits(), **limits}
     return DecodeStage(
         STAGE_BY_NAME["decode"],
         preprocess_for(ModelSettings()),
         DecodeSettings(),
-        topic_limits=topic_limits,
+        topic_limits={**topic_limits(), **limits},
     )
 
 
