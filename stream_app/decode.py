@@ -33,21 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from schemas.raw import sniff_content_type
 from stream_app.errors import DecodeError
 from stream_app.settings import DecodeSettings
 from stream_app.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Modes Pillow converts to RGB faithfully.
@@ -65,13 +57,10 @@ class DecodedImage:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """Format name from magic bytes (None if unknown); cheap, no parsing."""
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            return fmt
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
+    """Pillow's format name from the magic bytes (None if unknown); cheap, no parsing.
+    The magic-byte table is the raw contract's (schemas.raw)."""
+    mime = sniff_content_type(data)
+    return None if mime is None else mime.split("/", 1)[1].upper()
 
 
 def decode_image(data: bytes, spec: PreprocessSpec, limits: DecodeSettings) -> DecodedImage:
