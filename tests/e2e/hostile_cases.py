@@ -12,6 +12,7 @@ offset the record landed at (known only after delivery).
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from producers.samples import PHOTO_NAMES, original_bytes, variant
-from schemas.image_id import validate_image_id
+from schemas.image_id import KEY_HASH_PREFIX, validate_image_id
 from schemas.raw import H_CONTENT_TYPE, H_PRODUCED_AT, H_SOURCE, now_ms
 
 Header = tuple[str | bytes, bytes | None]
@@ -107,6 +108,9 @@ def build_cases(token: str) -> list[Case]:
     # Two keys that a lossy decode (errors="replace") maps to the same string.
     lossy_a = f"hostile-{token}-\xff".encode("latin-1")
     lossy_b = f"hostile-{token}-\xfe".encode("latin-1")
+    not_utf8 = b"\xff\xfe" + token.encode() + b"\x80"
+    # A key spelled like the row id derived for `not_utf8`: it must not land on that row.
+    spoof = (KEY_HASH_PREFIX + hashlib.sha256(not_utf8).hexdigest()).encode()
     assert lossy_a.decode("utf-8", "replace") == lossy_b.decode("utf-8", "replace")
     return [
         # a. produced-at out of range or not integer milliseconds
@@ -126,8 +130,8 @@ def build_cases(token: str) -> list[Case]:
         case("lz4-bomb", "d", b"\x89PNG\r\n\x1a\n" + bytes(LZ4_BOMB_BYTES),
              headers(content_type=b"image/png"), TOO_LARGE, lz4=True),
         # e. keys that are no valid image id (each needs its own row)
-        case("key-not-utf8", "e", photo, headers(), BAD_KEY,
-             key=lambda _n: b"\xff\xfe" + token.encode() + b"\x80"),
+        case("key-not-utf8", "e", photo, headers(), BAD_KEY, key=lambda _n: not_utf8),
+        case("key-spoofs-derived", "e", photo, headers(), BAD_KEY, key=lambda _n: spoof),
         case("key-lossy-a", "e", photo, headers(), BAD_KEY, key=lambda _n: lossy_a),
         case("key-lossy-b", "e", photo, headers(), BAD_KEY, key=lambda _n: lossy_b),
         case("key-empty", "e", photo, headers(), MISSING_KEY, key=lambda _n: b""),
