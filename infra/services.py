@@ -143,6 +143,11 @@ class Services:
             )
         finally:
             logf.close()
+        # Until exec, /proc/<pid>/environ is still ours without the run mark, and `pid()`
+        # would call the new service foreign: wait for the exec (or an early exit).
+        deadline = time.monotonic() + 5.0
+        while proc.poll() is None and not _is_ours(proc.pid, self.run_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._pid_file(spec.name).write_text(str(proc.pid))
         log.info("started %s (pid %d): %s", spec.name, proc.pid, " ".join(spec.argv[1:]))
         return proc.pid
