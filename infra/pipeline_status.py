@@ -41,6 +41,8 @@ def collect(services: Services) -> dict[str, Any]:
             "log": st.log,
             "children": [{"pid": c, "age_s": _round(process_age_s(c))} for c in st.children],
             "workers": [],
+            # Why a supervisor stopped: its give-up line (infra/supervisor.py), if any.
+            "last_critical": _last_critical(services.tail(st.name, 200)) if st.state != "up" else None,
         }
         if st.state == "up":
             for port in st.web_ports:
@@ -57,7 +59,8 @@ def problems(report: dict[str, Any]) -> list[str]:
     for svc in report["services"]:
         name = svc["name"]
         if svc["state"] != "up":
-            found.append(f"{name}: down")
+            why = svc.get("last_critical")
+            found.append(f"{name}: down" + (f" ({why})" if why else ""))
             continue
         if not svc["children"]:
             found.append(f"{name}: its supervisor runs no process (restarting, or it gave up)")
@@ -131,6 +134,11 @@ def _lag(s: dict[str, Any]) -> str:
     parts = s.get("lag")
     behind = [f"p{p}={v}" for p, v in sorted((parts or {}).items()) if v] if isinstance(parts, dict) else []
     return f"{total}" + (f" ({', '.join(behind)})" if behind and len(behind) <= 3 else "")
+
+
+def _last_critical(log_tail: str) -> str | None:
+    lines = [line for line in log_tail.splitlines() if " CRITICAL " in line]
+    return lines[-1].split(" CRITICAL ", 1)[1][:300] if lines else None
 
 
 def _num(v: Any) -> str:

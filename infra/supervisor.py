@@ -40,7 +40,8 @@ from typing import IO
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-log = logging.getLogger(__name__)
+# Not __name__: run as `python -m infra.supervisor` that is "__main__".
+log = logging.getLogger("infra.supervisor")
 
 EX_TEMPFAIL = 75  # a worker's send failed: it stopped without acking, restart it
 EX_STALLED = 76  # a stage made no progress past its bound: restart me

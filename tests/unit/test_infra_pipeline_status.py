@@ -146,3 +146,19 @@ def test_supervised_services_with_healthy_stages_pass(tmp_path, worker, capsys):
         assert "sink-1          up" in out and "(up " in out
     finally:
         svc.stop_all(timeout_s=10)
+
+
+def test_a_supervisor_that_gave_up_is_down_with_its_reason(tmp_path, capsys):
+    crash = [sys.executable, "-c", "import sys; print('cannot reach brokers'); sys.exit(75)"]
+    svc = Services(tmp_path, env={"PIPELINE_SUPERVISOR__BACKOFF_BASE_S": "0.05"})
+    svc.start(ServiceSpec("sink-1", [sys.executable, "-m", "infra.supervisor", "--name", "sink-1",
+                                     "--max-crashes", "2", "--", *crash]))  # fmt: skip
+    import time
+
+    deadline = time.monotonic() + 30
+    while svc.pid("sink-1") is not None:
+        assert time.monotonic() < deadline, "the supervisor did not give up"
+        time.sleep(0.05)
+    code, out = status(svc, capsys)
+    assert code == 1
+    assert "sink-1: down (infra.supervisor: giving up on sink-1: 2 crashes in a row" in out
