@@ -1,4 +1,4 @@
-"""The `backup`, `restore` and `replay` subcommands of `python -m infra`.
+"""The `backup`, `restore`, `replay` and `rebuild-node` subcommands of `python -m infra`.
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr saying why and, for a
 damaged backup, which file), 2 bad arguments.
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("backup", "restore", "replay")
+COMMANDS = ("backup", "restore", "replay", "rebuild-node")
 
 
 def add_parsers(sub: Any) -> None:
@@ -34,10 +34,15 @@ def add_parsers(sub: Any) -> None:
     w = p.add_mutually_exclusive_group(required=True)
     w.add_argument("--since-backup", metavar="ID", help="sink group back to the backup's offsets")
     w.add_argument("--from", dest="from_time", metavar="TIME",
-                   help="ISO 8601, epoch ms, or -30m/-2h/-1d")
+                   help="ISO 8601, epoch ms, or a duration ago (30m, 2h, 1d)")
     p.add_argument("--reprocess", action="store_true",
                    help="re-run the model: move the stream group on images.raw instead")
     p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
+
+    n = sub.add_parser("rebuild-node", help="bring back a Cassandra node whose disk was lost "
+                                            "(removenode, start empty, full repair)")
+    n.add_argument("name", help="cassandra-1..3 (stopped, its data dir gone)")
+    n.add_argument("--keyspace", action="append", help="repair only these (default: all)")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -135,11 +140,20 @@ def _replay(args: argparse.Namespace, run_dir: Path) -> int:
     return 0
 
 
+def _rebuild(args: argparse.Namespace, run_dir: Path) -> int:
+    from infra.backup.rebuild import rebuild_node
+
+    res = rebuild_node(run_dir, args.name, keyspaces=args.keyspace)
+    print(f"{res.node} rebuilt in {res.took_s:.1f}s (repair {res.repair_s:.1f}s); "
+          f"old identity {res.old_host_id} removed")
+    return 0
+
+
 def run(args: argparse.Namespace, run_dir: Path) -> int:
     from infra.backup import BackupError
     from infra.kafka_retry import KafkaCallFailed
 
-    handlers = {"backup": _backup, "restore": _restore, "replay": _replay}
+    handlers = {"backup": _backup, "restore": _restore, "replay": _replay, "rebuild-node": _rebuild}
     try:
         return handlers[args.command](args, run_dir)
     except (BackupError, KafkaCallFailed) as exc:

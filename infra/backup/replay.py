@@ -28,7 +28,7 @@ from infra.kafka_retry import Deadline
 
 log = logging.getLogger(__name__)
 DEADLINE_S = 60.0
-RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
+RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])(?: ago)?$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -41,7 +41,7 @@ class ReplayPlan:
 
 def parse_time(text: str, now: datetime) -> int:
     """Epoch ms from ISO 8601 (UTC unless it says otherwise), epoch ms digits, or a
-    relative '-30m' / '-2h' / '-1d'. ValueError with the accepted forms otherwise."""
+    duration ago: '30m', '2h ago', '-1d'. ValueError with the accepted forms otherwise."""
     t = text.strip()
     if t.isdigit():
         return int(t)
@@ -52,7 +52,7 @@ def parse_time(text: str, now: datetime) -> int:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"cannot read time {text!r}: use ISO 8601 (2026-12-01T15:00:00Z), "
-                         f"epoch milliseconds, or -30m / -2h / -1d") from None
+                         f"epoch milliseconds, or a duration ago: 30m, 2h, 1d") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

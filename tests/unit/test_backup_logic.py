@@ -51,6 +51,7 @@ def test_parse_time_forms():
     assert parse_time("2026-12-01T14:00:00Z", NOW) == int(NOW.timestamp() * 1000) - HOUR_MS
     assert parse_time("2026-12-01T14:00:00", NOW) == int(NOW.timestamp() * 1000) - HOUR_MS
     assert parse_time("-30m", NOW) == int(NOW.timestamp() * 1000) - HOUR_MS // 2
+    assert parse_time("30m", NOW) == parse_time("30m ago", NOW) == parse_time("-30m", NOW)
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_time("yesterday", NOW)
 
