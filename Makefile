@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha1sum | c
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status provision test test-unit demo bench lint fmt clean
+.PHONY: help setup up down status provision test test-unit demo backup bench lint fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: setup ## the whole suite: unit, integration and end-to-end (starts the clu
 
 demo: setup ## set everything up, run the pipeline end to end on sample photos, stop it all
 	$(PY) -m demo
+
+backup: setup ## back up the result keyspace (every node, manifest, Kafka offsets): docs/backup.md
+	$(PY) -m infra backup
 
 bench: setup ## benchmarks: model-only vs pipeline vs transport (bench/results/)
 	$(PY) -m bench
