@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from infra import groups, pipeline_status
+from infra.kafka_retry import KafkaCallFailed
 from infra.services import Services, pipeline_specs
 from infra.settings import PipelineSettings
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
         try:
             groups.wait_for_group(kafka, sink_group(), args.sinks, timeout_s=args.timeout)
             groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=args.timeout)
-        except TimeoutError as exc:
+        except (TimeoutError, KafkaCallFailed) as exc:  # KafkaCallFailed: one line
             for st in services.status():
                 print(f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}", file=sys.stderr)
             print(f"error: pipeline not ready: {exc}", file=sys.stderr)

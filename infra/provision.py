@@ -94,7 +94,7 @@ def provision_topics(
     report = report or ProvisionReport()
     specs = list(registry_topics(settings) if specs is None else specs)
     admin = admin_client(settings)
-    md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    md = _kafka(lambda: admin.list_topics(timeout=ADMIN_TIMEOUT_S), "list topics")
     wanted = {prefix + s.name: s for s in specs}
 
     existing = [n for n in wanted if n in md.topics]
@@ -157,7 +157,7 @@ def _await_topics(admin: Any, names: list[str], timeout: float = ADMIN_TIMEOUT_S
     """Poll metadata until every topic in names has a leader on every partition."""
     deadline = time.monotonic() + timeout
     while True:
-        md = admin.list_topics(timeout=timeout)
+        md = _kafka(lambda: admin.list_topics(timeout=timeout), "list topics")
         pending = [
             n for n in names
             if n not in md.topics or md.topics[n].error is not None
@@ -170,22 +170,32 @@ def _await_topics(admin: Any, names: list[str], timeout: float = ADMIN_TIMEOUT_S
         time.sleep(0.2)
 
 
+def _kafka(fn: Any, what: str, retriable: Any = None) -> Any:
+    """A Kafka admin/metadata call through infra.kafka_retry (leader and controller moves
+    retried); what still fails becomes a one-line ProvisionError."""
+    from infra.kafka_retry import KafkaCallFailed, call, is_retriable
+
+    try:
+        return call(fn, what, deadline=ADMIN_TIMEOUT_S, retriable=retriable or is_retriable)
+    except KafkaCallFailed as e:
+        raise ProvisionError(str(e)) from e
+
+
 def _describe_topic_configs(admin: Any, name: str, timeout: float = ADMIN_TIMEOUT_S
                             ) -> dict[str, str]:
     """A topic's configs; retried while a broker's metadata does not know the topic yet."""
-    from confluent_kafka import KafkaException
     from confluent_kafka.admin import ConfigResource, ResourceType
 
-    deadline = time.monotonic() + timeout
-    while True:
-        res = ConfigResource(ResourceType.TOPIC, name)
-        try:
-            fut = admin.describe_configs([res], request_timeout=timeout)[res]
-            return {k: v.value for k, v in fut.result().items()}
-        except KafkaException as e:
-            if e.args[0].name() != "UNKNOWN_TOPIC_OR_PART" or time.monotonic() > deadline:
-                raise ProvisionError(f"describing topic {name} failed: {e.args[0]}") from e
-            time.sleep(0.2)
+    from infra.kafka_retry import is_retriable, kafka_error
+
+    def unknown_yet(e: BaseException) -> bool:
+        err = kafka_error(e)
+        return is_retriable(e) or (err is not None and err.name() == "UNKNOWN_TOPIC_OR_PART")
+
+    res = ConfigResource(ResourceType.TOPIC, name)
+    configs = _kafka(lambda: admin.describe_configs([res], request_timeout=timeout)[res].result(),
+                     f"describe topic {name}", retriable=unknown_yet)
+    return {k: v.value for k, v in configs.items()}
 
 
 def _sync_configs(admin: Any, specs: dict[str, TopicSpecLike], report: ProvisionReport) -> None:
