@@ -118,6 +118,9 @@ class StageCollector(Collector):
         except Exception as exc:  # the scrape must not break the worker
             log.warning("metrics: health snapshot failed: %s: %s", type(exc).__name__, exc)
             return []
+        for st in snap.get("stages", []):  # each stage's series exist from its start, at 0
+            for h in (BATCH_SECONDS, BATCH_RECORDS, INPUT_AGE):
+                h.labels(st["stage"])
         return list(stage_metrics(snap, self._prefix, now=time.time()))
 
 

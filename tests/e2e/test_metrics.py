@@ -199,16 +199,20 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
 
     _eventually("every target up in prometheus", all_up)
 
-    def rates() -> dict[str, float] | None:
-        by_stage = {r["metric"]["stage"]: float(r["value"][1]) for r in prometheus.query(
-            "sum by (stage) (rate(torchstream_stage_records_in_total[1m]))")}
-        rows = prometheus.query("sum(rate(torchstream_cassandra_rows_written_total[1m]))")
-        by_stage["cassandra_rows"] = float(rows[0]["value"][1]) if rows else 0.0
-        wanted = (*STAGES, "cassandra_rows")
-        return by_stage if all(by_stage.get(k, 0) > 0 for k in wanted) else None
+    seen: dict[str, float] = {}
 
-    seen = _eventually("non-zero rates of every stage and of Cassandra rows", rates)
-    assert isinstance(seen, dict)
+    def rates() -> bool:
+        seen.clear()
+        seen.update({r["metric"]["stage"]: float(r["value"][1]) for r in prometheus.query(
+            "sum by (stage) (rate(torchstream_stage_records_in_total[2m]))")})
+        rows = prometheus.query("sum(rate(torchstream_cassandra_rows_written_total[2m]))")
+        seen["cassandra_rows"] = float(rows[0]["value"][1]) if rows else 0.0
+        return all(seen.get(k, 0) > 0 for k in (*STAGES, "cassandra_rows"))
+
+    try:
+        _eventually("non-zero rates of every stage and of Cassandra rows", rates)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; rates seen: {seen}") from None
 
     decoded = prometheus.query('sum(torchstream_stage_records_in_total{stage="decode"})')
     assert float(decoded[0]["value"][1]) >= _total(before_w, "torchstream_stage_records_in_total",
