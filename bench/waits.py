@@ -1,4 +1,9 @@
-"""Readiness and completion probes with deadlines (never fixed sleeps)."""
+"""Readiness and completion probes with deadlines (never fixed sleeps).
+
+Kafka probes go through infra.groups, whose every admin/metadata call is retried by
+infra.kafka_retry (leader and coordinator moves); an error that retrying cannot fix ends
+the wait at once as KafkaCallFailed instead of spinning until the deadline.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from infra import groups
+from infra.kafka_retry import KafkaCallFailed
 from infra.services import Services
 from infra.settings import KafkaSettings
 
@@ -57,8 +63,13 @@ def wait_caught_up(kafka: KafkaSettings, lags: dict[str, list[str]], timeout_s: 
         if alive is not None:
             alive()
         try:
-            last = {g: groups.group_lag(kafka, g, t)["total"] for g, t in lags.items()}
-        except Exception as exc:  # noqa: BLE001 - a probe failure is retried until the deadline
+            last = {g: groups.group_lag(kafka, g, t, deadline_s=max(1.0, deadline - time.monotonic()))["total"]
+                    for g, t in lags.items()}
+        except KafkaCallFailed as exc:
+            # Retriable errors were retried inside group_lag (kafka_retry); what is left is
+            # either out of time (polled again until our deadline) or not retriable (raised).
+            if not exc.retriable:
+                raise
             log.debug("lag probe failed: %s", exc)
         else:
             if progress is not None:
