@@ -123,6 +123,17 @@ def end_offsets(settings: KafkaSettings, topics: list[str], timeout_s: float = 1
     return out
 
 
+def partition_end_offsets(settings: KafkaSettings, topic: str, timeout_s: float = 10.0,
+                          deadline_s: float = DEFAULT_DEADLINE_S) -> dict[int, int]:
+    """High watermark of each partition of `topic` (for read-backs: where new records start)."""
+    c = Consumer(consumer_config(settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}))
+    try:
+        highs = _high_watermarks(c, [topic], timeout_s, Deadline(deadline_s))
+    finally:
+        c.close()
+    return {p: high for (_t, p), high in highs.items()}
+
+
 def committed_offsets(admin: AdminClient, group: str, timeout_s: float,
                       deadline: Deadline) -> dict[tuple[str, int], int]:
     """The group's committed offset per partition (coordinator moves retried)."""

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from infra.groups import partition_end_offsets
 from infra.kafka_clients import consumer_config
 from producers.synthetic import synthetic_items
 from schemas import cql, topics
@@ -48,8 +49,7 @@ def test_kcat_command_from_the_docs_publishes_a_valid_raw_record(kafka_cluster, 
 
     c = _consumer(kafka)
     try:
-        parts = c.list_topics(topics.RAW, timeout=30).topics[topics.RAW].partitions
-        start = {p: c.get_watermark_offsets(TopicPartition(topics.RAW, p), timeout=30)[1] for p in parts}
+        start = partition_end_offsets(kafka, topics.RAW, timeout_s=30)  # kafka_retry
         before_ms = int(time.time() * 1000)
         env = {**os.environ, "BOOTSTRAP": bootstrap, "ID": image_id, "FILE": str(photo)}
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", _kcat_block()], env=env,

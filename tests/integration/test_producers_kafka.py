@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from infra.groups import partition_end_offsets  # leader moves retried (kafka_retry)
 from infra.kafka_clients import admin_config, consumer_config
 from producers import Item, ProducerSettings, Summary, publish_items
 from producers.samples import sample_items
@@ -44,12 +45,7 @@ def _consumer(settings: ProducerSettings) -> Consumer:
 
 
 def end_offsets(settings: ProducerSettings, topic: str = topics.RAW) -> dict[int, int]:
-    c = _consumer(settings)
-    try:
-        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-    finally:
-        c.close()
+    return partition_end_offsets(settings.kafka, topic, timeout_s=30)
 
 
 def read_back(
