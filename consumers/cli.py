@@ -127,6 +127,9 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
         print("give exactly one of: IMAGE_ID..., --label, --rejections [IMAGE_ID...], --stats",
               file=sys.stderr)
         return 2
+    # The driver logs a dead node's connection errors as WARNINGs with tracebacks; the
+    # read profile rides through them, so a user sees only an answer or one error line.
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
     from cassandra import DriverException
     from cassandra.cluster import NoHostAvailable
     from cassandra.connection import ConnectionException
