@@ -161,12 +161,16 @@ class Publisher:
         value, headers = codec.encode(codec.PREDICTION, rec)
         self.send(topics.PREDICTIONS, rec["image_id"].encode(), value, headers)
 
-    def dead_letter(self, image_id: str, stage_dlq: str, reason: str) -> None:
+    def dead_letter(self, image_id: str, stage_dlq: str, reason: str,
+                    failed_at_ms: int | None = None) -> None:
         stage = next(s.name for s in topics.STAGES if s.dlq == stage_dlq)
         value, headers = dead_letter.dead_letter(
             image_id=image_id, stage=stage, reason=reason, error=ValueError(reason),
             origin_topic=topics.RAW, origin_partition=0, origin_offset=0, payload=b"raw",
             source="test")
+        if failed_at_ms is not None:  # a chosen failure time (the encoder stamps now)
+            rec = dead_letter.read_dead_letter(value, headers) | {"failed_at_ms": failed_at_ms}
+            value, _ = codec.encode(codec.DEAD_LETTER, rec)
         self.send(stage_dlq, image_id.encode(), value, headers)
 
     def flush(self) -> None:
@@ -264,12 +268,24 @@ def test_every_record_lands_once_and_replay_changes_nothing(env: Env) -> None:
     rejected = [f"{tag}-rej{i}" for i in range(6)]
     for i, image_id in enumerate(rejected):
         pub.dead_letter(image_id, STAGE_DLQS[i % 3], reason=f"reason{i % 2}")
-    # Undecodable predictions: with an id -> rejection row + sink DLQ; without -> DLQ only.
+    # Undecodable predictions: a rejection row + the sink DLQ, under the key, the hash of a
+    # key that is no valid id, or the record's origin when it has no key.
     _, pheaders = codec.encode(codec.PREDICTION, prediction("x", t0))
     pub.send(topics.PREDICTIONS, f"{tag}-garbled".encode(), b"\x02garbage", pheaders)
     pub.send(topics.PREDICTIONS, None, b"\x02garbage", pheaders)
+    bad_key = f"{tag}\xff bad key".encode("latin-1")
+    pub.send(topics.PREDICTIONS, bad_key, b"\x02garbage", pheaders)
+    # One status per image, whatever the order of arrival (two topics): the newer wins,
+    # a tie goes to the prediction.
+    later, earlier = t0 + 60_000, t0 - 60_000
+    pub.dead_letter(f"{tag}-p-wins", STAGE_DLQS[1], "transient", failed_at_ms=t0)
+    pub.prediction(prediction(f"{tag}-p-wins", later))
+    pub.prediction(prediction(f"{tag}-r-wins", earlier))
+    pub.dead_letter(f"{tag}-r-wins", STAGE_DLQS[0], "late-failure", failed_at_ms=t0)
+    pub.dead_letter(f"{tag}-tie", STAGE_DLQS[2], "tied", failed_at_ms=t0)
+    pub.prediction(prediction(f"{tag}-tie", t0))
     pub.flush()
-    total = len(image_ids) + 2 + len(rejected) + 2
+    total = len(image_ids) + 2 + len(rejected) + 3 + 6
 
     group = f"g-{tag}"
     with SinkThread(env.settings(group, concurrency=32)) as run:
@@ -278,7 +294,7 @@ def test_every_record_lands_once_and_replay_changes_nothing(env: Env) -> None:
         wait_for(lambda: group_lag(env, group) == 0, 30, "committed offsets at the end")
     assert run.sink.counters.records == total
 
-    all_ids = [*image_ids, f"{tag}-flip"]
+    all_ids = [*image_ids, f"{tag}-flip", f"{tag}-p-wins", f"{tag}-tie"]
     first = stored(env, all_ids)
     assert sorted(first) == sorted(all_ids)
     assert first[f"{tag}-flip"]["label"] == "newer" and first[f"{tag}-flip"]["score"] == 0.9
@@ -288,11 +304,25 @@ def test_every_record_lands_once_and_replay_changes_nothing(env: Env) -> None:
     assert sorted(rej) == sorted([*rejected, f"{tag}-garbled"])
     assert rej[rejected[1]]["reason"] == "reason1" and rej[rejected[1]]["stage"] == "infer"
     assert rej[f"{tag}-garbled"]["stage"] == "sink"
-    # Both refused records are in the sink's DLQ, with their origin.
-    dlq = [m for m in read_topic(env, topics.SINK_DLQ, 2)
-           if dead_letter.read_dead_letter(m.value(), m.headers())["origin_topic"]
-           == env.topic(topics.PREDICTIONS)]
-    assert len(dlq) == 2
+    # The one-status rule held in Cassandra: exactly one of the two rows per id.
+    assert f"{tag}-r-wins" not in first
+    statuses = queries.fetch_rejections(
+        env.session, [f"{tag}-p-wins", f"{tag}-r-wins", f"{tag}-tie"], keyspace=env.keyspace)
+    assert sorted(statuses) == [f"{tag}-r-wins"]
+    # The refused records are in the sink's DLQ, with their origin, and each has one row.
+    dlq = [dead_letter.read_dead_letter(m.value(), m.headers())
+           for m in read_topic(env, topics.SINK_DLQ, 3)]
+    dlq = [d for d in dlq if d["origin_topic"] == env.topic(topics.PREDICTIONS)]
+    assert len(dlq) == 3
+    safe = {d["image_id"] for d in dlq} - {f"{tag}-garbled"}
+    no_key = next(i for i in safe if i.startswith("no-key:"))
+    hashed = next(i for i in safe if i.startswith("key-sha256:"))
+    assert no_key.startswith(f"no-key:{env.topic(topics.PREDICTIONS)}/")
+    rows = {i: env.session.execute(
+        f"SELECT image_id, stage, raw_key FROM {env.keyspace}.rejections WHERE image_id = %s",
+        (i,)).one() for i in safe}
+    assert all(rows.values()) and rows[no_key].raw_key is None
+    assert rows[hashed].raw_key == repr(bad_key)[2:-1] and rows[hashed].stage == "sink"
     # The by-label index: the stale "older" entry is filtered by verification.
     assert [r["image_id"] for r in queries.by_label(env.session, "older", keyspace=env.keyspace)] == []
     newer = queries.by_label(env.session, "newer", keyspace=env.keyspace)
