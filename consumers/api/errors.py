@@ -42,9 +42,11 @@ def _unavailable(exc: BaseException) -> bool:
     try:
         from cassandra import OperationTimedOut, ReadTimeout, Unavailable
         from cassandra.cluster import NoHostAvailable
+        from cassandra.connection import ConnectionException
     except ImportError:  # pragma: no cover - the driver is a dependency
         return False
-    return isinstance(exc, Unavailable | ReadTimeout | OperationTimedOut | NoHostAvailable)
+    return isinstance(exc, Unavailable | ReadTimeout | OperationTimedOut | NoHostAvailable
+                      | ConnectionException)
 
 
 @web.middleware
