@@ -29,6 +29,9 @@ class KafkaSettings(BaseModel):
     min_insync_replicas: int = Field(default=2, ge=1)
     # Largest raw image the pipeline accepts (topic max.message.bytes and producer limit).
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # How long every pipeline topic keeps records: the reach of replay and rebuild from
+    # Kafka, so keep it well above the backup interval (PIPELINE_BACKUP__INTERVAL_HOURS).
+    retention_hours: float = Field(default=168.0, gt=0)
     # Passthrough librdkafka settings, applied over our defaults (e.g. security).
     client_config: dict[str, str] = Field(default_factory=dict)
     sasl_password: SecretStr | None = None
@@ -52,6 +55,7 @@ class KafkaSettings(BaseModel):
             raw_max_message_bytes=self.max_message_bytes,
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
+            retention_ms=int(self.retention_hours * 3600 * 1000),
         )
 
 

@@ -27,6 +27,8 @@ RAW_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 # Decoded tensors are 3x224x224 uint8 (~150 KB); logits are 4 KB.
 TENSOR_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SMALL_MAX_MESSAGE_BYTES = 1024 * 1024
+# 7 days: seven times the default backup interval (24 h).
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class TopicSpec:
     dlq: str | None = None
     # Which stage reads this topic (None for the final or dead-letter topics).
     stage: str | None = None
+    # How long records are kept. Replay and rebuild from Kafka reach back this far, so it
+    # must exceed the backup interval (docs/backup.md; `infra backup` warns otherwise).
+    retention_ms: int = DEFAULT_RETENTION_MS
 
     def configs(self) -> dict[str, str]:
         """Topic-level configs for creation and for drift checks."""
@@ -50,6 +55,7 @@ class TopicSpec:
             # Never elect a stale replica: that could silently drop acked records.
             "unclean.leader.election.enable": "false",
             "cleanup.policy": "delete",
+            "retention.ms": str(self.retention_ms),
         }
 
 
@@ -77,6 +83,7 @@ def topic_registry(
     raw_max_message_bytes: int = RAW_MAX_MESSAGE_BYTES,
     replication_factor: int = REPLICATION_FACTOR,
     min_insync_replicas: int = MIN_INSYNC_REPLICAS,
+    retention_ms: int = DEFAULT_RETENTION_MS,
 ) -> list[TopicSpec]:
     """Every pipeline topic, in pipeline order, each stage's DLQ after its output.
 
@@ -84,7 +91,12 @@ def topic_registry(
     so provisioning, producers, stages and the sink agree on every topic's sizing."""
     specs = _registry(partitions, raw_max_message_bytes)
     return [
-        replace(t, replication_factor=replication_factor, min_insync_replicas=min_insync_replicas)
+        replace(
+            t,
+            replication_factor=replication_factor,
+            min_insync_replicas=min_insync_replicas,
+            retention_ms=retention_ms,
+        )
         for t in specs
     ]
 

@@ -281,6 +281,10 @@ def test_a_spawned_child_is_judged_by_its_exit_status(tmp_path):
     try:
         assert procs.child_running(pid) is True
         assert not procs.is_ours(pid, str(tmp_path))  # not java: the /proc check says no
+        # Until the child has exec'd, /proc shows the forking Python's command line.
+        deadline = time.monotonic() + 5.0
+        while "sleep" not in procs.describe(pid, "nowhere") and time.monotonic() < deadline:
+            time.sleep(0.02)
         text = procs.describe(pid, "nowhere")
         assert f"pid {pid}" in text and "sleep" in text and "marker missing" in text
     finally:
