@@ -221,10 +221,10 @@ class AsyncWriter:
         self._batch_rows = max(1, batch_rows)
         self._batch_bytes = batch_bytes
         self._make_batch = make_batch or unlogged_batch
-        if self._batch_rows > 1:
-            proto = logging.getLogger("cassandra.protocol")
-            if _batch_warning_filter not in proto.filters:
-                proto.addFilter(_batch_warning_filter)
+        # Every record of several statements is a batch, whatever `batch_rows` says.
+        proto = logging.getLogger("cassandra.protocol")
+        if _batch_warning_filter not in proto.filters:
+            proto.addFilter(_batch_warning_filter)
         # A batch takes the consistency its statements were prepared with.
         first = next(iter(prepared.values()), None)
         self._consistency = getattr(first, "consistency_level", None)
