@@ -458,3 +458,25 @@ def test_second_sink_joining_mid_stream_rebalances_without_loss(env: Env) -> Non
     assert len(got) == len(image_ids), f"lost {sorted(set(image_ids) - set(got))[:5]}"
     rej = queries.fetch_rejections(env.session, rejected, keyspace=env.keyspace)
     assert len(rej) == len(rejected)
+
+
+def test_provisioning_adds_raw_key_to_an_older_rejections_table(env: Env) -> None:
+    """A keyspace provisioned before `raw_key` existed gets the column (the sink refuses
+    to start without it)."""
+    from consumers.sink import check_tables
+    from infra.provision import provision_keyspace
+    from schemas import cql
+
+    keyspace = f"older_{uuid.uuid4().hex[:10]}"
+    old = [s.replace(",\n  raw_key           text", "") if ".rejections" in s else s
+           for s in cql.table_ddl(keyspace)]
+    assert not any("raw_key" in s for s in old)
+    try:
+        provision_keyspace(env.base, keyspace, table_ddl=old)
+        with pytest.raises(Exception, match="raw_key"):
+            check_tables(env.session, keyspace)
+        provision_keyspace(env.base, keyspace)
+        check_tables(env.session, keyspace)  # the sink would start now
+        provision_keyspace(env.base, keyspace)  # and again: nothing left to add
+    finally:
+        env.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
