@@ -37,7 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import codec, dead_letter, topics
-from schemas.image_id import InvalidImageId, raw_key_text, row_id, validate_image_id
+from schemas.image_id import (
+    InvalidImageId,
+    raw_key_text,
+    row_id,
+    validate_row_id,
+)
 from schemas.raw import headers_dict
 
 SINK_STAGE = "sink"
@@ -195,9 +200,10 @@ def key_image_id(rec: KafkaRecord, origin: tuple[str, int, int] | None = None) -
 
 
 def _valid_or_safe_id(image_id: str, origin: tuple[str, int, int]) -> str:
-    """An id taken from a record body: itself if valid, else the hash of its bytes."""
+    """An id taken from a record body: itself if valid (or derived by a stage, see
+    `schemas.image_id.row_id`), else the hash of its bytes."""
     try:
-        return validate_image_id(image_id)
+        return validate_row_id(image_id)
     except InvalidImageId:
         return row_id(image_id, origin)
 
@@ -218,7 +224,7 @@ def prediction_writes(pred: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ..
     delete of the image's rejection at the prediction's timestamp."""
     image_id = pred.get("image_id") or key_image_id(rec)
     try:
-        validate_image_id(image_id)
+        validate_row_id(image_id)
     except InvalidImageId as exc:
         raise InvalidRecord("bad-image-id", str(exc)) from None
     top_k = pred.get("top_k") or []

@@ -30,12 +30,28 @@ def image_id_for(data: bytes, supplied: str | None = None) -> str:
 
 
 def validate_image_id(image_id: str) -> str:
+    """A caller-supplied id: the character rules, and none of the derived ids' prefixes
+    (a key spelled like a derived id would otherwise land on another record's row)."""
     # fullmatch, not match: `$` would accept a trailing newline.
     if not isinstance(image_id, str) or not _ID_PATTERN.fullmatch(image_id):
         raise InvalidImageId(
             f"image id {image_id!r} must be 1-200 characters of letters, digits and ._:/@+=-"
         )
+    if image_id.startswith(_DERIVED_PREFIXES):
+        raise InvalidImageId(
+            f"image id {image_id!r} starts with a prefix reserved for derived ids "
+            f"({', '.join(_DERIVED_PREFIXES)})"
+        )
     return image_id
+
+
+def validate_row_id(row: str) -> str:
+    """An id a row may be stored under: a valid image id, or a derived one (`row_id`)."""
+    if isinstance(row, str) and (
+        _KEY_HASH_ID.fullmatch(row) or _NO_KEY_ID.fullmatch(row)
+    ):
+        return row
+    return validate_image_id(row)
 
 
 # Prefixes of ids the pipeline derives when a record's key is no valid id. They are
@@ -43,6 +59,9 @@ def validate_image_id(image_id: str) -> str:
 # never share a row), unlike a lossy decode of the bytes.
 KEY_HASH_PREFIX = "key-sha256:"
 NO_KEY_PREFIX = "no-key:"
+_DERIVED_PREFIXES = (KEY_HASH_PREFIX, NO_KEY_PREFIX)
+_KEY_HASH_ID = re.compile(re.escape(KEY_HASH_PREFIX) + r"[0-9a-f]{64}")
+_NO_KEY_ID = re.compile(re.escape(NO_KEY_PREFIX) + r"[A-Za-z0-9._-]{1,249}/[0-9]{1,10}/[0-9]{1,19}")
 
 
 def row_id(key: bytes | str | None, origin: tuple[str, int, int]) -> str:

@@ -173,10 +173,29 @@ def parse_produced_at(text: str) -> int:
     return value
 
 
+CONTRACT_HEADERS = (H_CONTENT_TYPE, H_SOURCE, H_PRODUCED_AT)
+
+
 def check_headers(headers: Headers | None) -> None:
-    """Refuse header sets no honest producer sends: too many, too large, or with a name
-    that is not UTF-8 (the stream app's consumer keeps such names as surrogates)."""
+    """Refuse header sets no honest producer sends: too many, too large, a name that is
+    not UTF-8 (the stream app's consumer keeps such names as surrogates), or a contract
+    header that repeats or whose value is not UTF-8 (either would be read ambiguously)."""
     items = list(headers or ())
+    seen: set[str] = set()
+    for name, value in items:
+        if name not in CONTRACT_HEADERS:
+            continue
+        if name in seen:
+            raise RawRecordError("bad-header", f"header {name} appears more than once")
+        seen.add(name)
+        if isinstance(value, bytes | bytearray | memoryview):
+            try:
+                bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                shown = bytes(value)[:60]
+                raise RawRecordError(
+                    "bad-header", f"header {name}={shown!r} is not UTF-8"
+                ) from None
     if len(items) > MAX_HEADER_COUNT:
         raise RawRecordError(
             "bad-header", f"raw record has {len(items)} headers, limit is {MAX_HEADER_COUNT}"

@@ -261,6 +261,7 @@ def _in_record(event: Any) -> InRecord:
         value=event.value,
         headers=normalize_headers(msg.headers),
         timestamp_ms=int(ts * 1000) if ts else None,
+        refused=faust_seam.refused_batch_reason(msg.headers),
     )
 
 

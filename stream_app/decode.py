@@ -7,7 +7,8 @@ Pure Pillow + numpy (no torch). Every refusal is a `DecodeError` with a reason:
   not-an-image        no allowed Pillow plugin recognises the bytes
   truncated           the data stops before the image does
   corrupt             the data is damaged (bad stream, bad header, bad EXIF)
-  decompression-bomb  width x height above DecodeSettings.max_pixels (or Pillow's limit)
+  decompression-bomb  width x height above DecodeSettings.max_pixels (or Pillow's limit),
+                      or a JPEG with more than DecodeSettings.max_jpeg_scans scans
   bad-aspect-ratio    the longer side over DecodeSettings.max_aspect_ratio x the shorter
   unsupported-mode    a pixel format we do not convert (float, 32-bit int out of range)
 
@@ -75,6 +76,7 @@ def decode_image(data: bytes, spec: PreprocessSpec, limits: DecodeSettings) -> D
     fmt = im.format or "unknown"
     _check_pixels(im.size, limits, fmt)
     _check_aspect(im.size, limits, fmt)
+    _check_scans(data, limits, fmt)
     try:
         im.load()  # force a full decode: truncation and stream damage surface here
     except Image.DecompressionBombError as exc:
@@ -157,6 +159,21 @@ def _check_pixels(size: tuple[int, int], limits: DecodeSettings, fmt: str) -> No
         )
 
 
+def _check_scans(data: bytes, limits: DecodeSettings, fmt: str) -> None:
+    if fmt != "JPEG":
+        return
+    # Start-of-scan markers. Entropy-coded data never holds FF DA (an FF there is
+    # stuffed with 00), so this counts scans, or more if metadata happens to hold the
+    # bytes: an over-count can only refuse an image with hundreds of them.
+    scans = data.count(b"\xff\xda")
+    if scans > limits.max_jpeg_scans:
+        raise DecodeError(
+            "decompression-bomb",
+            f"JPEG has {scans} scans, limit is {limits.max_jpeg_scans} (each scan decodes "
+            "the whole image again)",
+        )
+
+
 def _check_aspect(size: tuple[int, int], limits: DecodeSettings, fmt: str) -> None:
     w, h = size
     if max(w, h) > limits.max_aspect_ratio * min(w, h):
@@ -200,8 +217,13 @@ def to_rgb(im: Image.Image, fmt: str = "image") -> Image.Image:
 def _grey16_to_rgb(arr: np.ndarray, fmt: str) -> Image.Image:
     if arr.ndim != 2:
         raise DecodeError("unsupported-mode", f"{fmt} 16-bit image with shape {arr.shape}")
-    # Round-to-nearest 65535 -> 255 scaling.
-    grey = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    # Round-to-nearest 65535 -> 255 scaling, in place: one temporary of the image's size.
+    wide = arr.astype(np.uint32)
+    wide *= 255
+    wide += 32767
+    wide //= 65535
+    grey = wide.astype(np.uint8)
+    del wide
     return Image.fromarray(grey).convert("RGB")
 
 

@@ -13,6 +13,12 @@ exercises each patch). The internals relied on:
    parsed by aiokafka's own fast parser first; only a batch it cannot parse is parsed
    again by its pure-Python parser with header names decoded losslessly
    (`surrogateescape`). The stage then refuses that record as data (bad-header).
+   The same parser bounds decompression: a compressed batch passes the broker's size
+   check by its compressed size, and aiokafka inflates it whole in memory (a 600 MiB
+   zstd bomb took a worker to 1.9 GiB). A batch is first inflated into a buffer of
+   MAX_BATCH_BYTES; one that does not fit is not handed out as it is: each of its
+   offsets comes out as a marker record (`refused_batch_reason`), which the stage
+   turns into a dead letter, so every record is still accounted for.
 3. Faust's worker stops on SIGTERM and commits only acked offsets: `request_exit`
    uses that to stop with an exit code, and a watchdog thread ends the process if the
    graceful stop itself hangs.
@@ -23,10 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import cramjam
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.record import default_records, memory_records
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -95,12 +105,118 @@ class _HeaderSafeBatch:
         return next(self._fast)
 
 
+# The most a fetched batch may inflate to. A record's value is refused above the raw
+# topic's 10 MiB anyway; this leaves room for a batch of several such records while
+# keeping a worker far below its memory bound.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")  # record batch v2, 61 bytes
+_REFUSED_MARK = "\x00torchstream-refused-batch"  # never on the wire: set below only
+
+
+@dataclass(frozen=True)
+class _MarkerRecord:
+    """Stands for one record of a batch that was not inflated (see module doc)."""
+
+    offset: int
+    timestamp: int
+    reason: bytes
+    timestamp_type: int = 0
+    key: bytes | None = None
+    value: bytes | None = None
+    checksum: None = None
+
+    @property
+    def headers(self) -> list[tuple[Any, bytes]]:
+        return [(_MARKER, self.reason)]
+
+
+class _Marker(str):
+    """A header name no fetched record can carry: an instance of this class."""
+
+
+_MARKER = _Marker(_REFUSED_MARK)
+
+
+def refused_batch_reason(headers: Any) -> str | None:
+    """The reason a record stands for an uninflated batch, or None for a real record."""
+    for name, value in headers or ():
+        if isinstance(name, _Marker):
+            return bytes(value).decode()
+    return None
+
+
+def inflated_size(codec: int, payload: memoryview, limit: int) -> int | None:
+    """Bytes `payload` inflates to, or None when that exceeds `limit` (memory bounded)."""
+    if codec == 1:  # gzip: stream, counting
+        d = zlib.decompressobj(wbits=47)
+        total, data = 0, bytes(payload)
+        while data and total <= limit:
+            total += len(d.decompress(data, 1 << 20))
+            data = d.unconsumed_tail
+        return total if total <= limit else None
+    if codec == 2:  # snappy, xerial-framed or raw: sizes are in the block headers
+        blocks: list[bytes] = []
+        data = bytes(payload)
+        if data[:8] == b"\x82SNAPPY\x00":
+            pos = 16
+            while pos + 4 <= len(data):
+                (n,) = struct.unpack_from(">i", data, pos)
+                blocks.append(data[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+        else:
+            blocks.append(data)
+        total = sum(int(cramjam.snappy.decompress_raw_len(b)) for b in blocks)
+        return total if total <= limit else None
+    module = {3: cramjam.lz4, 4: cramjam.zstd}.get(codec)
+    if module is None:
+        return len(payload)
+    buf = bytearray(limit)
+    try:
+        return int(module.decompress_into(bytes(payload), buf))
+    except cramjam.DecompressionError as exc:
+        if "whole buffer" in str(exc):
+            return None
+        raise
+
+
+class _RefusedBatch:
+    """A batch handed out as marker records only (too large inflated, or unreadable)."""
+
+    def __init__(self, fast: Any, header: tuple[Any, ...], reason: str) -> None:
+        self._fast = fast
+        self._base, self._last_delta, self._ts = header[0], header[6], header[7]
+        self._reason = reason.encode()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fast, name)
+
+    def __iter__(self) -> Iterator[_MarkerRecord]:
+        for delta in range(self._last_delta + 1):
+            yield _MarkerRecord(self._base + delta, self._ts, self._reason)
+
+
 class HeaderSafeMemoryRecords(memory_records._MemoryRecordsPy):
     def next_batch(self, *args: Any, **kwargs: Any) -> Any:
         raw = self._next_slice
         batch = super().next_batch(*args, **kwargs)
         if raw is None or batch is None or getattr(batch, "magic", 0) < 2:
             return batch
+        header = _BATCH_HEADER.unpack_from(raw)
+        codec = header[5] & 0x07
+        if codec and not header[5] & 0x20:  # compressed, not a control batch
+            try:
+                size = inflated_size(codec, raw[_BATCH_HEADER.size :], MAX_BATCH_BYTES)
+            except Exception as exc:  # a corrupt stream: its records are refused as data
+                log.warning("batch at offset %d does not decompress: %s", header[0], exc)
+                return _RefusedBatch(batch, header, "batch-corrupt")
+            if size is None:
+                log.warning(
+                    "batch at offsets %d..%d inflates past %d bytes; refusing its records",
+                    header[0],
+                    header[0] + header[6],
+                    MAX_BATCH_BYTES,
+                )
+                return _RefusedBatch(batch, header, "decompressed-too-large")
         return _HeaderSafeBatch(batch, raw)
 
 

@@ -40,6 +40,9 @@ class InRecord:
     value: bytes | None
     headers: list[Header] = field(default_factory=list)
     timestamp_ms: int | None = None
+    # Set when the consumer could not hand this record over as it is (its batch inflated
+    # past the bound): the reason its dead letter gets. Key and value are then unknown.
+    refused: str | None = None
 
     @property
     def where(self) -> str:

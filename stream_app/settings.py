@@ -77,8 +77,13 @@ class ModelSettings(BaseModel):
 class DecodeSettings(BaseModel):
     # Bigger inputs are refused before Pillow sees them (reason too-large).
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    # Width x height above this is a decompression bomb; below Pillow's own 89 Mpx.
-    max_pixels: int = Field(default=40_000_000, ge=1)
+    # Width x height above this is a decompression bomb; below Pillow's own 89 Mpx. At
+    # 40 Mpx a 16-bit or RGBA PNG took a worker to 1.31-1.43 GiB, too near the 1.5 GiB
+    # bound; 32 Mpx holds a 48 Mpx phone's usual 12 Mpx output and DSLRs up to 6900 px.
+    max_pixels: int = Field(default=32_000_000, ge=1)
+    # A progressive JPEG decodes each scan over the whole image: 60,000 repeated scans in
+    # a 3.6 MB file took over a minute. Encoders write about 10; more is refused.
+    max_jpeg_scans: int = Field(default=100, ge=1)
     # Longer side / shorter side above this is refused (bad-aspect-ratio): a centre crop
     # of a 1 x 20000 strip classifies nothing. 20:1 passes any panorama a camera makes.
     max_aspect_ratio: float = Field(default=20.0, ge=1.0)

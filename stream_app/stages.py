@@ -82,7 +82,24 @@ class BaseStage:
     # -- the batch entry point ---------------------------------------------------------
     def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
         """One output per input, in order; never raises because of what a record holds."""
-        return self._isolated(list(batch))
+        refused = {i: self._refused_by_consumer(r) for i, r in enumerate(batch) if r.refused}
+        if not refused:
+            return self._isolated(list(batch))
+        rest = iter(self._isolated([r for i, r in enumerate(batch) if i not in refused]))
+        return [refused[i] if i in refused else next(rest) for i in range(len(batch))]
+
+    def _refused_by_consumer(self, rec: InRecord) -> OutRecord:
+        reason = rec.refused or "refused"
+        return self.dead(
+            rec,
+            reason=reason,
+            error=StageError(
+                reason,
+                f"the record's batch was not handed over ({reason}): it inflates past the "
+                "consumer's bound or does not decompress; key and value are unknown",
+            ),
+            keep_payload=False,
+        )
 
     def _process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
         raise NotImplementedError

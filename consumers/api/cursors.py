@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from consumers.api.errors import ApiError, bad_request
-from schemas.image_id import InvalidImageId, validate_image_id
+from schemas.image_id import InvalidImageId, validate_row_id
 
 # Labels and reasons are free text from the model / the stages, but bounded and printable.
 _TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
@@ -23,7 +23,7 @@ MAX_TOKEN_CHARS = 1024
 
 def image_id(value: str) -> str:
     try:
-        return validate_image_id(value)
+        return validate_row_id(value)
     except InvalidImageId:
         shown = value if len(value) <= 64 else value[:64] + "..."
         raise bad_request("bad_image_id", f"image id {shown!r} must be 1-200 characters of "

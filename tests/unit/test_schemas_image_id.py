@@ -39,3 +39,20 @@ def test_invalid_supplied_id_is_rejected(supplied: str) -> None:
         image_id_for(b"data", supplied)
     assert "image id" in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_a_key_spelled_like_a_derived_id_gets_its_own_row() -> None:
+    from schemas.image_id import row_id, validate_row_id
+
+    bad = b"\xff\xfe"
+    derived = row_id(bad, ("images.raw", 0, 1))
+    # Publishing that derived id as a key must not land on the bad key's row.
+    assert row_id(derived.encode(), ("images.raw", 0, 2)) != derived
+    keyless = row_id(None, ("images.raw", 4, 0))
+    assert row_id(keyless.encode(), ("images.raw", 0, 3)) != keyless
+    with pytest.raises(InvalidImageId, match="reserved"):
+        validate_image_id(derived)
+    # Rows may be stored under derived ids, and only under well-formed ones.
+    assert validate_row_id(derived) == derived and validate_row_id(keyless) == keyless
+    with pytest.raises(InvalidImageId):
+        validate_row_id("key-sha256:not-hex")

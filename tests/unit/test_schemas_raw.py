@@ -96,8 +96,13 @@ def test_parse_raw_falls_back_to_record_timestamp() -> None:
     assert rec.produced_at_ms == 99
 
 
-def test_parse_raw_last_header_wins() -> None:
-    rec = parse_raw(b"k", b"v", [("produced-at", b"1"), ("produced-at", b"2")])
+def test_parse_raw_refuses_a_repeated_contract_header() -> None:
+    with pytest.raises(RawRecordError, match="more than once"):
+        parse_raw(b"k", b"v", [("produced-at", b"1"), ("produced-at", b"2")])
+    with pytest.raises(RawRecordError, match="not UTF-8"):
+        parse_raw(b"k", b"v", [("produced-at", b"1"), ("source", b"cam-\xff")])
+    # Headers outside the contract are opaque: repeats and any bytes are fine.
+    rec = parse_raw(b"k", b"v", [("x", b"\xff"), ("x", b"2"), ("produced-at", b"2")])
     assert rec.produced_at_ms == 2
 
 

@@ -267,3 +267,16 @@ def test_sniff_format() -> None:
     assert sniff_format(photo("coffee.png")) == "PNG"
     assert sniff_format(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP"
     assert sniff_format(b"plain text") is None
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    assert decode_image(data, SPEC, LIMITS).pixels.shape == (3, 224, 224)
+    # Repeat the last scan many times: each decodes the whole image again.
+    sos = data.rindex(b"\xff\xda")
+    bomb = data[:sos] + data[sos:-2] * 150 + b"\xff\xd9"
+    with pytest.raises(DecodeError) as err:
+        decode_image(bomb, SPEC, LIMITS)
+    assert err.value.reason == "decompression-bomb" and "scans" in str(err.value)

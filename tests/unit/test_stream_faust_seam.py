@@ -62,3 +62,32 @@ def test_install_patches_the_fetcher_and_the_producer() -> None:
     faust_seam.install()
     assert fetcher.MemoryRecords is faust_seam.HeaderSafeMemoryRecords
     assert drv.Transport.Producer is faust_seam.IdempotentProducer
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])  # gzip, snappy, lz4, zstd
+def test_a_batch_that_inflates_past_the_bound_becomes_marker_records(
+    codec: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faust_seam, "MAX_BATCH_BYTES", 1 << 20)
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=1 << 26,
+    )  # fmt: skip
+    for offset in range(3):
+        builder.append(offset, timestamp=5, key=b"k", value=b"\0" * (4 << 20), headers=[])
+    data = bytes(builder.build())
+    assert len(data) < (1 << 20)  # small on the wire
+    batch = faust_seam.HeaderSafeMemoryRecords(data).next_batch()
+    records = list(batch)
+    assert [r.offset for r in records] == [0, 1, 2]
+    assert {faust_seam.refused_batch_reason(r.headers) for r in records} == {
+        "decompressed-too-large"
+    }
+    assert all(r.key is None and r.value is None for r in records)
+
+
+def test_a_compressed_batch_within_the_bound_is_handed_over_as_it_is() -> None:
+    data = batch_bytes([(b"a", [("h", b"1")]), (b"b", [])], codec=4)
+    records = list(faust_seam.HeaderSafeMemoryRecords(data).next_batch())
+    assert [r.key for r in records] == [b"a", b"b"]
+    assert all(faust_seam.refused_batch_reason(r.headers) is None for r in records)

@@ -166,3 +166,13 @@ def test_a_good_image_keeps_its_prediction_path() -> None:
     assert not out.dead
     d = codec.decode(codec.DECODED_IMAGE, out.value, out.headers)
     assert (d["channels"], d["height"], d["width"]) == (3, 224, 224)
+
+
+def test_a_record_the_consumer_could_not_hand_over_becomes_its_dead_letter() -> None:
+    marker = InRecord(TOPIC, 2, 40, None, None, [], 1_700_000_000_123,
+                      refused="decompressed-too-large")
+    outs = decode_stage().process([raw(39, b"good"), marker, raw(41, b"good-2")])
+    assert [o.dead for o in outs] == [False, True, False]
+    dl = dead_fields(outs[1])
+    assert dl["reason"] == "decompressed-too-large"
+    assert dl["image_id"] == f"{NO_KEY_PREFIX}{TOPIC}/2/40"
