@@ -119,6 +119,13 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
         jobs[t.job].append(t)
     assert len(jobs[JOB_WORKER]) == 2 and len(jobs[JOB_SINK]) == 1, targets
     workers, sink = jobs[JOB_WORKER], jobs[JOB_SINK][0]
+    # Prometheus holds a sample of every target from before the run (a short run can end
+    # before its first scrape, and a rate needs the counters' values before it).
+    def all_up() -> bool:
+        health = prometheus.target_health()
+        return len(health) == 3 and all(h["health"] == "up" for h in health)
+
+    _eventually("every target scraped by prometheus", all_up)
     before_w = _scrape_all(workers)
     before_s = _eventually("the sink's metrics endpoint", lambda: _try_scrape(sink))
     assert isinstance(before_s, dict)
@@ -192,13 +199,7 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
     assert _sum(after_s, "torchstream_sink_writes_stopped") == 0
     assert _sum(after_s, "process_resident_memory_bytes") > 20e6
 
-    # -- Prometheus: targets up, the run's rates, the rules loaded ---------------------
-    def all_up() -> bool:
-        health = prometheus.target_health()
-        return len(health) == 3 and all(h["health"] == "up" for h in health)
-
-    _eventually("every target up in prometheus", all_up)
-
+    # -- Prometheus: the run's rates, the rules loaded -------------------------------
     seen: dict[str, float] = {}
 
     def rates() -> bool:
