@@ -319,7 +319,7 @@ def _register_health(app: faust.App, rt: Runtime) -> None:
     rt.executors["lag-probe"] = probe_executor
     probe: list[LagProbe] = []  # built on first use, in the probe's thread
 
-    def measure(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+    def measure(tps: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int] | None]:
         if not probe:
             probe.append(LagProbe(rt.settings.kafka, w.app_id))
         return probe[0].measure(tps)
@@ -350,12 +350,14 @@ def _register_health(app: faust.App, rt: Runtime) -> None:
         for st in stalled:
             st.stalls += 1
             log.critical(
-                "watchdog: stage %s is stalled: oldest unacknowledged input %.0fs old, "
-                "no progress for %.0fs (bound %.0fs), lag %s%s",
+                "watchdog: stage %s is stalled: oldest unacknowledged input %.0fs old "
+                "(bound %.0fs), partitions whose commit stands still behind waiting "
+                "records: %s, last batch %.0fs ago, lag %s%s",
                 st.stage,
                 st.oldest_unacked_age_s(now) or 0.0,
-                now - st.last_progress_at(),
                 w.stall_after_s,
+                st.stuck_partitions(now, w.stall_after_s),
+                now - st.last_progress_at(),
                 st.fresh_lag,
                 "; restarting the worker" if w.restart_on_stall else "",
             )

@@ -2,8 +2,11 @@
 and the liveness facts the watchdog judges a stage by.
 
 A stage is *stalled* when it has held an unacknowledged input longer than the bound (a
-batch in processing or in sending), or when records have waited in its source (fresh
-lag above zero) for longer than the bound while it made no progress at all.
+batch in processing or in sending), or when one of its partitions has had records
+waiting (fresh lag above zero) while the group's committed offset there stood still
+for longer than the bound. The second catches one stuck partition while others flow:
+a record faust never hands to the agent after a rebalance is never acked, so the
+commit stops at it for good.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ class StageStats:
     positions: dict[int, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     last_batch_at: float | None = None
-    # Liveness: when the batch being processed was taken (None: none in hand), when
-    # fresh lag was first seen above zero with no progress since, and the last fresh lag.
+    # Liveness: when the batch being processed was taken (None: none in hand); per
+    # partition the last fresh lag, and since when records have waited there behind a
+    # committed offset that did not move (absent: nothing waits).
     inflight_since: float | None = None
-    waiting_since: float | None = None
     fresh_lag: dict[int, int | None] = field(default_factory=dict)
+    waiting_since: dict[int, float] = field(default_factory=dict)
+    _committed: dict[int, int] = field(default_factory=dict)
     lag_checked_at: float | None = None
     stalls: int = 0
     _recent: deque[tuple[float, int, float]] = field(default_factory=lambda: deque(maxlen=50))
@@ -42,32 +47,48 @@ class StageStats:
     def batch_taken(self) -> None:
         self.inflight_since = time.monotonic()
 
-    def lag_measured(self, lag: dict[int, int | None], at: float | None = None) -> None:
-        """Fresh lag per assigned partition (committed offset to log end, asked now)."""
+    def lag_measured(
+        self, lag: dict[int, tuple[int, int] | None], at: float | None = None
+    ) -> None:
+        """Fresh (committed offset, log end offset) per assigned partition, asked now;
+        None where the broker did not answer."""
         now = time.monotonic() if at is None else at
-        self.fresh_lag = dict(lag)
         self.lag_checked_at = now
-        if sum(v for v in lag.values() if v) > 0:
-            if self.waiting_since is None:
-                self.waiting_since = now
-        else:
-            self.waiting_since = None
+        self.fresh_lag = {
+            p: None if v is None else max(0, v[1] - v[0]) for p, v in lag.items()
+        }
+        for p, v in lag.items():
+            if v is None:
+                continue
+            committed, end = v
+            moved = self._committed.get(p) != committed
+            self._committed[p] = committed
+            if end <= committed:
+                self.waiting_since.pop(p, None)
+            elif moved or p not in self.waiting_since:
+                self.waiting_since[p] = now
+        for p in set(self.waiting_since) - set(lag):
+            del self.waiting_since[p]  # no longer ours
+            self._committed.pop(p, None)
 
     def last_progress_at(self) -> float:
         return self.last_batch_at if self.last_batch_at is not None else self.started_at
 
     def oldest_unacked_age_s(self, now: float) -> float | None:
-        ages = [now - t for t in (self.inflight_since, self.waiting_since) if t is not None]
-        return max(ages) if ages else None
+        """Age of the oldest input this stage holds, or that waits behind a commit that
+        has not moved (a lower bound: it waited at least since then)."""
+        starts = list(self.waiting_since.values())
+        if self.inflight_since is not None:
+            starts.append(self.inflight_since)
+        return now - min(starts) if starts else None
+
+    def stuck_partitions(self, now: float, bound_s: float) -> list[int]:
+        return sorted(p for p, t in self.waiting_since.items() if now - t > bound_s)
 
     def stalled(self, now: float, bound_s: float) -> bool:
         if self.inflight_since is not None and now - self.inflight_since > bound_s:
             return True
-        return (
-            self.waiting_since is not None
-            and now - self.waiting_since > bound_s
-            and now - self.last_progress_at() > bound_s
-        )
+        return bool(self.stuck_partitions(now, bound_s))
 
     def batch_done(
         self,
@@ -91,7 +112,6 @@ class StageStats:
         now = time.monotonic()
         self.last_batch_at = now
         self.inflight_since = None
-        self.waiting_since = None  # progress: whatever waits now waits from here
         self._recent.append((now, size, seconds))
 
     def snapshot(self, assigned: list[int], stall_after_s: float) -> dict[str, Any]:

@@ -32,13 +32,14 @@ class LagProbe:
         self._consumer: Any = Consumer(conf)
         self._timeout = timeout_s
 
-    def measure(self, tps: list[TP]) -> dict[TP, int | None]:
-        """Lag per partition; None where the broker did not answer in time."""
+    def measure(self, tps: list[TP]) -> dict[TP, tuple[int, int] | None]:
+        """(committed offset, log end offset) per partition; None where the broker did
+        not answer in time. With nothing committed yet, the log start counts."""
         from confluent_kafka import KafkaException, TopicPartition
 
         if not tps:
             return {}
-        out: dict[TP, int | None] = dict.fromkeys(tps)
+        out: dict[TP, tuple[int, int] | None] = dict.fromkeys(tps)
         try:
             committed = self._consumer.committed(
                 [TopicPartition(t, p) for t, p in tps], timeout=self._timeout
@@ -55,7 +56,7 @@ class LagProbe:
                 log.info("lag probe: end of %s[%d] unavailable: %s", tp.topic, tp.partition, exc)
                 continue
             start = tp.offset if tp.offset >= 0 else low  # nothing committed yet: earliest
-            out[(tp.topic, tp.partition)] = max(0, high - start)
+            out[(tp.topic, tp.partition)] = (start, high)
         return out
 
     def close(self) -> None:

@@ -174,7 +174,7 @@ def test_stage_stats_snapshot_and_lag() -> None:
     st.batch_done(4, 4, 0, 0.25, [], {0: 14})
     snap = st.snapshot([0, 1, 2], stall_after_s=60)
     assert snap["lag"] == {"0": None, "1": None, "2": None}  # no fresh measurement yet
-    st.lag_measured({0: 6, 1: 0, 2: None})
+    st.lag_measured({0: (14, 20), 1: (4, 4), 2: None})
     snap = st.snapshot([0, 1, 2], stall_after_s=60)
     assert (snap["records_in"], snap["records_out"], snap["dead_letters"]) == (12, 11, 1)
     assert snap["dead_letter_reasons"] == {"wrong-shape": 1}
@@ -196,16 +196,22 @@ def test_stall_is_judged_from_held_input_and_waiting_records() -> None:
     assert st.oldest_unacked_age_s(t0 + 61) == pytest.approx(61)
     st.batch_done(1, 1, 0, 0.1, [], {0: 1})
     assert st.inflight_since is None
-    # Records waiting with no progress: stalled once both exceed the bound.
-    done = st.last_batch_at
-    assert done is not None
-    st.lag_measured({0: 3}, at=done + 1)
-    assert not st.stalled(done + 60, 60)
-    assert st.stalled(done + 62, 60)
-    # Lag drained (committed caught up): not stalled any more.
-    st.lag_measured({0: 0}, at=done + 63)
-    assert not st.stalled(done + 200, 60)
-    # Progress resets the waiting clock even while records keep waiting.
-    st.lag_measured({0: 5}, at=done + 201)
-    st.batch_done(2, 2, 0, 0.1, [], {0: 3})
-    assert st.waiting_since is None
+    # Records wait on partition 0 behind a commit that does not move: stalled past the
+    # bound, even while partition 1 keeps committing (one stuck partition among others).
+    t = t0 + 100
+    st.lag_measured({0: (5, 8), 1: (0, 10)}, at=t)
+    for i in range(1, 14):
+        st.lag_measured({0: (5, 8), 1: (i, 10 + i)}, at=t + 5 * i)
+        st.batch_done(1, 1, 0, 0.1, [], {1: i})
+    assert st.stuck_partitions(t + 65, 60) == [0]
+    assert st.stalled(t + 65, 60) and not st.stalled(t + 55, 60)
+    assert st.oldest_unacked_age_s(t + 65) == pytest.approx(65)
+    # The commit moves (or the records are all committed): not stalled any more.
+    st.lag_measured({0: (6, 8), 1: (13, 23)}, at=t + 70)
+    assert not st.stalled(t + 100, 60)
+    st.lag_measured({0: (8, 8), 1: (23, 23)}, at=t + 200)
+    assert not st.stalled(t + 1000, 60) and st.oldest_unacked_age_s(t + 1000) is None
+    # A partition that is no longer ours stops counting.
+    st.lag_measured({0: (8, 9)}, at=t + 300)
+    st.lag_measured({}, at=t + 400)
+    assert not st.stalled(t + 1000, 60)
