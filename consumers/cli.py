@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 1 query found none of / not all of the asked ids; 2 refused to start
 (configuration: consistency check, missing keyspace) or bad arguments; 3 the sink
-stopped because Cassandra refuses every write (keyspace/table dropped, permissions);
+stopped for a fault no record can fix (Cassandra refuses every write: keyspace or
+table dropped, permissions; or a record schema version newer than this sink reads);
 4 a query got no answer from Cassandra after its retries (one line on stderr).
 """
 
@@ -83,7 +84,7 @@ def run_sink(args: argparse.Namespace, settings: SinkSettings) -> int:
         print(f"sink refuses to start: {exc}", file=sys.stderr)
         return 2
     except SinkFatalError as exc:
-        print(f"sink stopped: Cassandra refuses every write: {exc}", file=sys.stderr)
+        print(f"sink stopped: {exc}", file=sys.stderr)
         return 3
     return 0
 

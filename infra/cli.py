@@ -136,11 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("cassandra", "kafka"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.INFO)
+    from infra.kafka_retry import KafkaCallFailed
     from infra.provision import ProvisionError
 
     try:
         return run(args)
-    except (InfraError, ProvisionError) as e:
+    except (InfraError, ProvisionError, KafkaCallFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:  # e.g. an unknown node name

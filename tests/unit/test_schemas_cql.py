@@ -17,7 +17,8 @@ CQL_TYPES = re.compile(
     r"|list<.+>|map<.+>|set<.+>|frozen<.+>)$"
 )
 TABLE_RE = re.compile(
-    r"^CREATE TABLE IF NOT EXISTS (?P<ks>\w+)\.(?P<table>\w+) \((?P<body>.*)\)$", re.DOTALL
+    r"^CREATE TABLE IF NOT EXISTS (?P<ks>\w+)\.(?P<table>\w+) \((?P<body>.*)\)"
+    r"(?: WITH (?P<options>.*))?$", re.DOTALL
 )
 
 
