@@ -191,7 +191,8 @@ def _print_report(acc: Accounting, summary: dict[str, Any]) -> None:
     shown: dict[str, int] = {}
     rows = []
     for image_id, r in sorted(acc.stored.items(), key=lambda kv: kv[1].get("source") or ""):
-        base = (r.get("source") or "").split("/")[1] if "/" in (r.get("source") or "") else r.get("source")
+        source = str(r.get("source") or "")
+        base = source.split("/")[1] if "/" in source else source
         if shown.get(base, 0) >= 2:
             continue
         shown[base] = shown.get(base, 0) + 1
