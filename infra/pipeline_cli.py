@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from infra import groups, pipeline_status
+from infra import groups, monitor, pipeline_status
 from infra.kafka_retry import KafkaCallFailed
 from infra.services import Services, pipeline_specs
 from infra.settings import PipelineSettings
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
             services.forget(name)  # a stopped service of an older layout: not ours to report
         for spec in specs:
             services.start(spec)
+        monitor.write_scrape_targets(run_dir)  # a running Prometheus picks them up
         kafka = PipelineSettings().kafka
         try:
             groups.wait_for_group(kafka, sink_group(), args.sinks, timeout_s=args.timeout)

@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from infra.monitor import SINK_METRICS_PORT_ENV
+
 log = logging.getLogger(__name__)
 
 WEB_PORT_BASE = 6066
@@ -48,7 +50,8 @@ class ServiceSpec:
 
 def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PORT_BASE) -> list[ServiceSpec]:
     """The stream workers (one supervisor, ports base..base+N-1) and each sink under its
-    own supervisor: whatever kills a process, something starts it again."""
+    own supervisor: whatever kills a process, something starts it again. Sink i serves
+    its metrics on base+N+i-1, so two pipelines with different bases never clash."""
     py = sys.executable
     specs = []
     if workers:
@@ -61,7 +64,8 @@ def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PO
         )
     specs += [
         ServiceSpec(f"sink-{i}", [py, "-m", "infra.supervisor", "--name", f"sink-{i}", "--",
-                                  py, "-m", "consumers", "sink"])
+                                  py, "-m", "consumers", "sink"],
+                    env={SINK_METRICS_PORT_ENV: str(web_port_base + workers + i - 1)})
         for i in range(1, sinks + 1)
     ]  # fmt: skip
     return specs

@@ -44,7 +44,7 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         run_dir=run_dir,
         prefix=f"{run_id}.",
     )
-    for spec in pipeline_specs(workers=WORKERS, web_port_base=_free_port_base(WORKERS)):
+    for spec in pipeline_specs(workers=WORKERS, web_port_base=_free_port_base(WORKERS + 1)):
         services.start(spec)
     try:
         p.wait_ready()
@@ -83,7 +83,8 @@ def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
 
 
 def _free_port_base(n: int) -> int:
-    """A base port b such that b..b+n-1 are free now (the supervised workers' web ports)."""
+    """A base port b such that b..b+n-1 are free now (the supervised workers' web ports,
+    then the sink's metrics port)."""
     import random
     import socket
 

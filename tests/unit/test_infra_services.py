@@ -100,6 +100,9 @@ def test_pipeline_specs_run_everything_supervised():
     sink = specs["sink-1"].argv
     assert sink[1:3] == ["-m", "infra.supervisor"]
     assert sink[sink.index("--") + 1:] == [sys.executable, "-m", "consumers", "sink"]
+    # Each sink's metrics port follows the workers' web ports: no two pipelines clash.
+    two = pipeline_specs(workers=3, sinks=2, web_port_base=7000)
+    assert [s.env.get("PIPELINE_METRICS__PORT") for s in two[1:]] == ["7003", "7004"]
 
 
 def test_a_killed_child_is_replaced_by_its_supervisor(tmp_path):
