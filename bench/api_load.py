@@ -34,8 +34,11 @@ from consumers.api.launch import Endpoint, read_endpoint, wait_serving
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.api_load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.api_load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run-dir", default=os.environ.get("PIPELINE_RUN_DIR", ".run"))
     p.add_argument("--start", action="store_true", help="start an API process for the run")
     p.add_argument("--requests", type=int, default=3000, help="measured requests")
@@ -59,8 +62,14 @@ async def _ids(http: aiohttp.ClientSession, ep: Endpoint, headers: dict[str, str
         return [row["image_id"] for row in (await r.json())["newest"]]
 
 
-async def load(ep: Endpoint, ids: list[str] | None, requests: int, warmup: int,
-               concurrency: int, max_seconds: float) -> dict[str, Any]:
+async def load(
+    ep: Endpoint,
+    ids: list[str] | None,
+    requests: int,
+    warmup: int,
+    concurrency: int,
+    max_seconds: float,
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {ep.token()}"}
     ssl_ctx = ep.ssl_context() or False
     conn = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_ctx)
@@ -96,13 +105,19 @@ async def load(ep: Endpoint, ids: list[str] | None, requests: int, warmup: int,
         elapsed = time.perf_counter() - t_measure
     done = sum(statuses.values())
     return {
-        "url": ep.url, "route": "GET /v1/images/{id}", "distinct_ids": len(ids),
-        "concurrency": concurrency, "requests": done, "ok": len(latencies),
+        "url": ep.url,
+        "route": "GET /v1/images/{id}",
+        "distinct_ids": len(ids),
+        "concurrency": concurrency,
+        "requests": done,
+        "ok": len(latencies),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "seconds": round(elapsed, 2),
         "requests_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
-        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99), "max_ms": max(latencies) if latencies else None,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies) if latencies else None,
         "cpus": os.cpu_count(),
     }
 
@@ -119,25 +134,33 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PIPELINE_RUN_DIR": str(run_dir), "PIPELINE_LOG_LEVEL": "WARNING"}
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / "api.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen([sys.executable, "-m", "consumers", "api", "--port",
-                                 str(_free_port())], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "api", "--port", str(_free_port())],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
     try:
-        ep = (wait_serving(run_dir, 60, pid=proc.pid) if proc is not None
-              else read_endpoint(run_dir))
+        ep = wait_serving(run_dir, 60, pid=proc.pid) if proc is not None else read_endpoint(run_dir)
         if ep is None:
             print(f"no API serving under {run_dir} (start one, or pass --start)", file=sys.stderr)
             return 2
-        res = asyncio.run(load(ep, args.ids, args.requests, args.warmup, args.concurrency,
-                               args.max_seconds))
+        res = asyncio.run(
+            load(ep, args.ids, args.requests, args.warmup, args.concurrency, args.max_seconds)
+        )
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    print(f"{res['route']}: {res['requests']} requests, {res['concurrency']} in flight, "
-          f"{res['requests_per_s']} req/s; latency ms p50 {res['p50_ms']:.1f} "
-          f"p95 {res['p95_ms']:.1f} p99 {res['p99_ms']:.1f} max {res['max_ms']:.1f}; "
-          f"statuses {res['statuses']}" if res["ok"] else f"no successful request: {res}")
+    print(
+        f"{res['route']}: {res['requests']} requests, {res['concurrency']} in flight, "
+        f"{res['requests_per_s']} req/s; latency ms p50 {res['p50_ms']:.1f} "
+        f"p95 {res['p95_ms']:.1f} p99 {res['p99_ms']:.1f} max {res['max_ms']:.1f}; "
+        f"statuses {res['statuses']}"
+        if res["ok"]
+        else f"no successful request: {res}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0 if res["ok"] == res["requests"] else 1

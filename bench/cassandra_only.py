@@ -33,27 +33,42 @@ def session_for(settings: CassandraSettings, protocol_version: int) -> tuple[Any
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
     profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_datacenter)),
+        load_balancing_policy=TokenAwarePolicy(
+            DCAwareRoundRobinPolicy(local_dc=settings.local_datacenter)
+        ),
         consistency_level=consistency_level(settings.read_consistency),
         request_timeout=settings.request_timeout_s,
     )
-    cluster = Cluster(contact_points=settings.contact_points, port=settings.port,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                      protocol_version=protocol_version, connect_timeout=10)
+    cluster = Cluster(
+        contact_points=settings.contact_points,
+        port=settings.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        protocol_version=protocol_version,
+        connect_timeout=10,
+    )
     return cluster, cluster.connect()
 
 
-def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int = 64,
-                       protocol_version: int = 5, tag: str = "",
-                       batch_rows: int = 1) -> dict[str, Any]:
+def run_cassandra_only(
+    settings: CassandraSettings,
+    count: int,
+    concurrency: int = 64,
+    protocol_version: int = 5,
+    tag: str = "",
+    batch_rows: int = 1,
+) -> dict[str, Any]:
     """The sink's `AsyncWriter` with `concurrency` requests in flight, each carrying up to
     `batch_rows` rows (1 = a request per row, as the sink did before batching)."""
     cluster, session = session_for(settings, protocol_version)
     try:
-        prepared = prepare_writes(session, write_statements(topology.KEYSPACE),
-                                  consistency_level(settings.write_consistency))
-        writer = AsyncWriter(session, prepared, concurrency=concurrency, retry=RetrySettings(),
-                             batch_rows=batch_rows)
+        prepared = prepare_writes(
+            session,
+            write_statements(topology.KEYSPACE),
+            consistency_level(settings.write_consistency),
+        )
+        writer = AsyncWriter(
+            session, prepared, concurrency=concurrency, retry=RetrySettings(), batch_rows=batch_rows
+        )
         pred_topic = topics.PREDICTIONS
         tag = tag or str(int(time.time()))
         recs = []
@@ -80,9 +95,14 @@ def run_cassandra_only(settings: CassandraSettings, count: int, concurrency: int
         b = meter.snapshot()
         cpu = meter.diff(a, b, count)
         return {
-            "events": count, "rows": rows, "concurrency": concurrency,
-            "protocol_version": protocol_version, "failed": failed, "batch_rows": batch_rows,
-            "retries": writer.stats.retries, "requests": writer.stats.requests,
+            "events": count,
+            "rows": rows,
+            "concurrency": concurrency,
+            "protocol_version": protocol_version,
+            "failed": failed,
+            "batch_rows": batch_rows,
+            "retries": writer.stats.retries,
+            "requests": writer.stats.requests,
             "events_per_s": round(throughput(count, first, last) or 0, 1),
             "rows_per_s": round(throughput(rows, first, last) or 0, 1),
             "cpu": cpu,
@@ -121,21 +141,30 @@ def main(argv: list[str] | None = None) -> int:
         for name, cfg in CONFIGS.items():
             r = run_cassandra_only(settings, args.events, tag=f"{rnd}-{int(time.time())}", **cfg)
             runs[name].append(r)
-            print(f"round {rnd + 1} {name:<28} {r['events_per_s']:8.1f} events/s  CPU ms/event "
-                  f"{r['cpu']['cpu_ms_per_item']}", flush=True)
+            print(
+                f"round {rnd + 1} {name:<28} {r['events_per_s']:8.1f} events/s  CPU ms/event "
+                f"{r['cpu']['cpu_ms_per_item']}",
+                flush=True,
+            )
     out = {"events": args.events, "rounds": args.rounds, "configs": {}}
     for name, rs in runs.items():
         out["configs"][name] = {
             "events_per_s": summarize([r["events_per_s"] for r in rs]),
-            "cassandra_cpu_ms_per_event": summarize([r["cpu"]["cpu_ms_per_item"].get("cassandra", 0) for r in rs]),
-            "client_cpu_ms_per_event": summarize([r["cpu"]["cpu_ms_per_item"]["bench"] for r in rs]),
+            "cassandra_cpu_ms_per_event": summarize(
+                [r["cpu"]["cpu_ms_per_item"].get("cassandra", 0) for r in rs]
+            ),
+            "client_cpu_ms_per_event": summarize(
+                [r["cpu"]["cpu_ms_per_item"]["bench"] for r in rs]
+            ),
             "runs": rs,
         }
         s = out["configs"][name]
-        print(f"{name:<28} events/s {s['events_per_s']['median']} [{s['events_per_s']['min']}.."
-              f"{s['events_per_s']['max']}]  cassandra CPU ms/event "
-              f"{s['cassandra_cpu_ms_per_event']['median']}  client CPU ms/event "
-              f"{s['client_cpu_ms_per_event']['median']}")
+        print(
+            f"{name:<28} events/s {s['events_per_s']['median']} [{s['events_per_s']['min']}.."
+            f"{s['events_per_s']['max']}]  cassandra CPU ms/event "
+            f"{s['cassandra_cpu_ms_per_event']['median']}  client CPU ms/event "
+            f"{s['client_cpu_ms_per_event']['median']}"
+        )
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)
     path = results / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-cassandra-only.json"

@@ -45,32 +45,58 @@ SECTIONS = ("model", "pipeline", "transport")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="one repetition, small bursts (~2-3 min)")
     p.add_argument("--only", default=",".join(SECTIONS), help="subset of model,pipeline,transport")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
     p.add_argument("--images", type=int, help="images per pipeline burst (default 160, quick 64)")
-    p.add_argument("--events", type=int, help="events per transport burst (default 10000, quick 3000)")
-    p.add_argument("--workers", type=int, default=2, help="stream worker processes (as `make demo`)")
+    p.add_argument(
+        "--events", type=int, help="events per transport burst (default 10000, quick 3000)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="stream worker processes (as `make demo`)"
+    )
     p.add_argument("--sinks", type=int, default=1, help="sink processes")
     p.add_argument("--relays-per-hop", type=int, default=1, help="identity relay processes per hop")
     p.add_argument("--relay-linger-ms", type=int, help="linger.ms of the relays' producers")
-    p.add_argument("--model-threads", type=int,
-                   help="torch threads for model-only (default: workers x infer.torch_threads)")
-    p.add_argument("--warmup-rounds", type=int, default=8,
-                   help="at most this many warm-up bursts per section; they stop earlier once "
-                        "the servers' JIT compilation is under --jit-settled of their CPU")
-    p.add_argument("--jit-settled", type=float, default=0.15,
-                   help="JIT compiler share of the cluster JVMs' CPU in a warm-up burst below "
-                        "which the servers count as warm")
+    p.add_argument(
+        "--model-threads",
+        type=int,
+        help="torch threads for model-only (default: workers x infer.torch_threads)",
+    )
+    p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=8,
+        help="at most this many warm-up bursts per section; they stop earlier once "
+        "the servers' JIT compilation is under --jit-settled of their CPU",
+    )
+    p.add_argument(
+        "--jit-settled",
+        type=float,
+        default=0.15,
+        help="JIT compiler share of the cluster JVMs' CPU in a warm-up burst below "
+        "which the servers count as warm",
+    )
     p.add_argument("--tag", default="", help="suffix of the timestamped result file")
-    p.add_argument("--keep", action="store_true", default=os.environ.get("KEEP") == "1",
-                   help="leave the clusters running if this run started them (also KEEP=1)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        default=os.environ.get("KEEP") == "1",
+        help="leave the clusters running if this run started them (also KEEP=1)",
+    )
     p.add_argument("--run-dir", default=".run/bench")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one run")
-    p.add_argument("--cluster-timeout", type=float, default=300.0,
-                   help="seconds to wait for all 6 cluster nodes to be up at the start")
+    p.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for all 6 cluster nodes to be up at the start",
+    )
     return p
 
 
@@ -96,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PIPELINE_")},
         "note": "figures are medians over repetitions on a shared, noisy 2-core machine; "
-                "see spread_pct and values",
+        "see spread_pct and values",
     }
     cluster, session = None, None
     error: BaseException | None = None
@@ -110,16 +136,24 @@ def main(argv: list[str] | None = None) -> int:
         from infra.provision import provision
 
         for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX):
-            retrying(lambda prefix=prefix: provision(settings, topic_prefix=prefix,  # type: ignore[misc]
-                                                     keyspace=topology.KEYSPACE,
-                                                     cassandra=prefix == topology.PREFIX),
-                     timeout_s=300, what="provisioning")
+            retrying(
+                lambda prefix=prefix: provision(
+                    settings,
+                    topic_prefix=prefix,  # type: ignore[misc]
+                    keyspace=topology.KEYSPACE,
+                    cassandra=prefix == topology.PREFIX,
+                ),
+                timeout_s=300,
+                what="provisioning",
+            )
         cluster, session = cassandra_session.connect(settings.cassandra)
         out["machine"] = machine_info(session)
         model = model_section(args, n_images) if "model" in only else None
         try:
             if "pipeline" in only:
-                pipeline_section(args, session, n_images, reps, out.setdefault("pipeline", {}), model)
+                pipeline_section(
+                    args, session, n_images, reps, out.setdefault("pipeline", {}), model
+                )
             elif model is not None:
                 for _ in range(reps):
                     model.one_rep()
@@ -127,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             if model is not None:
                 out["model_only"] = model.result()
         if "transport" in only:
-            transport_section(args, settings, session, n_events, reps, out.setdefault("transport", {}))
+            transport_section(
+                args, settings, session, n_events, reps, out.setdefault("transport", {})
+            )
     except BaseException as exc:  # KeyboardInterrupt too: keep what was measured
         error = exc
         out["incomplete"] = f"{type(exc).__name__}: {exc}"
@@ -135,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             cluster.shutdown()
         st = cluster_status() if error is None else None
-        out["clusters_at_end"] = st and {"kafka_brokers": st["kafka"]["brokers"],
-                                         "cassandra_up": st["cassandra"]["up_nodes"]}
+        out["clusters_at_end"] = st and {
+            "kafka_brokers": st["kafka"]["brokers"],
+            "cassandra_up": st["cassandra"]["up_nodes"],
+        }
         out["ratios"] = ratios(out)
         out["wall_s"] = round(time.time() - started, 1)
         out["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -152,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cluster_status() -> dict[str, Any] | None:
-    res = subprocess.run([sys.executable, "-m", "infra", "status", "--json"], text=True,
-                         capture_output=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "infra", "status", "--json"],
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     try:
         return json.loads(res.stdout)
     except json.JSONDecodeError:
@@ -181,9 +223,14 @@ def wait_clusters(timeout_s: float) -> dict[str, Any]:
     while True:
         st = cluster_status()
         if st and st["kafka"]["brokers"] >= 3 and st["cassandra"]["up_nodes"] >= 3:
-            return {"kafka_brokers": st["kafka"]["brokers"], "cassandra_up": st["cassandra"]["up_nodes"]}
+            return {
+                "kafka_brokers": st["kafka"]["brokers"],
+                "cassandra_up": st["cassandra"]["up_nodes"],
+            }
         if time.monotonic() > deadline:
-            raise TimeoutError(f"clusters not complete within {timeout_s:.0f}s: {st and {k: st[k] for k in ('kafka', 'cassandra')}}")
+            raise TimeoutError(
+                f"clusters not complete within {timeout_s:.0f}s: {st and {k: st[k] for k in ('kafka', 'cassandra')}}"
+            )
         time.sleep(2.0)
 
 
@@ -197,8 +244,10 @@ def model_section(args: argparse.Namespace, n_images: int) -> Any:
 
     ss = StreamSettings().stream
     threads = args.model_threads or args.workers * ss.infer.torch_threads
-    step(f"model-only: {n_images} images, batch {ss.worker.batch_size}, {threads} torch thread(s), "
-         "passes interleaved with the pipeline's bursts")
+    step(
+        f"model-only: {n_images} images, batch {ss.worker.batch_size}, {threads} torch thread(s), "
+        "passes interleaved with the pipeline's bursts"
+    )
     return ModelOnly(n_images, ss.worker.batch_size, threads, ss.postprocess.top_k)
 
 
@@ -206,8 +255,14 @@ def _services(args: argparse.Namespace) -> Services:
     return Services(Path(args.run_dir))
 
 
-def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps: int,
-                     res: dict[str, Any], model: Any = None) -> dict[str, Any]:
+def pipeline_section(
+    args: argparse.Namespace,
+    session: Any,
+    n_images: int,
+    reps: int,
+    res: dict[str, Any],
+    model: Any = None,
+) -> dict[str, Any]:
     """Fills `res` as it goes, so an interrupted run keeps what it measured."""
     from stream_app.settings import StreamSettings
 
@@ -218,39 +273,70 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
     ports = topology.web_ports(args.workers)
     prefix = topology.PIPELINE_PREFIX
     app_topics = [prefix + s.source for s in topics.STAGES]
-    res.update({
-        "workers": args.workers, "sinks": args.sinks, "images_per_burst": n_images,
-        "batch_size": ss.stream.worker.batch_size, "batch_window_s": ss.stream.worker.batch_window_s,
-        "torch_threads_per_worker": ss.stream.infer.torch_threads,
-    })
+    res.update(
+        {
+            "workers": args.workers,
+            "sinks": args.sinks,
+            "images_per_burst": n_images,
+            "batch_size": ss.stream.worker.batch_size,
+            "batch_window_s": ss.stream.worker.batch_window_s,
+            "torch_threads_per_worker": ss.stream.infer.torch_threads,
+        }
+    )
     bursts: list[dict[str, Any]] = []
     paced: list[dict[str, Any]] = []
     pairs: list[float] = []
     half = 0.0
-    step(f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*")
+    step(
+        f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*"
+    )
     try:
         for spec in specs:
             services.start(spec)
         alive = liveness(services, [s.name for s in specs])
         meter = CpuMeter({**cluster_pids(), **{s.name: services.pid(s.name) for s in specs}})
         t0 = time.monotonic()
-        wait_groups_ready(kafka, {topology.PIPELINE_APP_ID: args.workers,
-                                  topology.PIPELINE_SINK_GROUP: 1}, 300, alive)
-        wait_caught_up(kafka, {topology.PIPELINE_APP_ID: app_topics,
-                               topology.PIPELINE_SINK_GROUP: [prefix + topics.PREDICTIONS]}, 600, alive)
+        wait_groups_ready(
+            kafka,
+            {topology.PIPELINE_APP_ID: args.workers, topology.PIPELINE_SINK_GROUP: 1},
+            300,
+            alive,
+        )
+        wait_caught_up(
+            kafka,
+            {
+                topology.PIPELINE_APP_ID: app_topics,
+                topology.PIPELINE_SINK_GROUP: [prefix + topics.PREDICTIONS],
+            },
+            600,
+            alive,
+        )
         res["startup_s"] = round(time.monotonic() - t0, 1)
         tag0 = f"p{int(time.time())}"
         res["background_cpu_s_per_s"] = meter.sample_background_once()
         res["warm_up"] = warm_up(
-            "pipeline", meter, args,
-            lambda i: pipeline.run_once(alive, session, f"{tag0}-warm{i}", 32, timeout_s=args.timeout))
+            "pipeline",
+            meter,
+            args,
+            lambda i: pipeline.run_once(
+                alive, session, f"{tag0}-warm{i}", 32, timeout_s=args.timeout
+            ),
+        )
         for r in range(reps):
             m_rate = model.one_rep() if model is not None else None
             h0 = pipeline.worker_health(ports)
-            lag = pipeline.LagSampler(kafka, topology.PIPELINE_APP_ID, topology.PIPELINE_SINK_GROUP,
-                                      prefix)
-            run = pipeline.run_once(alive, session, f"{tag0}-burst{r}", n_images, timeout_s=args.timeout,
-                                    meter=meter, lag=lag)
+            lag = pipeline.LagSampler(
+                kafka, topology.PIPELINE_APP_ID, topology.PIPELINE_SINK_GROUP, prefix
+            )
+            run = pipeline.run_once(
+                alive,
+                session,
+                f"{tag0}-burst{r}",
+                n_images,
+                timeout_s=args.timeout,
+                meter=meter,
+                lag=lag,
+            )
             h1 = pipeline.worker_health(ports)
             s = run.summary()
             s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
@@ -259,19 +345,30 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
             if m_rate and s["per_s"]:
                 pairs.append(s["per_s"] / m_rate)
                 s["model_only_images_per_s_just_before"] = round(m_rate, 2)
-            step(f"pipeline burst {r + 1}/{reps}: {s['per_s']} images/s, p50 {s['p50_ms']} ms, "
-                 f"p99 {s['p99_ms']} ms")
+            step(
+                f"pipeline burst {r + 1}/{reps}: {s['per_s']} images/s, p50 {s['p50_ms']} ms, "
+                f"p99 {s['p99_ms']} ms"
+            )
         sat = summarize([b["per_s"] for b in bursts if b["per_s"]])
         half = (sat["median"] or 1.0) / 2.0
         n_paced = max(16, n_images // 2)
         for r in range(reps):
-            run = pipeline.run_once(alive, session, f"{tag0}-paced{r}", n_paced, rate=half,
-                                    timeout_s=args.timeout, meter=meter)
+            run = pipeline.run_once(
+                alive,
+                session,
+                f"{tag0}-paced{r}",
+                n_paced,
+                rate=half,
+                timeout_s=args.timeout,
+                meter=meter,
+            )
             s = run.summary()
             s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
             paced.append(s)
-            step(f"pipeline paced {r + 1}/{reps} at {half:.1f}/s: {s['per_s']} images/s, "
-                 f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+            step(
+                f"pipeline paced {r + 1}/{reps} at {half:.1f}/s: {s['per_s']} images/s, "
+                f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"
+            )
         res["health_after"] = pipeline.worker_health(ports)
     finally:
         res["paired_ratio_over_model_only"] = summarize(pairs)
@@ -297,8 +394,9 @@ def pipeline_section(args: argparse.Namespace, session: Any, n_images: int, reps
     return res
 
 
-def warm_up(section: str, meter: CpuMeter, args: argparse.Namespace,
-            burst: Callable[[int], Any]) -> dict[str, Any]:
+def warm_up(
+    section: str, meter: CpuMeter, args: argparse.Namespace, burst: Callable[[int], Any]
+) -> dict[str, Any]:
     """Warm-up bursts until the servers' JIT compilation settles (a probe, not a count).
 
     Freshly started Kafka and Cassandra JVMs spend much of their CPU compiling hot code
@@ -321,8 +419,12 @@ def warm_up(section: str, meter: CpuMeter, args: argparse.Namespace,
         if share < args.jit_settled:
             settled = True
             break
-    return {"bursts": len(shares), "jit_share_per_burst": shares, "settled": settled,
-            "threshold": args.jit_settled}
+    return {
+        "bursts": len(shares),
+        "jit_share_per_burst": shares,
+        "settled": settled,
+        "threshold": args.jit_settled,
+    }
 
 
 def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -331,23 +433,41 @@ def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
         b = before.get(stage, {})
         rin = a["records_in"] - b.get("records_in", 0)
         bat = a["batches"] - b.get("batches", 0)
-        out[stage] = {"records": rin, "batches": bat,
-                      "mean_batch_size": round(rin / bat, 2) if bat else None,
-                      "images_per_busy_s": a.get("images_per_busy_s")}
+        out[stage] = {
+            "records": rin,
+            "batches": bat,
+            "mean_batch_size": round(rin / bat, 2) if bat else None,
+            "images_per_busy_s": a.get("images_per_busy_s"),
+        }
     return out
 
 
-def transport_section(args: argparse.Namespace, settings: PipelineSettings, session: Any,
-                      n_events: int, reps: int, res: dict[str, Any]) -> dict[str, Any]:
+def transport_section(
+    args: argparse.Namespace,
+    settings: PipelineSettings,
+    session: Any,
+    n_events: int,
+    reps: int,
+    res: dict[str, Any],
+) -> dict[str, Any]:
     kafka = settings.kafka
     services = _services(args)
     specs = topology.transport_specs(args.sinks, args.relays_per_hop, args.relay_linger_ms)
     hops = topology.transport_hops()
-    res.update({"events_per_burst": n_events, "sinks": args.sinks,
-                "relays_per_hop": args.relays_per_hop, "hops": len(hops), "rows_per_event": 2})
+    res.update(
+        {
+            "events_per_burst": n_events,
+            "sinks": args.sinks,
+            "relays_per_hop": args.relays_per_hop,
+            "hops": len(hops),
+            "rows_per_event": 2,
+        }
+    )
     runs: list[dict[str, Any]] = []
-    step(f"transport: starting {len(hops)} x {args.relays_per_hop} identity relay(s) and "
-         f"{args.sinks} sink(s) on {topology.PREFIX}*")
+    step(
+        f"transport: starting {len(hops)} x {args.relays_per_hop} identity relay(s) and "
+        f"{args.sinks} sink(s) on {topology.PREFIX}*"
+    )
     try:
         for spec in specs:
             services.start(spec)
@@ -362,16 +482,29 @@ def transport_section(args: argparse.Namespace, settings: PipelineSettings, sess
         tag0 = f"t{int(time.time())}"
         res["background_cpu_s_per_s"] = meter.sample_background_once()
         res["warm_up"] = warm_up(
-            "transport", meter, args,
-            lambda i: transport.run_once(settings, alive, session, f"{tag0}-warm{i}", 2000,
-                                         timeout_s=args.timeout))
+            "transport",
+            meter,
+            args,
+            lambda i: transport.run_once(
+                settings, alive, session, f"{tag0}-warm{i}", 2000, timeout_s=args.timeout
+            ),
+        )
         for r in range(reps):
-            run = transport.run_once(settings, alive, session, f"{tag0}-{r}", n_events,
-                                     timeout_s=args.timeout, meter=meter)
+            run = transport.run_once(
+                settings,
+                alive,
+                session,
+                f"{tag0}-{r}",
+                n_events,
+                timeout_s=args.timeout,
+                meter=meter,
+            )
             s = run.summary()
             runs.append(s)
-            step(f"transport burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
-                 f"p99 {s['p99_ms']} ms, missing {s['missing']}")
+            step(
+                f"transport burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
+                f"p99 {s['p99_ms']} ms, missing {s['missing']}"
+            )
     finally:
         res["cpu_ms_per_event"] = cpu_summary(runs)
         res["events_per_s"] = summarize([x["per_s"] for x in runs if x["per_s"]])

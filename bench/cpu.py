@@ -30,7 +30,9 @@ _NODE = re.compile(r"\.run/((?:kafka|cassandra)-\d+)/")
 def cluster_pids() -> dict[str, int]:
     """{'kafka-1': pid, 'cassandra-1': pid, ...} of the running local cluster nodes."""
     try:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=5
+        ).stdout
     except Exception:  # noqa: BLE001
         return {}
     found: dict[str, int] = {}
@@ -163,8 +165,12 @@ class CpuMeter:
             "background_cpu_s_per_s": {k: round(v, 3) for k, v in self.background.items()},
             "cpu_s_before_background_subtraction": {k: round(v, 2) for k, v in sorted(raw.items())},
             "cpu_s": {k: round(v, 2) for k, v in sorted(by_comp.items())},
-            "cpu_ms_per_item": {k: round(v / items * 1000, 3) for k, v in sorted(by_comp.items())} if items else {},
+            "cpu_ms_per_item": {k: round(v / items * 1000, 3) for k, v in sorted(by_comp.items())}
+            if items
+            else {},
             "machine_busy_pct": round(busy / total * 100, 1) if total else None,
             "ours_pct_of_machine": round(ours / total * 100, 1) if total else None,
-            "others_pct_of_machine": round(max(0.0, busy - ours) / total * 100, 1) if total else None,
+            "others_pct_of_machine": round(max(0.0, busy - ours) / total * 100, 1)
+            if total
+            else None,
         }

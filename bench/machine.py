@@ -21,7 +21,9 @@ def kafka_version() -> str | None:
     import re
 
     try:
-        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(
+            ["ps", "-eo", "args"], capture_output=True, text=True, timeout=5
+        ).stdout
     except Exception:  # noqa: BLE001
         return None
     m = re.search(r"kafka[-_](\d+\.\d+\.\d+)", out)

@@ -32,8 +32,11 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def latencies(self) -> list[float]:
-        return [float(r["stored_at"] - r["produced_at"]) for r in self.rows.values()
-                if r.get("stored_at") and r.get("produced_at")]
+        return [
+            float(r["stored_at"] - r["produced_at"])
+            for r in self.rows.values()
+            if r.get("stored_at") and r.get("produced_at")
+        ]
 
     def summary(self) -> dict[str, Any]:
         stored = [r["stored_at"] for r in self.rows.values() if r.get("stored_at")]
@@ -46,7 +49,9 @@ class RunResult:
             "publish_s": round((self.last_produce_ms - self.first_produce_ms) / 1000.0, 3),
             "span_s": round((last - self.first_produce_ms) / 1000.0, 3) if last else None,
             "per_s": _round(throughput(len(stored), self.first_produce_ms, last)) if last else None,
-            "offered_per_s": round(throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0.0, 2),
+            "offered_per_s": round(
+                throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0.0, 2
+            ),
             **latency_summary(self.latencies()),
             "cpu": self.cpu,
             **self.extra,
@@ -57,8 +62,14 @@ def _round(v: float | None, digits: int = 2) -> float | None:
     return None if v is None else round(v, digits)
 
 
-def collect_rows(session: Any, keyspace: str, ids: list[str], since_ms: float,
-                 timeout_s: float, done: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], int]:
+def collect_rows(
+    session: Any,
+    keyspace: str,
+    ids: list[str],
+    since_ms: float,
+    timeout_s: float,
+    done: Callable[[], bool] | None = None,
+) -> tuple[dict[str, dict[str, Any]], int]:
     """Rows of `ids` written by this run (produced_at >= since_ms), waiting up to timeout_s.
 
     `done` (cheap, e.g. a consumer-group lag probe) gates the first full read so the

@@ -50,8 +50,10 @@ class ModelOnly:
         t = dict.fromkeys(STAGES, 0.0)
         for start in range(0, len(data), self.batch_size):
             t0 = time.perf_counter()
-            arrays = [self._decode(b, self.model.preprocess, self._limits).pixels
-                      for b in data[start : start + self.batch_size]]
+            arrays = [
+                self._decode(b, self.model.preprocess, self._limits).pixels
+                for b in data[start : start + self.batch_size]
+            ]
             t1 = time.perf_counter()
             outcomes = self._inf.run(arrays)
             t2 = time.perf_counter()
@@ -92,8 +94,9 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def run_model_only(count: int, batch_size: int, threads: int, repetitions: int,
-                   top_k: int = 5) -> dict[str, Any]:
+def run_model_only(
+    count: int, batch_size: int, threads: int, repetitions: int, top_k: int = 5
+) -> dict[str, Any]:
     m = ModelOnly(count, batch_size, threads, top_k)
     for _ in range(repetitions):
         m.one_rep()

@@ -46,8 +46,15 @@ class LagSampler:
     the slow one. Faust commits every few seconds, so this is coarse by design.
     """
 
-    def __init__(self, kafka: Any, app_group: str, sink_group: str, prefix: str,
-                 every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kafka: Any,
+        app_group: str,
+        sink_group: str,
+        prefix: str,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kafka = kafka
         self.app_group, self.sink_group = app_group, sink_group
         self.stage_of = {prefix + s.source: s.name for s in topics.STAGES}
@@ -79,26 +86,41 @@ class LagSampler:
 
     def summary(self) -> dict[str, Any]:
         order = [*STAGES, "sink"]
-        return {"max_lag": {k: self.max_lag[k] for k in order if k in self.max_lag},
-                "samples": self.samples, "every_s": self.every_s}
+        return {
+            "max_lag": {k: self.max_lag[k] for k in order if k in self.max_lag},
+            "samples": self.samples,
+            "every_s": self.every_s,
+        }
 
 
-def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate: float = 0.0,
-             timeout_s: float = 600.0, prefix: str = topology.PIPELINE_PREFIX,
-             meter: CpuMeter | None = None, lag: LagSampler | None = None) -> RunResult:
+def run_once(
+    alive: Callable[[], None],
+    session: Any,
+    tag: str,
+    count: int,
+    rate: float = 0.0,
+    timeout_s: float = 600.0,
+    prefix: str = topology.PIPELINE_PREFIX,
+    meter: CpuMeter | None = None,
+    lag: LagSampler | None = None,
+) -> RunResult:
     settings = ProducerSettings()
     settings.producer.topic = prefix + topics.RAW
     settings.producer.rate = rate
     kafka = settings.kafka
     pred_topic = prefix + topics.PREDICTIONS
-    before = retrying(lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets")
+    before = retrying(
+        lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets"
+    )
     alive()
     if meter is not None:
         meter.sample_background_once()
     start = meter.snapshot() if meter is not None else None
     result = publish_items(images.items(count, tag), settings)
     if result.summary.failed:
-        raise RuntimeError(f"publish failed for {result.summary.failed} image(s): {result.summary.failures[:3]}")
+        raise RuntimeError(
+            f"publish failed for {result.summary.failed} image(s): {result.summary.failures[:3]}"
+        )
     produced = [t for _, t in result.delivered]
     ids = [i for i, _ in result.delivered]
     first, last = min(produced), max(produced)
@@ -121,7 +143,11 @@ def run_once(alive: Callable[[], None], session: Any, tag: str, count: int, rate
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = meter.diff(start, marks["end"], len(ids)) if meter is not None and start is not None and "end" in marks else None
+    cpu = (
+        meter.diff(start, marks["end"], len(ids))
+        if meter is not None and start is not None and "end" in marks
+        else None
+    )
     res = RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
     if lag is not None:
         res.extra["lag"] = lag.summary()
@@ -145,8 +171,10 @@ def batch_summary(health: list[dict[str, Any]]) -> dict[str, Any]:
     agg: dict[str, dict[str, Any]] = {}
     for h in health:
         for st in h.get("stages", []):
-            a = agg.setdefault(st["stage"], {"records_in": 0, "batches": 0, "max_batch_size": 0,
-                                             "images_per_busy_s": []})
+            a = agg.setdefault(
+                st["stage"],
+                {"records_in": 0, "batches": 0, "max_batch_size": 0, "images_per_busy_s": []},
+            )
             a["records_in"] += st.get("records_in", 0)
             a["batches"] += st.get("batches", 0)
             a["max_batch_size"] = max(a["max_batch_size"], st.get("max_batch_size", 0))

@@ -36,9 +36,14 @@ def relay(
 ) -> int:
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-    consumer = Consumer(consumer_config(settings.kafka, group, {"client.id": f"bench-relay-{group}"}))
-    producer = Producer(producer_config(settings.kafka, {"client.id": f"bench-relay-{group}",
-                                                         **(producer_overrides or {})}))
+    consumer = Consumer(
+        consumer_config(settings.kafka, group, {"client.id": f"bench-relay-{group}"})
+    )
+    producer = Producer(
+        producer_config(
+            settings.kafka, {"client.id": f"bench-relay-{group}", **(producer_overrides or {})}
+        )
+    )
     consumer.subscribe([source])
     moved = 0
     failed: list[Any] = []
@@ -59,8 +64,13 @@ def relay(
                     continue
                 while True:
                     try:
-                        producer.produce(sink, value=m.value(), key=m.key(), headers=m.headers(),
-                                         on_delivery=on_delivery)
+                        producer.produce(
+                            sink,
+                            value=m.value(),
+                            key=m.key(),
+                            headers=m.headers(),
+                            on_delivery=on_delivery,
+                        )
                         break
                     except BufferError:
                         producer.poll(0.05)
@@ -71,7 +81,9 @@ def relay(
                 pass
             if failed:
                 raise KafkaException(failed[0])
-            consumer.store_offsets(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
+            consumer.store_offsets(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+            )
             moved += len(msgs)
     finally:
         producer.flush(10.0)
@@ -95,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"linger.ms": args.linger_ms} if args.linger_ms is not None else None
     t0 = time.monotonic()
     n = relay(settings, args.source, args.sink, args.group, stop, args.batch, overrides)
-    log.info("relay %s -> %s moved %d records in %.0fs", args.source, args.sink, n, time.monotonic() - t0)
+    log.info(
+        "relay %s -> %s moved %d records in %.0fs", args.source, args.sink, n, time.monotonic() - t0
+    )
     return 0
 
 

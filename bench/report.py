@@ -15,17 +15,22 @@ def _fmt(s: dict[str, Any] | None, unit: str = "", digits: int = 1) -> str:
 
 
 def _cpu(c: dict[str, Any]) -> str:
-    parts = [f"{k} {v:.2f}" for k, v in c.items() if k not in ("total", "others_pct_of_machine") and v]
-    return (", ".join(parts) + f"; total {c.get('total')}; others used "
-            f"{c.get('others_pct_of_machine')}% of the machine meanwhile")
+    parts = [
+        f"{k} {v:.2f}" for k, v in c.items() if k not in ("total", "others_pct_of_machine") and v
+    ]
+    return (
+        ", ".join(parts) + f"; total {c.get('total')}; others used "
+        f"{c.get('others_pct_of_machine')}% of the machine meanwhile"
+    )
 
 
 def _warm(w: dict[str, Any] | None) -> str:
     if not w:
         return "-"
     shares = ", ".join(f"{x:.0%}" for x in w["jit_share_per_burst"])
-    return (f"{w['bursts']} burst(s), servers' JIT share {shares}"
-            + ("" if w["settled"] else f" (not below {w['threshold']:.0%}: servers still warming)"))
+    return f"{w['bursts']} burst(s), servers' JIT share {shares}" + (
+        "" if w["settled"] else f" (not below {w['threshold']:.0%}: servers still warming)"
+    )
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -36,22 +41,33 @@ def print_table(out: dict[str, Any]) -> None:
     print("\n  measurement                          median  [min..max, n]")
     print("  " + "-" * 76)
     if m:
-        print(f"  model-only images/s (b={m['batch_size']}, thr={m['torch_threads']})".ljust(38)
-              + _fmt(m["images_per_s"]))
+        print(
+            f"  model-only images/s (b={m['batch_size']}, thr={m['torch_threads']})".ljust(38)
+            + _fmt(m["images_per_s"])
+        )
         if m.get("cpu_ms_per_image", {}).get("median"):
             print("    CPU ms/image (all threads)".ljust(38) + _fmt(m["cpu_ms_per_image"]))
         ms = m["ms_per_image"]
-        print("    ms/image decode / infer / post".ljust(38)
-              + " / ".join(f"{ms[k]['median']:.2f}" for k in ("decode", "infer", "postprocess")))
+        print(
+            "    ms/image decode / infer / post".ljust(38)
+            + " / ".join(f"{ms[k]['median']:.2f}" for k in ("decode", "infer", "postprocess"))
+        )
     if p and "saturation" in p:
         sat, half = p["saturation"], p["half_rate"]
         print("  pipeline warm-up".ljust(38) + _warm(p.get("warm_up")))
         print("  pipeline images/s at saturation".ljust(38) + _fmt(sat["images_per_s"]))
-        print("    latency p50 / p95 / p99 (ms)".ljust(38)
-              + " / ".join(_fmt(sat[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms")))
-        print(f"  pipeline at half rate ({half['rate_per_s']}/s)".ljust(38) + _fmt(half["images_per_s"]))
-        print("    latency p50 / p95 / p99 (ms)".ljust(38)
-              + " / ".join(_fmt(half[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms")))
+        print(
+            "    latency p50 / p95 / p99 (ms)".ljust(38)
+            + " / ".join(_fmt(sat[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms"))
+        )
+        print(
+            f"  pipeline at half rate ({half['rate_per_s']}/s)".ljust(38)
+            + _fmt(half["images_per_s"])
+        )
+        print(
+            "    latency p50 / p95 / p99 (ms)".ljust(38)
+            + " / ".join(_fmt(half[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms"))
+        )
         runs = half.get("runs") or sat.get("runs") or []
         if runs and runs[-1].get("stages"):
             print("    per hop p50 ms at half rate (queue + work):")
@@ -60,25 +76,40 @@ def print_table(out: dict[str, Any]) -> None:
         if sat.get("cpu_ms_per_image"):
             print("    CPU ms/image by component: " + _cpu(sat["cpu_ms_per_image"]))
         if sat.get("max_lag"):
-            print("    max input lag during a burst (records): "
-                  + ", ".join(f"{k} {v}" for k, v in sat["max_lag"].items()))
+            print(
+                "    max input lag during a burst (records): "
+                + ", ".join(f"{k} {v}" for k, v in sat["max_lag"].items())
+            )
         batches = (sat.get("runs") or [{}])[-1].get("batches") or {}
         if batches:
-            print("    mean batch size at saturation: "
-                  + ", ".join(f"{k} {v['mean_batch_size']}" for k, v in batches.items()))
+            print(
+                "    mean batch size at saturation: "
+                + ", ".join(f"{k} {v['mean_batch_size']}" for k, v in batches.items())
+            )
     if t and "events_per_s" in t:
         print("  transport warm-up".ljust(38) + _warm(t.get("warm_up")))
-        print(f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38) + _fmt(t["events_per_s"]))
-        print("    latency p50 / p99 (ms)".ljust(38)
-              + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms")))
+        print(
+            f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38)
+            + _fmt(t["events_per_s"])
+        )
+        print(
+            "    latency p50 / p99 (ms)".ljust(38)
+            + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms"))
+        )
         if t.get("cpu_ms_per_event"):
             print("    CPU ms/event by component: " + _cpu(t["cpu_ms_per_event"]))
     print("  " + "-" * 76)
-    print(f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (ratio of medians), "
-          f"paired per burst {r.get('pipeline_over_model_only_paired')} "
-          f"{r.get('pipeline_over_model_only_paired_range')} (goal >= {r.get('goal_pipeline_over_model_only')})")
-    print(f"  CPU efficiency (model CPU/image / pipeline CPU/image): own processes "
-          f"{r.get('cpu_efficiency_own_processes')}, incl. Kafka+Cassandra "
-          f"{r.get('cpu_efficiency_incl_clusters')}")
-    print(f"  transport events/s: {r.get('transport_events_per_s')} "
-          f"(goal >= {r.get('goal_transport_events_per_s')})")
+    print(
+        f"  pipeline / model-only: {r.get('pipeline_over_model_only')} (ratio of medians), "
+        f"paired per burst {r.get('pipeline_over_model_only_paired')} "
+        f"{r.get('pipeline_over_model_only_paired_range')} (goal >= {r.get('goal_pipeline_over_model_only')})"
+    )
+    print(
+        f"  CPU efficiency (model CPU/image / pipeline CPU/image): own processes "
+        f"{r.get('cpu_efficiency_own_processes')}, incl. Kafka+Cassandra "
+        f"{r.get('cpu_efficiency_incl_clusters')}"
+    )
+    print(
+        f"  transport events/s: {r.get('transport_events_per_s')} "
+        f"(goal >= {r.get('goal_transport_events_per_s')})"
+    )

@@ -81,7 +81,9 @@ def stage_breakdown(
     for r in rows:
         trace = r.get("stage_ms") or {}
         points = [r.get("produced_at"), *(trace.get(s) for s in stages), r.get("stored_at")]
-        for (a, b), t0, t1 in zip(zip(marks, marks[1:], strict=False), points, points[1:], strict=False):
+        for (a, b), t0, t1 in zip(
+            zip(marks, marks[1:], strict=False), points, points[1:], strict=False
+        ):
             if t0 is not None and t1 is not None:
                 hops[f"{a}->{b}"].append(float(t1 - t0))
     out: dict[str, dict[str, Any]] = {}

@@ -51,23 +51,45 @@ def sink_env(prefix: str, group: str, keyspace: str) -> dict[str, str]:
     }
 
 
-def transport_specs(sinks: int = 1, relays_per_hop: int = 1, linger_ms: int | None = None,
-                    prefix: str = PREFIX, keyspace: str = KEYSPACE) -> list[ServiceSpec]:
+def transport_specs(
+    sinks: int = 1,
+    relays_per_hop: int = 1,
+    linger_ms: int | None = None,
+    prefix: str = PREFIX,
+    keyspace: str = KEYSPACE,
+) -> list[ServiceSpec]:
     py = sys.executable
     specs = []
     for hop in transport_hops(prefix):
-        argv = [py, "-m", "bench.relay", "--source", hop.source, "--sink", hop.sink, "--group", hop.group]
+        argv = [
+            py,
+            "-m",
+            "bench.relay",
+            "--source",
+            hop.source,
+            "--sink",
+            hop.sink,
+            "--group",
+            hop.group,
+        ]
         if linger_ms is not None:
             argv += ["--linger-ms", str(linger_ms)]
         specs += [ServiceSpec(f"relay-{hop.stage}-{i}", argv) for i in range(1, relays_per_hop + 1)]
     env = sink_env(prefix, TRANSPORT_SINK_GROUP, keyspace)
-    specs += [ServiceSpec(f"tsink-{i}", [py, "-m", "consumers", "sink"], env) for i in range(1, sinks + 1)]
+    specs += [
+        ServiceSpec(f"tsink-{i}", [py, "-m", "consumers", "sink"], env) for i in range(1, sinks + 1)
+    ]
     return specs
 
 
-def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = 6166,
-                   run_dir: str = ".run/bench", prefix: str = PIPELINE_PREFIX,
-                   keyspace: str = KEYSPACE) -> list[ServiceSpec]:
+def pipeline_specs(
+    workers: int = 2,
+    sinks: int = 1,
+    web_port_base: int = 6166,
+    run_dir: str = ".run/bench",
+    prefix: str = PIPELINE_PREFIX,
+    keyspace: str = KEYSPACE,
+) -> list[ServiceSpec]:
     """The real stream workers and sink, pointed at the bench topics and keyspace."""
     py = sys.executable
     env = {
@@ -76,11 +98,18 @@ def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = 6166,
         "PIPELINE_STREAM__WORKER__DATA_DIR": f"{run_dir}/stream_app",
     }
     specs = [
-        ServiceSpec(f"worker-{i}", [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)], env)
+        ServiceSpec(
+            f"worker-{i}",
+            [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)],
+            env,
+        )
         for i in range(1, workers + 1)
     ]
     senv = sink_env(prefix, PIPELINE_SINK_GROUP, keyspace)
-    specs += [ServiceSpec(f"psink-{i}", [py, "-m", "consumers", "sink"], senv) for i in range(1, sinks + 1)]
+    specs += [
+        ServiceSpec(f"psink-{i}", [py, "-m", "consumers", "sink"], senv)
+        for i in range(1, sinks + 1)
+    ]
     return specs
 
 

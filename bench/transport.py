@@ -27,7 +27,9 @@ from schemas.raw import now_ms
 log = logging.getLogger(__name__)
 
 
-def prediction_event(image_id: str, i: int, produced_at_ms: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+def prediction_event(
+    image_id: str, i: int, produced_at_ms: int
+) -> tuple[bytes, list[tuple[str, bytes]]]:
     rec = {
         "image_id": image_id,
         "source": "bench/transport",
@@ -45,7 +47,9 @@ def prediction_event(image_id: str, i: int, produced_at_ms: int) -> tuple[bytes,
     return codec.encode(codec.PREDICTION, rec)
 
 
-def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float = 0.0) -> tuple[list[str], int, int]:
+def publish_events(
+    settings: PipelineSettings, tag: str, count: int, rate: float = 0.0
+) -> tuple[list[str], int, int]:
     """Publish `count` events as fast as acks allow (or at `rate`/s); (ids, first_ms, last_ms)."""
     from confluent_kafka import KafkaException, Producer
 
@@ -68,8 +72,13 @@ def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float
         value, headers = prediction_event(image_id, i, now_ms())
         while True:
             try:
-                p.produce(topic, value=value, key=image_id.encode(), headers=headers,  # type: ignore[arg-type]
-                          on_delivery=on_delivery)
+                p.produce(
+                    topic,
+                    value=value,
+                    key=image_id.encode(),
+                    headers=headers,  # type: ignore[arg-type]
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:
                 p.poll(0.05)
@@ -80,8 +89,16 @@ def publish_events(settings: PipelineSettings, tag: str, count: int, rate: float
     return ids, first, last
 
 
-def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any, tag: str,
-             count: int, rate: float = 0.0, timeout_s: float = 300.0, meter: CpuMeter | None = None) -> RunResult:
+def run_once(
+    settings: PipelineSettings,
+    alive: Callable[[], None],
+    session: Any,
+    tag: str,
+    count: int,
+    rate: float = 0.0,
+    timeout_s: float = 300.0,
+    meter: CpuMeter | None = None,
+) -> RunResult:
     alive()
     if meter is not None:
         meter.sample_background_once()
@@ -94,7 +111,10 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
         lag = groups.group_lag(settings.kafka, topology.TRANSPORT_SINK_GROUP, [pred_topic])["total"]
         if lag:
             return False
-        relays = [groups.group_lag(settings.kafka, h.group, [h.source])["total"] for h in topology.transport_hops()]
+        relays = [
+            groups.group_lag(settings.kafka, h.group, [h.source])["total"]
+            for h in topology.transport_hops()
+        ]
         return not any(relays)
 
     marks: dict[str, Any] = {}
@@ -107,5 +127,9 @@ def run_once(settings: PipelineSettings, alive: Callable[[], None], session: Any
         return True
 
     rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = meter.diff(start, marks["end"], count) if meter is not None and start is not None and "end" in marks else None
+    cpu = (
+        meter.diff(start, marks["end"], count)
+        if meter is not None and start is not None and "end" in marks
+        else None
+    )
     return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)

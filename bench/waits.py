@@ -34,8 +34,12 @@ def check_alive(services: Services, names: list[str]) -> None:
         raise ServiceDied(f"service(s) {dead} exited:\n{tails}")
 
 
-def wait_groups_ready(kafka: KafkaSettings, wanted: dict[str, int], timeout_s: float,
-                      alive: Callable[[], None] | None = None) -> None:
+def wait_groups_ready(
+    kafka: KafkaSettings,
+    wanted: dict[str, int],
+    timeout_s: float,
+    alive: Callable[[], None] | None = None,
+) -> None:
     """Every group Stable with its members holding partitions."""
     deadline = time.monotonic() + timeout_s
     for group, members in wanted.items():
@@ -52,9 +56,13 @@ def wait_groups_ready(kafka: KafkaSettings, wanted: dict[str, int], timeout_s: f
                 continue
 
 
-def wait_caught_up(kafka: KafkaSettings, lags: dict[str, list[str]], timeout_s: float,
-                   alive: Callable[[], None] | None = None,
-                   progress: Callable[[dict[str, int]], None] | None = None) -> float:
+def wait_caught_up(
+    kafka: KafkaSettings,
+    lags: dict[str, list[str]],
+    timeout_s: float,
+    alive: Callable[[], None] | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None,
+) -> float:
     """Poll until every group's committed lag on its topics is 0; returns seconds waited."""
     start = time.monotonic()
     deadline = start + timeout_s
@@ -63,8 +71,12 @@ def wait_caught_up(kafka: KafkaSettings, lags: dict[str, list[str]], timeout_s: 
         if alive is not None:
             alive()
         try:
-            last = {g: groups.group_lag(kafka, g, t, deadline_s=max(1.0, deadline - time.monotonic()))["total"]
-                    for g, t in lags.items()}
+            last = {
+                g: groups.group_lag(kafka, g, t, deadline_s=max(1.0, deadline - time.monotonic()))[
+                    "total"
+                ]
+                for g, t in lags.items()
+            }
         except KafkaCallFailed as exc:
             # Retriable errors were retried inside group_lag (kafka_retry); what is left is
             # either out of time (polled again until our deadline) or not retriable (raised).
@@ -81,7 +93,9 @@ def wait_caught_up(kafka: KafkaSettings, lags: dict[str, list[str]], timeout_s: 
         time.sleep(POLL_S)
 
 
-def poll_until(fn: Callable[[], bool], timeout_s: float, what: str, every_s: float = POLL_S) -> None:
+def poll_until(
+    fn: Callable[[], bool], timeout_s: float, what: str, every_s: float = POLL_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not fn():
         if time.monotonic() > deadline:

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m consumers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m consumers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sink", help="consume predictions and dead letters into Cassandra")
@@ -45,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--ids-from", metavar="FILE", help="read image ids, one a line ('-': stdin)")
     q.add_argument("--label", help="images whose top-1 label is LABEL")
     q.add_argument("--limit", type=int, default=100, help="rows for --label/--rejections")
-    q.add_argument("--rejections", action="store_true",
-                   help="rejections (of the given ids, or the newest ones)")
+    q.add_argument(
+        "--rejections",
+        action="store_true",
+        help="rejections (of the given ids, or the newest ones)",
+    )
     q.add_argument("--stats", action="store_true", help="counts by label and reason, newest")
     q.add_argument("--json", action="store_true", help="JSON output for machines")
     q.add_argument("--keyspace", help="Cassandra keyspace (default: settings cassandra.keyspace)")
@@ -125,8 +131,10 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
     ids = _ids(args)
     modes = sum([bool(ids) and not args.rejections, bool(args.label), args.rejections, args.stats])
     if modes != 1:
-        print("give exactly one of: IMAGE_ID..., --label, --rejections [IMAGE_ID...], --stats",
-              file=sys.stderr)
+        print(
+            "give exactly one of: IMAGE_ID..., --label, --rejections [IMAGE_ID...], --stats",
+            file=sys.stderr,
+        )
         return 2
     # The driver logs a dead node's connection errors as WARNINGs with tracebacks; the
     # read profile rides through them, so a user sees only an answer or one error line.
@@ -144,8 +152,9 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
     except (DriverException, NoHostAvailable, ConnectionException) as exc:
         # Already retried on other hosts (READ_PROFILE) and per page: say why in one line.
         text = " ".join(str(exc).split())
-        print(f"query failed: Cassandra did not answer: {type(exc).__name__}: {text}",
-              file=sys.stderr)
+        print(
+            f"query failed: Cassandra did not answer: {type(exc).__name__}: {text}", file=sys.stderr
+        )
         return 4
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -154,18 +163,26 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
     return code
 
 
-def _query(session: Any, ks: str, args: argparse.Namespace,
-           ids: list[str]) -> tuple[Any, str, int]:
+def _query(session: Any, ks: str, args: argparse.Namespace, ids: list[str]) -> tuple[Any, str, int]:
     if args.stats:
         st = queries.stats(session, keyspace=ks)
-        parts = [f"predictions: {st['predictions']}   rejections: {st['rejections']}", "",
-                 render_table([{"label": k, "count": v} for k, v in st["by_label"].items()],
-                              ("label", "count")), "",
-                 render_table([{"reason": k, "count": v}
-                               for k, v in st["rejections_by_reason"].items()],
-                              ("reason", "count")), "", "newest:",
-                 render_table(st["newest"], ("image_id", "label", "score", "model_name",
-                                             "processed_at"))]
+        parts = [
+            f"predictions: {st['predictions']}   rejections: {st['rejections']}",
+            "",
+            render_table(
+                [{"label": k, "count": v} for k, v in st["by_label"].items()], ("label", "count")
+            ),
+            "",
+            render_table(
+                [{"reason": k, "count": v} for k, v in st["rejections_by_reason"].items()],
+                ("reason", "count"),
+            ),
+            "",
+            "newest:",
+            render_table(
+                st["newest"], ("image_id", "label", "score", "model_name", "processed_at")
+            ),
+        ]
         return st, "\n".join(parts), 0
     if args.label:
         rows = queries.by_label(session, args.label, keyspace=ks, limit=args.limit)
@@ -182,12 +199,28 @@ def _query(session: Any, ks: str, args: argparse.Namespace,
     # One status per image: an id with rows in both tables shows its newer row only.
     preds, rejs, missing = found.predictions, found.rejections, found.missing
     result = {"predictions": preds, "rejections": rejs, "missing": missing}
-    rows = [{"image_id": i, "status": "prediction", "label": p["label"], "score": p["score"],
-             "model": f"{p['model_name']}:{p['model_version']}", "detail": p["source"]}
-            for i, p in preds.items()]
-    rows += [{"image_id": i, "status": "rejected", "label": "", "score": None,
-              "model": r["stage"], "detail": f"{r['reason']}: {r['message']}"}
-             for i, r in rejs.items()]
+    rows = [
+        {
+            "image_id": i,
+            "status": "prediction",
+            "label": p["label"],
+            "score": p["score"],
+            "model": f"{p['model_name']}:{p['model_version']}",
+            "detail": p["source"],
+        }
+        for i, p in preds.items()
+    ]
+    rows += [
+        {
+            "image_id": i,
+            "status": "rejected",
+            "label": "",
+            "score": None,
+            "model": r["stage"],
+            "detail": f"{r['reason']}: {r['message']}",
+        }
+        for i, r in rejs.items()
+    ]
     rows += [{"image_id": i, "status": "missing"} for i in missing]
     table = render_table(rows, ("image_id", "status", "label", "score", "model", "detail"))
     return result, table, 1 if missing else 0

@@ -103,22 +103,46 @@ def check_overlap(
     w = replicas_needed(wl, repl, datacenter, local_scope=local_scope)
     r = replicas_needed(rl, repl, datacenter, local_scope=local_scope)
     if repl.local(datacenter) == 0 and (wl.startswith("LOCAL_") or rl.startswith("LOCAL_")):
-        return Overlap(False, w, r, rf, scope,
-                       f"the keyspace has no replicas in the local datacenter {datacenter!r} "
-                       f"(replication {dict(repl.factors)}), so LOCAL_* requests always fail")
+        return Overlap(
+            False,
+            w,
+            r,
+            rf,
+            scope,
+            f"the keyspace has no replicas in the local datacenter {datacenter!r} "
+            f"(replication {dict(repl.factors)}), so LOCAL_* requests always fail",
+        )
     for name, level, need in (("write", wl, w), ("read", rl, r)):
         if need > rf:
-            return Overlap(False, w, r, rf, scope,
-                           f"{name} consistency {level} needs {need} replicas but {scope} has "
-                           f"only {rf}: every {name} would fail")
+            return Overlap(
+                False,
+                w,
+                r,
+                rf,
+                scope,
+                f"{name} consistency {level} needs {need} replicas but {scope} has "
+                f"only {rf}: every {name} would fail",
+            )
     if w + r > rf:
-        return Overlap(True, w, r, rf, scope,
-                       f"write {wl} ({w}) + read {rl} ({r}) = {w + r} > RF {rf} in {scope}: "
-                       "every read sees the last acknowledged write")
-    return Overlap(False, w, r, rf, scope,
-                   f"write {wl} ({w} replicas) + read {rl} ({r} replicas) = {w + r} <= RF {rf} "
-                   f"in {scope}: a read may miss an acknowledged write. Raise the write or read "
-                   "consistency (LOCAL_QUORUM for both gives W + R > RF)")
+        return Overlap(
+            True,
+            w,
+            r,
+            rf,
+            scope,
+            f"write {wl} ({w}) + read {rl} ({r}) = {w + r} > RF {rf} in {scope}: "
+            "every read sees the last acknowledged write",
+        )
+    return Overlap(
+        False,
+        w,
+        r,
+        rf,
+        scope,
+        f"write {wl} ({w} replicas) + read {rl} ({r} replicas) = {w + r} <= RF {rf} "
+        f"in {scope}: a read may miss an acknowledged write. Raise the write or read "
+        "consistency (LOCAL_QUORUM for both gives W + R > RF)",
+    )
 
 
 def require_overlap(

@@ -71,8 +71,9 @@ class MetricsSection(BaseModel):
 class SinkMetricsSettings(BaseSettings):
     """`PIPELINE_METRICS__*`; built in the sink's main() like the sink's own settings."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__",
-                                      extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_", env_nested_delimiter="__", extra="ignore"
+    )
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
@@ -126,8 +127,9 @@ class KafkaView:
     but not yet acknowledged by Cassandra too (the sink commits only acknowledged ones).
     """
 
-    def __init__(self, sink: Any, make_consumer: Callable[[], Any],
-                 interval_s: float = KAFKA_VIEW_INTERVAL_S) -> None:
+    def __init__(
+        self, sink: Any, make_consumer: Callable[[], Any], interval_s: float = KAFKA_VIEW_INTERVAL_S
+    ) -> None:
         self._sink = sink
         self._make_consumer = make_consumer
         self._consumer: Any = None
@@ -175,8 +177,9 @@ class KafkaView:
         if brokers and held:
             committed = c.committed([TopicPartition(t, p) for t, p in held], timeout=5.0)
             for tp in committed:
-                lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                 timeout=2.0, cached=False)
+                lo, hi = c.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=2.0, cached=False
+                )
                 pos = tp.offset if tp.offset >= 0 else lo
                 lag[(tp.topic, tp.partition)] = max(0, hi - pos)
         with self._lock:
@@ -218,18 +221,24 @@ class SinkCollector(Collector):
         return out
 
     def _counters(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("torchstream_sink_info", "Always 1: the sink's consumer group",
-                                 labels=["group_id"])
+        info = GaugeMetricFamily(
+            "torchstream_sink_info", "Always 1: the sink's consumer group", labels=["group_id"]
+        )
         info.add_metric([str(getattr(self._sink, "group_id", ""))], 1)
         yield info
         c = self._sink.counters
-        consumed = CounterMetricFamily("torchstream_sink_records_consumed",
-                                       "Records the sink consumed (predictions and dead letters)")
+        consumed = CounterMetricFamily(
+            "torchstream_sink_records_consumed",
+            "Records the sink consumed (predictions and dead letters)",
+        )
         consumed.add_metric([], c.records)
-        settled = CounterMetricFamily("torchstream_sink_records_settled", "Records the sink "
-                                      "finished: stored as a prediction or a rejection, or "
-                                      "dead-lettered (sent to the sink's dead-letter topic)",
-                                      labels=["kind"])
+        settled = CounterMetricFamily(
+            "torchstream_sink_records_settled",
+            "Records the sink "
+            "finished: stored as a prediction or a rejection, or "
+            "dead-lettered (sent to the sink's dead-letter topic)",
+            labels=["kind"],
+        )
         settled.add_metric(["prediction"], c.predictions)
         settled.add_metric(["rejection"], c.rejections)
         settled.add_metric(["dead_letter"], c.dead_lettered)
@@ -243,42 +252,59 @@ class SinkCollector(Collector):
             return
         st = w.stats
         for name, doc, value in (
-            ("torchstream_cassandra_requests", "Write requests sent (a row or a batch)",
-             st.requests),
-            ("torchstream_cassandra_write_retries", "Rows re-sent after a retriable error",
-             st.retries),
-            ("torchstream_cassandra_write_failures", "Rows given up on (dead-lettered)",
-             st.failed),
-            ("torchstream_cassandra_batches_split", "Batches retried row by row after a "
-             "non-retriable error", st.batches_split),
+            (
+                "torchstream_cassandra_requests",
+                "Write requests sent (a row or a batch)",
+                st.requests,
+            ),
+            (
+                "torchstream_cassandra_write_retries",
+                "Rows re-sent after a retriable error",
+                st.retries,
+            ),
+            ("torchstream_cassandra_write_failures", "Rows given up on (dead-lettered)", st.failed),
+            (
+                "torchstream_cassandra_batches_split",
+                "Batches retried row by row after a non-retriable error",
+                st.batches_split,
+            ),
         ):
             m = CounterMetricFamily(name, doc)
             m.add_metric([], value)
             yield m
-        errors = CounterMetricFamily("torchstream_cassandra_write_errors",
-                                     "Failed write requests by driver error class",
-                                     labels=["error"])
+        errors = CounterMetricFamily(
+            "torchstream_cassandra_write_errors",
+            "Failed write requests by driver error class",
+            labels=["error"],
+        )
         for cls, n in sorted(dict(st.errors_by_class).items()):
             errors.add_metric([cls], n)
         yield errors
-        g = GaugeMetricFamily("torchstream_cassandra_requests_in_flight",
-                              "Write requests awaiting Cassandra")
+        g = GaugeMetricFamily(
+            "torchstream_cassandra_requests_in_flight", "Write requests awaiting Cassandra"
+        )
         g.add_metric([], w.in_flight)
         yield g
-        fatal = GaugeMetricFamily("torchstream_sink_writes_stopped", "1 when Cassandra refused "
-                                  "a write for a reason no record can fix and the sink stops")
+        fatal = GaugeMetricFamily(
+            "torchstream_sink_writes_stopped",
+            "1 when Cassandra refused a write for a reason no record can fix and the sink stops",
+        )
         fatal.add_metric([], 1 if w.fatal is not None else 0)
         yield fatal
 
     def _open(self) -> Iterator[Metric]:
-        g = GaugeMetricFamily("torchstream_sink_open_records",
-                              "Records consumed but not yet acknowledged by Cassandra")
+        g = GaugeMetricFamily(
+            "torchstream_sink_open_records",
+            "Records consumed but not yet acknowledged by Cassandra",
+        )
         g.add_metric([], self._sink._open_count)
         yield g
         oldest = oldest_open_timestamp_ms(self._sink._open)
-        age = GaugeMetricFamily("torchstream_sink_oldest_unacked_age_seconds",
-                                "Age (from its Kafka timestamp) of the oldest record consumed "
-                                "and not yet acknowledged; 0 when none is open")
+        age = GaugeMetricFamily(
+            "torchstream_sink_oldest_unacked_age_seconds",
+            "Age (from its Kafka timestamp) of the oldest record consumed "
+            "and not yet acknowledged; 0 when none is open",
+        )
         age.add_metric([], 0.0 if oldest is None else max(0.0, self._clock() - oldest / 1000))
         yield age
 
@@ -286,10 +312,13 @@ class SinkCollector(Collector):
         if self._kafka is None:
             return
         _, lag = self._kafka.read()
-        g = GaugeMetricFamily("torchstream_consumer_lag_records", "Records between a "
-                              "partition's end and the consumer's position (the sink: its "
-                              "committed offset), per partition the process holds",
-                              labels=["stage", "topic", "partition"])
+        g = GaugeMetricFamily(
+            "torchstream_consumer_lag_records",
+            "Records between a "
+            "partition's end and the consumer's position (the sink: its "
+            "committed offset), per partition the process holds",
+            labels=["stage", "topic", "partition"],
+        )
         for (topic, part), n in sorted(lag.items()):
             g.add_metric(["sink", topic, str(part)], n)
         yield g
@@ -302,12 +331,17 @@ class SinkCollector(Collector):
             hosts = list(cluster.metadata.all_hosts())
             known, up = len(hosts), sum(1 for h in hosts if h.is_up)
         for name, doc, value in (
-            ("torchstream_kafka_brokers_up", "Kafka brokers in the cluster metadata the sink's "
-             "metrics client sees", brokers),
-            ("torchstream_cassandra_nodes_up", "Cassandra nodes the sink's driver holds as up",
-             up),
-            ("torchstream_cassandra_nodes_known", "Cassandra nodes in the driver's metadata",
-             known),
+            (
+                "torchstream_kafka_brokers_up",
+                "Kafka brokers in the cluster metadata the sink's metrics client sees",
+                brokers,
+            ),
+            ("torchstream_cassandra_nodes_up", "Cassandra nodes the sink's driver holds as up", up),
+            (
+                "torchstream_cassandra_nodes_known",
+                "Cassandra nodes in the driver's metadata",
+                known,
+            ),
         ):
             if value is not None:
                 g = GaugeMetricFamily(name, doc)
@@ -321,8 +355,12 @@ def oldest_open_timestamp_ms(open_records: Any) -> int | None:
     Read from another thread: a dict that changes meanwhile is read again (a few tries)."""
     for _ in range(5):
         try:
-            stamps = [pr.rec.timestamp_ms for recs in list(open_records.values())
-                      for pr in list(recs.values()) if pr.rec.timestamp_ms > 0]
+            stamps = [
+                pr.rec.timestamp_ms
+                for recs in list(open_records.values())
+                for pr in list(recs.values())
+                if pr.rec.timestamp_ms > 0
+            ]
         except RuntimeError:  # changed size during iteration
             continue
         return min(stamps) if stamps else None
@@ -364,19 +402,28 @@ class MetricsServer:
 def _metrics_consumer(sink: Any) -> Callable[[], Any]:
     """A consumer in the sink's group that never subscribes (it only reads the group's
     committed offsets and the watermarks), so it never joins or rebalances the group."""
+
     def make() -> Any:
         from confluent_kafka import Consumer
 
         from infra.kafka_clients import consumer_config
 
-        return Consumer(consumer_config(sink.settings.kafka, sink.group_id, {
-            "client.id": f"vision-sink-metrics-{sink.group_id}", "enable.auto.commit": False}))
+        return Consumer(
+            consumer_config(
+                sink.settings.kafka,
+                sink.group_id,
+                {"client.id": f"vision-sink-metrics-{sink.group_id}", "enable.auto.commit": False},
+            )
+        )
 
     return make
 
 
-def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None,
-                       make_consumer: Callable[[], Any] | None = None) -> MetricsServer | None:
+def serve_sink_metrics(
+    sink: Any,
+    settings: SinkMetricsSettings | None = None,
+    make_consumer: Callable[[], Any] | None = None,
+) -> MetricsServer | None:
     """Start the endpoint for `sink` (before sink.run); None when disabled.
 
     A port that is taken is logged as an error and the sink runs on without metrics:
@@ -386,11 +433,16 @@ def serve_sink_metrics(sink: Any, settings: SinkMetricsSettings | None = None,
         return None
     kafka = KafkaView(sink, make_consumer or _metrics_consumer(sink))
     try:
-        server, _thread = start_http_server(ms.port, addr=ms.host,
-                                            registry=build_registry(sink, kafka))
+        server, _thread = start_http_server(
+            ms.port, addr=ms.host, registry=build_registry(sink, kafka)
+        )
     except OSError as exc:
-        log.error("metrics endpoint %s:%d not started: %s (set PIPELINE_METRICS__PORT)",
-                  ms.host, ms.port, exc)
+        log.error(
+            "metrics endpoint %s:%d not started: %s (set PIPELINE_METRICS__PORT)",
+            ms.host,
+            ms.port,
+            exc,
+        )
         return None
     kafka.start()
     log.info("metrics at http://%s:%d/metrics", ms.host, ms.port)

@@ -31,15 +31,45 @@ from schemas import cql
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = (
-    "image_id", "label", "class_index", "score", "top_k", "model_name", "model_version",
-    "source", "content_type", "raw_topic", "raw_partition", "raw_offset", "produced_at",
-    "processed_at", "stored_at", "stage_ms",
+    "image_id",
+    "label",
+    "class_index",
+    "score",
+    "top_k",
+    "model_name",
+    "model_version",
+    "source",
+    "content_type",
+    "raw_topic",
+    "raw_partition",
+    "raw_offset",
+    "produced_at",
+    "processed_at",
+    "stored_at",
+    "stage_ms",
 )
-BY_LABEL_COLUMNS = ("label", "image_id", "score", "model_name", "model_version", "source",
-                    "produced_at")
+BY_LABEL_COLUMNS = (
+    "label",
+    "image_id",
+    "score",
+    "model_name",
+    "model_version",
+    "source",
+    "produced_at",
+)
 REJECTION_COLUMNS = (
-    "image_id", "stage", "reason", "error_class", "message", "retriable", "source",
-    "origin_topic", "origin_partition", "origin_offset", "produced_at", "rejected_at",
+    "image_id",
+    "stage",
+    "reason",
+    "error_class",
+    "message",
+    "retriable",
+    "source",
+    "origin_topic",
+    "origin_partition",
+    "origin_offset",
+    "produced_at",
+    "rejected_at",
     "stored_at",
 )
 # The cell whose WRITETIME (microseconds, the record's `USING TIMESTAMP`) dates a row.
@@ -70,8 +100,9 @@ def _row(columns: Sequence[str], row: Any) -> dict[str, Any]:
     return {c: _plain(getattr(row, c)) for c in columns}
 
 
-def _select(columns: Sequence[str], keyspace: str, table: str, where: str = "",
-            dated: bool = False) -> str:
+def _select(
+    columns: Sequence[str], keyspace: str, table: str, where: str = "", dated: bool = False
+) -> str:
     cols = ", ".join(columns)
     if dated:
         cols += f", WRITETIME({_DATED_BY[table]}) AS {WRITE_TIME}"
@@ -83,8 +114,9 @@ def _select(columns: Sequence[str], keyspace: str, table: str, where: str = "",
 _PREPARED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
-def _prepare(session: Any, cql_text: str, consistency: int | None,
-             fetch_size: int | None = None) -> Any:
+def _prepare(
+    session: Any, cql_text: str, consistency: int | None, fetch_size: int | None = None
+) -> Any:
     # Consistency None: the read profile's (the configured read level).
     key = (cql_text, consistency, fetch_size)
     try:
@@ -110,13 +142,18 @@ def retriable_read_error(exc: BaseException) -> bool:
     from cassandra.cluster import NoHostAvailable
     from cassandra.connection import ConnectionException
 
-    return isinstance(exc, OperationTimedOut | ReadTimeout | Unavailable | NoHostAvailable
-                      | ConnectionException)
+    return isinstance(
+        exc, OperationTimedOut | ReadTimeout | Unavailable | NoHostAvailable | ConnectionException
+    )
 
 
-def pages(session: Any, statement: Any, params: Sequence[Any] | None = None,
-          attempts: int = PAGE_ATTEMPTS,
-          retriable: Callable[[BaseException], bool] = retriable_read_error) -> Iterator[list[Any]]:
+def pages(
+    session: Any,
+    statement: Any,
+    params: Sequence[Any] | None = None,
+    attempts: int = PAGE_ATTEMPTS,
+    retriable: Callable[[BaseException], bool] = retriable_read_error,
+) -> Iterator[list[Any]]:
     """Yield the result one page at a time; each page is its own request under the read
     profile, and a page that fails is asked again from its paging state (at most
     `attempts` tries), so a scan never starts over and never yields a row twice."""
@@ -125,23 +162,35 @@ def pages(session: Any, statement: Any, params: Sequence[Any] | None = None,
     while True:
         for attempt in range(1, attempts + 1):
             try:
-                rs = session.execute(statement, params, execution_profile=profile,
-                                     paging_state=paging_state)
+                rs = session.execute(
+                    statement, params, execution_profile=profile, paging_state=paging_state
+                )
                 break
             except Exception as exc:
                 if attempt == attempts or not retriable(exc):
                     raise
-                log.warning("page %s failed (%s: %s); asking again from its paging state",
-                            "1" if paging_state is None else "n", type(exc).__name__, exc)
+                log.warning(
+                    "page %s failed (%s: %s); asking again from its paging state",
+                    "1" if paging_state is None else "n",
+                    type(exc).__name__,
+                    exc,
+                )
         yield list(rs.current_rows)
         paging_state = rs.paging_state
         if not paging_state:
             return
 
 
-def _by_ids(session: Any, keyspace: str, table: str, columns: Sequence[str], ids: Iterable[str],
-            consistency: int | None, concurrency: int,
-            dated: bool = False) -> dict[str, dict[str, Any]]:
+def _by_ids(
+    session: Any,
+    keyspace: str,
+    table: str,
+    columns: Sequence[str],
+    ids: Iterable[str],
+    consistency: int | None,
+    concurrency: int,
+    dated: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Each id's row, read concurrently; ids whose read failed retriably (the driver's
     own retries and speculation used up) are asked again, at most PAGE_ATTEMPTS tries."""
     from cassandra.concurrent import execute_concurrent_with_args
@@ -153,10 +202,14 @@ def _by_ids(session: Any, keyspace: str, table: str, columns: Sequence[str], ids
     cols = (*columns, WRITE_TIME) if dated else columns
     out: dict[str, dict[str, Any]] = {}
     for attempt in range(1, PAGE_ATTEMPTS + 1):
-        results = execute_concurrent_with_args(session, ps, [(i,) for i in pending],
-                                               concurrency=concurrency,
-                                               raise_on_first_error=False,
-                                               execution_profile=read_profile_of(session))
+        results = execute_concurrent_with_args(
+            session,
+            ps,
+            [(i,) for i in pending],
+            concurrency=concurrency,
+            raise_on_first_error=False,
+            execution_profile=read_profile_of(session),
+        )
         failed: list[str] = []
         for (ok, rows), image_id in zip(results, pending, strict=True):
             if not ok:
@@ -168,26 +221,43 @@ def _by_ids(session: Any, keyspace: str, table: str, columns: Sequence[str], ids
                 out[image_id] = _row(cols, row)
         if not failed:
             break
-        log.warning("%d reads of %s.%s failed (e.g. %s); asking again", len(failed), keyspace,
-                    table, failed[0])
+        log.warning(
+            "%d reads of %s.%s failed (e.g. %s); asking again",
+            len(failed),
+            keyspace,
+            table,
+            failed[0],
+        )
         pending = failed
     return out
 
 
-def fetch_predictions(session: Any, ids: Iterable[str], *, keyspace: str,
-                      consistency: int | None = None,
-                      concurrency: int = DEFAULT_CONCURRENCY) -> dict[str, dict[str, Any]]:
+def fetch_predictions(
+    session: Any,
+    ids: Iterable[str],
+    *,
+    keyspace: str,
+    consistency: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> dict[str, dict[str, Any]]:
     """The stored prediction of each id that has one (missing ids are absent)."""
-    return _by_ids(session, keyspace, cql.PREDICTIONS_TABLE, PREDICTION_COLUMNS, ids,
-                   consistency, concurrency)
+    return _by_ids(
+        session, keyspace, cql.PREDICTIONS_TABLE, PREDICTION_COLUMNS, ids, consistency, concurrency
+    )
 
 
-def fetch_rejections(session: Any, ids: Iterable[str], *, keyspace: str,
-                     consistency: int | None = None,
-                     concurrency: int = DEFAULT_CONCURRENCY) -> dict[str, dict[str, Any]]:
+def fetch_rejections(
+    session: Any,
+    ids: Iterable[str],
+    *,
+    keyspace: str,
+    consistency: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> dict[str, dict[str, Any]]:
     """The stored rejection of each id that has one (missing ids are absent)."""
-    return _by_ids(session, keyspace, cql.REJECTIONS_TABLE, REJECTION_COLUMNS, ids,
-                   consistency, concurrency)
+    return _by_ids(
+        session, keyspace, cql.REJECTIONS_TABLE, REJECTION_COLUMNS, ids, consistency, concurrency
+    )
 
 
 @dataclass
@@ -203,8 +273,9 @@ class Lookup:
     shadowed: set[str] = field(default_factory=set)
 
 
-def resolve(ids: Sequence[str], preds: dict[str, dict[str, Any]],
-            rejs: dict[str, dict[str, Any]]) -> Lookup:
+def resolve(
+    ids: Sequence[str], preds: dict[str, dict[str, Any]], rejs: dict[str, dict[str, Any]]
+) -> Lookup:
     """Pure: the one status of each id from the rows of both tables (with write_time)."""
     out = Lookup()
     for i in dict.fromkeys(ids):
@@ -224,19 +295,48 @@ def resolve(ids: Sequence[str], preds: dict[str, dict[str, Any]],
     return out
 
 
-def lookup(session: Any, ids: Iterable[str], *, keyspace: str, consistency: int | None = None,
-           concurrency: int = DEFAULT_CONCURRENCY) -> Lookup:
+def lookup(
+    session: Any,
+    ids: Iterable[str],
+    *,
+    keyspace: str,
+    consistency: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Lookup:
     """The one status of each id (both tables read, the newer row wins)."""
     wanted = list(dict.fromkeys(ids))
-    preds = _by_ids(session, keyspace, cql.PREDICTIONS_TABLE, PREDICTION_COLUMNS, wanted,
-                    consistency, concurrency, dated=True)
-    rejs = _by_ids(session, keyspace, cql.REJECTIONS_TABLE, REJECTION_COLUMNS, wanted,
-                   consistency, concurrency, dated=True)
+    preds = _by_ids(
+        session,
+        keyspace,
+        cql.PREDICTIONS_TABLE,
+        PREDICTION_COLUMNS,
+        wanted,
+        consistency,
+        concurrency,
+        dated=True,
+    )
+    rejs = _by_ids(
+        session,
+        keyspace,
+        cql.REJECTIONS_TABLE,
+        REJECTION_COLUMNS,
+        wanted,
+        consistency,
+        concurrency,
+        dated=True,
+    )
     return resolve(wanted, preds, rejs)
 
 
-def by_label(session: Any, label: str, *, keyspace: str, limit: int = 100,
-             consistency: int | None = None, verify: bool = True) -> list[dict[str, Any]]:
+def by_label(
+    session: Any,
+    label: str,
+    *,
+    keyspace: str,
+    limit: int = 100,
+    consistency: int | None = None,
+    verify: bool = True,
+) -> list[dict[str, Any]]:
     """Up to `limit` images whose top-1 label is `label`, ordered by image id.
 
     predictions_by_label is an index: when an image's label changes (a newer model, or an
@@ -247,15 +347,19 @@ def by_label(session: Any, label: str, *, keyspace: str, limit: int = 100,
     """
     if limit <= 0:
         return []
-    ps = _prepare(session,
-                  _select(BY_LABEL_COLUMNS, keyspace, cql.PREDICTIONS_BY_LABEL_TABLE, "label = ?"),
-                  consistency, fetch_size=min(max(limit, 10), PAGE_SIZE))
+    ps = _prepare(
+        session,
+        _select(BY_LABEL_COLUMNS, keyspace, cql.PREDICTIONS_BY_LABEL_TABLE, "label = ?"),
+        consistency,
+        fetch_size=min(max(limit, 10), PAGE_SIZE),
+    )
     out: list[dict[str, Any]] = []
     for page in pages(session, ps, (label,)):
         hits = [_row(BY_LABEL_COLUMNS, r) for r in page]
         if verify and hits:
-            current = fetch_predictions(session, [h["image_id"] for h in hits],
-                                        keyspace=keyspace, consistency=consistency)
+            current = fetch_predictions(
+                session, [h["image_id"] for h in hits], keyspace=keyspace, consistency=consistency
+            )
             hits = [h for h in hits if current.get(h["image_id"], {}).get("label") == label]
         out += hits[: limit - len(out)]
         if len(out) >= limit:
@@ -263,25 +367,34 @@ def by_label(session: Any, label: str, *, keyspace: str, limit: int = 100,
     return out
 
 
-def _scan(session: Any, keyspace: str, table: str, columns: Sequence[str],
-          consistency: int | None, dated: bool = False) -> Iterator[Any]:
-    ps = _prepare(session, _select(columns, keyspace, table, dated=dated), consistency,
-                  fetch_size=PAGE_SIZE)
+def _scan(
+    session: Any,
+    keyspace: str,
+    table: str,
+    columns: Sequence[str],
+    consistency: int | None,
+    dated: bool = False,
+) -> Iterator[Any]:
+    ps = _prepare(
+        session, _select(columns, keyspace, table, dated=dated), consistency, fetch_size=PAGE_SIZE
+    )
     for page in pages(session, ps):
         yield from page
 
 
-def list_rejections(session: Any, *, keyspace: str, limit: int = 100,
-                    consistency: int | None = None) -> list[dict[str, Any]]:
+def list_rejections(
+    session: Any, *, keyspace: str, limit: int = 100, consistency: int | None = None
+) -> list[dict[str, Any]]:
     """The newest `limit` rejections (by rejected_at), from a full scan."""
-    rows = [_row(REJECTION_COLUMNS, r)
-            for r in _scan(session, keyspace, cql.REJECTIONS_TABLE, REJECTION_COLUMNS, consistency)]
+    rows = [
+        _row(REJECTION_COLUMNS, r)
+        for r in _scan(session, keyspace, cql.REJECTIONS_TABLE, REJECTION_COLUMNS, consistency)
+    ]
     rows.sort(key=lambda r: r["rejected_at"] or 0, reverse=True)
     return rows[:limit]
 
 
-def count_rows(session: Any, table: str, *, keyspace: str,
-               consistency: int | None = None) -> int:
+def count_rows(session: Any, table: str, *, keyspace: str, consistency: int | None = None) -> int:
     """Rows in `table` (a paged scan of the key column; COUNT(*) times out on big tables)."""
     if table not in cql.TABLES:
         raise ValueError(f"unknown table {table!r}; one of {cql.TABLES}")
@@ -298,8 +411,9 @@ STATS_PREDICTION_COLUMNS = ("image_id", "label", "score", "model_name", "process
 STATS_REJECTION_COLUMNS = ("image_id", "stage", "reason")
 
 
-def summarize(predictions: Iterable[dict[str, Any]], rejections: Iterable[dict[str, Any]],
-              newest: int = 10) -> dict[str, Any]:
+def summarize(
+    predictions: Iterable[dict[str, Any]], rejections: Iterable[dict[str, Any]], newest: int = 10
+) -> dict[str, Any]:
     """Pure: the stats of both tables' scanned rows, each id counted once (newer row wins)."""
     preds = {p["image_id"]: p for p in predictions}
     rejs = {r["image_id"]: r for r in rejections}
@@ -319,13 +433,32 @@ def summarize(predictions: Iterable[dict[str, Any]], rejections: Iterable[dict[s
     }
 
 
-def stats(session: Any, *, keyspace: str, newest: int = 10,
-          consistency: int | None = None) -> dict[str, Any]:
+def stats(
+    session: Any, *, keyspace: str, newest: int = 10, consistency: int | None = None
+) -> dict[str, Any]:
     """Counts by label, rejections by reason and stage, and the newest results."""
     cols_p = (*STATS_PREDICTION_COLUMNS, WRITE_TIME)
     cols_r = (*STATS_REJECTION_COLUMNS, WRITE_TIME)
-    preds = (_row(cols_p, r) for r in _scan(session, keyspace, cql.PREDICTIONS_TABLE,
-                                             STATS_PREDICTION_COLUMNS, consistency, dated=True))
-    rejs = [_row(cols_r, r) for r in _scan(session, keyspace, cql.REJECTIONS_TABLE,
-                                          STATS_REJECTION_COLUMNS, consistency, dated=True)]
+    preds = (
+        _row(cols_p, r)
+        for r in _scan(
+            session,
+            keyspace,
+            cql.PREDICTIONS_TABLE,
+            STATS_PREDICTION_COLUMNS,
+            consistency,
+            dated=True,
+        )
+    )
+    rejs = [
+        _row(cols_r, r)
+        for r in _scan(
+            session,
+            keyspace,
+            cql.REJECTIONS_TABLE,
+            STATS_REJECTION_COLUMNS,
+            consistency,
+            dated=True,
+        )
+    ]
     return summarize(list(preds), rejs, newest)

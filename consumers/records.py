@@ -187,7 +187,11 @@ def dead_letter_origin(rec: KafkaRecord) -> tuple[str, int, int]:
     h = headers_dict(rec.headers)
     try:
         topic = h[dead_letter.H_ORIGIN_TOPIC]
-        origin = (topic, int(h[dead_letter.H_ORIGIN_PARTITION]), int(h[dead_letter.H_ORIGIN_OFFSET]))
+        origin = (
+            topic,
+            int(h[dead_letter.H_ORIGIN_PARTITION]),
+            int(h[dead_letter.H_ORIGIN_OFFSET]),
+        )
     except (KeyError, ValueError, TypeError):
         return record_origin(rec)
     return origin if topic else record_origin(rec)
@@ -279,30 +283,38 @@ def rejection_writes(dl: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ...]:
     """The rejections row for a decoded DeadLetter, and the delete of its prediction."""
     origin = record_origin(rec)
     if dl.get("origin_topic"):
-        origin = (dl["origin_topic"], int(dl.get("origin_partition", -1)),
-                  int(dl.get("origin_offset", -1)))
-    image_id = (_valid_or_safe_id(dl["image_id"], origin) if dl.get("image_id")
-                else key_image_id(rec, origin))
-    ts = _write_timestamp_us(dl.get("failed_at_ms", 0), rec)
-    return _with_delete_prediction(Write(
-        REJECTION,
-        (
-            image_id,
-            dl.get("stage") or stage_of_topic(rec.topic),
-            dl.get("reason", ""),
-            dl.get("error_class", ""),
-            dl.get("error_message", ""),
-            bool(dl.get("retriable", False)),
-            dl.get("source", ""),
-            dl.get("origin_topic", ""),
+        origin = (
+            dl["origin_topic"],
             int(dl.get("origin_partition", -1)),
             int(dl.get("origin_offset", -1)),
-            _none_if_zero(dl.get("produced_at_ms")),
-            _none_if_zero(dl.get("failed_at_ms")) or rec.timestamp_ms or None,
-            raw_key_text(rec.key),
-        ),
-        ts,
-    ))
+        )
+    image_id = (
+        _valid_or_safe_id(dl["image_id"], origin)
+        if dl.get("image_id")
+        else key_image_id(rec, origin)
+    )
+    ts = _write_timestamp_us(dl.get("failed_at_ms", 0), rec)
+    return _with_delete_prediction(
+        Write(
+            REJECTION,
+            (
+                image_id,
+                dl.get("stage") or stage_of_topic(rec.topic),
+                dl.get("reason", ""),
+                dl.get("error_class", ""),
+                dl.get("error_message", ""),
+                bool(dl.get("retriable", False)),
+                dl.get("source", ""),
+                dl.get("origin_topic", ""),
+                int(dl.get("origin_partition", -1)),
+                int(dl.get("origin_offset", -1)),
+                _none_if_zero(dl.get("produced_at_ms")),
+                _none_if_zero(dl.get("failed_at_ms")) or rec.timestamp_ms or None,
+                raw_key_text(rec.key),
+            ),
+            ts,
+        )
+    )
 
 
 def stage_of_topic(topic: str) -> str:
@@ -316,37 +328,54 @@ def stage_of_topic(topic: str) -> str:
 
 
 def refused_rejection(
-    rec: KafkaRecord, image_id: str, *, stage: str, reason: str, error_class: str, message: str,
-    limit: int = dead_letter.MAX_MESSAGE_CHARS, field_limit: int | None = None,
+    rec: KafkaRecord,
+    image_id: str,
+    *,
+    stage: str,
+    reason: str,
+    error_class: str,
+    message: str,
+    limit: int = dead_letter.MAX_MESSAGE_CHARS,
+    field_limit: int | None = None,
 ) -> tuple[Write, ...]:
     """A rejection row for a record the sink itself refused (timestamped by Kafka), and
     the delete of its prediction. `field_limit` cuts the other text fields too."""
+
     def cut(text: str) -> str:
         return text if field_limit is None else text[:field_limit]
 
-    return _with_delete_prediction(Write(
-        REJECTION,
-        (
-            image_id,
-            cut(stage),
-            cut(reason),
-            cut(error_class),
-            message[:limit],
-            False,
-            cut(headers_dict(rec.headers).get("source", "")),
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            None,
-            rec.timestamp_ms if _kafka_timestamp_us(rec) else None,
-            raw_key_text(rec.key),
-        ),
-        refusal_timestamp_us(rec),
-    ))
+    return _with_delete_prediction(
+        Write(
+            REJECTION,
+            (
+                image_id,
+                cut(stage),
+                cut(reason),
+                cut(error_class),
+                message[:limit],
+                False,
+                cut(headers_dict(rec.headers).get("source", "")),
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                None,
+                rec.timestamp_ms if _kafka_timestamp_us(rec) else None,
+                raw_key_text(rec.key),
+            ),
+            refusal_timestamp_us(rec),
+        )
+    )
 
 
-def _refused(rec: KafkaRecord, *, stage: str, reason: str, error_class: str, message: str,
-             origin: tuple[str, int, int] | None = None) -> Mapped:
+def _refused(
+    rec: KafkaRecord,
+    *,
+    stage: str,
+    reason: str,
+    error_class: str,
+    message: str,
+    origin: tuple[str, int, int] | None = None,
+) -> Mapped:
     image_id = key_image_id(rec, origin)
     writes = refused_rejection(
         rec, image_id, stage=stage, reason=reason, error_class=error_class, message=message
@@ -362,9 +391,13 @@ def fallback_writes(mapped: Mapped, rec: KafkaRecord, error: BaseException) -> t
     rejection under its (always valid) row id, every text field cut so that it fits."""
     image_id = mapped.image_id or key_image_id(rec)
     return refused_rejection(
-        rec, _valid_or_safe_id(image_id, record_origin(rec)), stage=SINK_STAGE,
-        reason="cassandra-refused", error_class=type(error).__name__,
-        message=f"{mapped.kind} rows refused: {error}", limit=FALLBACK_MESSAGE_CHARS,
+        rec,
+        _valid_or_safe_id(image_id, record_origin(rec)),
+        stage=SINK_STAGE,
+        reason="cassandra-refused",
+        error_class=type(error).__name__,
+        message=f"{mapped.kind} rows refused: {error}",
+        limit=FALLBACK_MESSAGE_CHARS,
         field_limit=FALLBACK_FIELD_CHARS,
     )
 
@@ -408,7 +441,10 @@ def map_record(rec: KafkaRecord, predictions_topic: str = topics.PREDICTIONS) ->
         except _UNMAPPABLE as exc:
             _check_newer_version(exc, codec.PREDICTION, rec)
             return _refused(
-                rec, stage=SINK_STAGE, reason=_reason(exc), error_class=type(exc).__name__,
+                rec,
+                stage=SINK_STAGE,
+                reason=_reason(exc),
+                error_class=type(exc).__name__,
                 message=str(exc),
             )
         return Mapped("prediction", writes[0].params[0], writes)

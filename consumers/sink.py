@@ -92,11 +92,17 @@ def check_startup_consistency(session: Any, settings: SinkSettings) -> Overlap:
     """Refuse to start unless the keyspace's actual RF and the configured levels give W+R>RF."""
     cs = settings.cassandra
     replication = keyspace_replication(session, cs.keyspace)
-    overlap = require_overlap(replication, cs.local_datacenter, cs.write_consistency,
-                              cs.read_consistency)
+    overlap = require_overlap(
+        replication, cs.local_datacenter, cs.write_consistency, cs.read_consistency
+    )
     if overlap.rf != cs.replication_factor:
-        log.warning("keyspace %s has RF %d in %s, settings say %d; checked against the actual RF",
-                    cs.keyspace, overlap.rf, overlap.scope, cs.replication_factor)
+        log.warning(
+            "keyspace %s has RF %d in %s, settings say %d; checked against the actual RF",
+            cs.keyspace,
+            overlap.rf,
+            overlap.scope,
+            cs.replication_factor,
+        )
     log.info("consistency check passed: %s", overlap.reason)
     return overlap
 
@@ -123,9 +129,13 @@ def check_tables(session: Any, keyspace: str) -> None:
         )
     top_k = columns.get((cql.PREDICTIONS_TABLE, "top_k"), "")
     if top_k.startswith("list<"):
-        log.warning("%s.%s.top_k is a non-frozen list (%s): a replayed prediction appends its "
-                    "classes again. Recreate the table from schemas/ddl/vision.cql (frozen list)",
-                    keyspace, cql.PREDICTIONS_TABLE, top_k)
+        log.warning(
+            "%s.%s.top_k is a non-frozen list (%s): a replayed prediction appends its "
+            "classes again. Recreate the table from schemas/ddl/vision.cql (frozen list)",
+            keyspace,
+            cql.PREDICTIONS_TABLE,
+            top_k,
+        )
 
 
 def _real_cassandra(settings: SinkSettings) -> tuple[Any, Any]:
@@ -154,8 +164,13 @@ class SinkClients:
 
 
 class Sink:
-    def __init__(self, settings: SinkSettings, *, group_id: str | None = None,
-                 clients: SinkClients | None = None) -> None:
+    def __init__(
+        self,
+        settings: SinkSettings,
+        *,
+        group_id: str | None = None,
+        clients: SinkClients | None = None,
+    ) -> None:
         self.settings = settings
         self._clients = clients or SinkClients()
         self.group_id = group_id or settings.sink.group_id
@@ -185,9 +200,14 @@ class Sink:
             session, write_statements(cs.keyspace), consistency_level(cs.write_consistency)
         )
         ss = self.settings.sink
-        self._writer = AsyncWriter(session, prepared, concurrency=ss.concurrency, retry=ss.retry,
-                                   batch_rows=ss.write_batch_rows,
-                                   batch_bytes=ss.write_batch_bytes)
+        self._writer = AsyncWriter(
+            session,
+            prepared,
+            concurrency=ss.concurrency,
+            retry=ss.retry,
+            batch_rows=ss.write_batch_rows,
+            batch_bytes=ss.write_batch_bytes,
+        )
         self._producer = self._clients.producer(
             producer_config(self.settings.kafka, {"client.id": "vision-sink-dlq"})
         )
@@ -199,9 +219,16 @@ class Sink:
         self._consumer.subscribe(
             ss.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        log.info("sink group %s subscribed to %s; writing to keyspace %s at %s "
-                 "(concurrency %d, up to %d rows per request)", self.group_id, ss.topics(), cs.keyspace,
-                 cs.write_consistency, ss.concurrency, ss.write_batch_rows)
+        log.info(
+            "sink group %s subscribed to %s; writing to keyspace %s at %s "
+            "(concurrency %d, up to %d rows per request)",
+            self.group_id,
+            ss.topics(),
+            cs.keyspace,
+            cs.write_consistency,
+            ss.concurrency,
+            ss.write_batch_rows,
+        )
 
     # -- the loop --------------------------------------------------------------------
     def run(self, stop: threading.Event) -> SinkCounters:
@@ -270,9 +297,15 @@ class Sink:
         self.counters.records += 1
         if mapped.kind == "refused":
             self.counters.refused += 1
-            log.warning("refusing %s[%d]@%d (image %s): %s: %s", rec.topic, rec.partition,
-                        rec.offset, mapped.image_id, mapped.dead_letter.reason if mapped.dead_letter
-                        else "", mapped.dead_letter.message if mapped.dead_letter else "")
+            log.warning(
+                "refusing %s[%d]@%d (image %s): %s: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                mapped.image_id,
+                mapped.dead_letter.reason if mapped.dead_letter else "",
+                mapped.dead_letter.message if mapped.dead_letter else "",
+            )
         if not mapped.writes:
             self._settle(pr)
             return
@@ -288,13 +321,25 @@ class Sink:
                 continue
             pr.remaining -= 1
             if failure is not None and pr.fallback:
-                log.critical("record %s[%d]@%d (image %s): even its last-resort rejection row "
-                             "was refused (%s); only its dead letter remains", pr.rec.topic,
-                             pr.rec.partition, pr.rec.offset, pr.mapped.image_id, failure)
+                log.critical(
+                    "record %s[%d]@%d (image %s): even its last-resort rejection row "
+                    "was refused (%s); only its dead letter remains",
+                    pr.rec.topic,
+                    pr.rec.partition,
+                    pr.rec.offset,
+                    pr.mapped.image_id,
+                    failure,
+                )
             elif failure is not None and pr.failure is None:
                 pr.failure = failure
-                log.error("record %s[%d]@%d (image %s) cannot be written: %s", pr.rec.topic,
-                          pr.rec.partition, pr.rec.offset, pr.mapped.image_id, failure)
+                log.error(
+                    "record %s[%d]@%d (image %s) cannot be written: %s",
+                    pr.rec.topic,
+                    pr.rec.partition,
+                    pr.rec.offset,
+                    pr.mapped.image_id,
+                    failure,
+                )
             if pr.remaining == 0:
                 self._settle(pr)
         self._producer.poll(0)
@@ -345,8 +390,13 @@ class Sink:
 
         while True:
             try:
-                self._producer.produce(self.settings.sink.dead_letter_topic, key=pr.rec.key,
-                                       value=value, headers=headers, on_delivery=delivered)
+                self._producer.produce(
+                    self.settings.sink.dead_letter_topic,
+                    key=pr.rec.key,
+                    value=value,
+                    headers=headers,
+                    on_delivery=delivered,
+                )
                 return
             except BufferError:
                 self._producer.poll(0.1)
@@ -361,13 +411,24 @@ class Sink:
         open meanwhile); one refused as too large goes again with its payload cut."""
         if _too_large(err) and not pr.dlq_truncate:
             pr.dlq_truncate = True
-            log.warning("dead letter for %s[%d]@%d too large (%s); sending it with the payload "
-                        "cut to %d bytes", pr.rec.topic, pr.rec.partition, pr.rec.offset, err,
-                        TRUNCATED_PAYLOAD_BYTES)
+            log.warning(
+                "dead letter for %s[%d]@%d too large (%s); sending it with the payload "
+                "cut to %d bytes",
+                pr.rec.topic,
+                pr.rec.partition,
+                pr.rec.offset,
+                err,
+                TRUNCATED_PAYLOAD_BYTES,
+            )
             self._dlq_retry.append((time.monotonic(), pr))
             return
-        log.error("dead letter for %s[%d]@%d not delivered (%s); retrying", pr.rec.topic,
-                  pr.rec.partition, pr.rec.offset, err)
+        log.error(
+            "dead letter for %s[%d]@%d not delivered (%s); retrying",
+            pr.rec.topic,
+            pr.rec.partition,
+            pr.rec.offset,
+            err,
+        )
         self._dlq_retry.append((time.monotonic() + min(30.0, pr.dlq_attempts), pr))
 
     def _finish(self, pr: PendingRecord) -> None:
@@ -397,8 +458,11 @@ class Sink:
     def _commit_sync(self, tps: list[TP] | None = None) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        positions = {tp: off for tp, off in self.tracker.positions(tps).items()
-                     if self._committed.get(tp) != off}
+        positions = {
+            tp: off
+            for tp, off in self.tracker.positions(tps).items()
+            if self._committed.get(tp) != off
+        }
         if not positions:
             return
         offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
@@ -417,7 +481,9 @@ class Sink:
     def _stuck(self) -> bool:
         """After a fatal write error nothing more will finish once in-flight requests end."""
         w = self._writer
-        return w is not None and w.fatal is not None and w.in_flight == 0 and not self._producer_busy()
+        return (
+            w is not None and w.fatal is not None and w.in_flight == 0 and not self._producer_busy()
+        )
 
     def _producer_busy(self) -> bool:
         return self._producer is not None and len(self._producer) > 0
@@ -444,13 +510,18 @@ class Sink:
         self.assigned -= set(tps)
         if not tps:
             return
-        drained = self._drain(lambda: all(not self._open.get(tp) for tp in tps),
-                              self.settings.sink.drain_timeout_s)
+        drained = self._drain(
+            lambda: all(not self._open.get(tp) for tp in tps), self.settings.sink.drain_timeout_s
+        )
         if not drained:
-            log.warning("%s: %d record(s) of %s still unacknowledged after %.0fs; they will be "
-                        "read again by the next owner", why,
-                        sum(len(self._open.get(tp, {})) for tp in tps), tps,
-                        self.settings.sink.drain_timeout_s)
+            log.warning(
+                "%s: %d record(s) of %s still unacknowledged after %.0fs; they will be "
+                "read again by the next owner",
+                why,
+                sum(len(self._open.get(tp, {})) for tp in tps),
+                tps,
+                self.settings.sink.drain_timeout_s,
+            )
         self._commit_sync(tps)
         for tp in tps:
             for pr in self._open.pop(tp, {}).values():
@@ -498,30 +569,46 @@ class Sink:
         for (t, p), lag in sorted(self.lag().items()):
             by_topic[t].append(f"{p}:{lag}")
         lag_text = " ".join(f"{t}[{','.join(v)}]" for t, v in by_topic.items()) or "-"
-        log.info("health: %.0f rows/s, rows %d, records %d (pred %d, rej %d, refused %d, "
-                 "dlq %d), retries %d, failed %d, in-flight %d (%.1f rows/request), open %d%s, "
-                 "lag %s%s",
-                 rows_per_s, st.rows_written, self.counters.records, self.counters.predictions,
-                 self.counters.rejections, self.counters.refused, self.counters.dead_lettered,
-                 st.retries, st.failed, self._writer.in_flight,
-                 st.rows_written / st.requests if st.requests else 0.0, self._open_count,
-                 " (paused)" if self._paused else "", lag_text,
-                 f", last error {st.last_error}" if st.retries else "")
+        log.info(
+            "health: %.0f rows/s, rows %d, records %d (pred %d, rej %d, refused %d, "
+            "dlq %d), retries %d, failed %d, in-flight %d (%.1f rows/request), open %d%s, "
+            "lag %s%s",
+            rows_per_s,
+            st.rows_written,
+            self.counters.records,
+            self.counters.predictions,
+            self.counters.rejections,
+            self.counters.refused,
+            self.counters.dead_lettered,
+            st.retries,
+            st.failed,
+            self._writer.in_flight,
+            st.rows_written / st.requests if st.requests else 0.0,
+            self._open_count,
+            " (paused)" if self._paused else "",
+            lag_text,
+            f", last error {st.last_error}" if st.retries else "",
+        )
 
     def _shutdown(self) -> None:
         try:
             if self._writer is not None and self._consumer is not None:
                 ok = self._drain(lambda: self._open_count == 0, self.settings.sink.drain_timeout_s)
                 if not ok:
-                    log.warning("shutdown: %d record(s) unacknowledged after %.0fs; not committed",
-                                self._open_count, self.settings.sink.drain_timeout_s)
+                    log.warning(
+                        "shutdown: %d record(s) unacknowledged after %.0fs; not committed",
+                        self._open_count,
+                        self.settings.sink.drain_timeout_s,
+                    )
                 if self._producer is not None:
                     self._producer.flush(10)
                 self._progress(0)
                 self._store()
                 self._commit_sync()
                 self._consumer.close()
-                log.info("sink stopped: %s, rows %d", self.counters, self._writer.stats.rows_written)
+                log.info(
+                    "sink stopped: %s, rows %d", self.counters, self._writer.stats.rows_written
+                )
         finally:
             if self._cluster is not None:
                 self._cluster.shutdown()

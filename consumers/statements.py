@@ -24,7 +24,9 @@ _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
 _WRITES = {
     PREDICTION: (
-        "INSERT INTO {ks}." + cql.PREDICTIONS_TABLE + " (image_id, label, class_index, score, top_k,"
+        "INSERT INTO {ks}."
+        + cql.PREDICTIONS_TABLE
+        + " (image_id, label, class_index, score, top_k,"
         " model_name, model_version, source, content_type, raw_topic, raw_partition, raw_offset,"
         " produced_at, processed_at, stage_ms, stored_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))"

@@ -109,8 +109,9 @@ class WriteFailed(Exception):
     """A write that will not be retried; keeps the driver's exception (with its counts)."""
 
     def __init__(self, write: Write, error: BaseException, attempts: int) -> None:
-        super().__init__(f"{write.statement} failed after {attempts} attempt(s): "
-                         f"{type(error).__name__}: {error}")
+        super().__init__(
+            f"{write.statement} failed after {attempts} attempt(s): {type(error).__name__}: {error}"
+        )
         self.write = write
         self.error = error
         self.attempts = attempts
@@ -257,8 +258,12 @@ class AsyncWriter:
     @property
     def backlog(self) -> int:
         """Submissions not yet finished: queued, waiting to retry, or in flight."""
-        return (len(self._queued) + len(self._retry_heap) + self._jobs_in_flight
-                + (self._carry is not None))
+        return (
+            len(self._queued)
+            + len(self._retry_heap)
+            + self._jobs_in_flight
+            + (self._carry is not None)
+        )
 
     @property
     def waiting_retry(self) -> int:
@@ -274,8 +279,9 @@ class AsyncWriter:
         for job in jobs:
             job.attempts += 1
         try:
-            bound = [self._prepared[w.statement].bind(w.bind_values())
-                     for j in jobs for w in j.writes]
+            bound = [
+                self._prepared[w.statement].bind(w.bind_values()) for j in jobs for w in j.writes
+            ]
             request = bound[0] if len(bound) == 1 else self._make_batch(bound, self._consistency)
             future = self._session.execute_async(request)
         except Exception as exc:  # raised before the request left (e.g. bad bind values)
@@ -315,8 +321,11 @@ class AsyncWriter:
                 if nxt is None:
                     break
                 nsize = nxt.size
-                if (nxt.solo or size + nsize > self._batch_bytes
-                        or rows + len(nxt.writes) > self._batch_rows):
+                if (
+                    nxt.solo
+                    or size + nsize > self._batch_bytes
+                    or rows + len(nxt.writes) > self._batch_rows
+                ):
                     self._carry = nxt
                     break
                 jobs.append(nxt)
@@ -364,8 +373,11 @@ class AsyncWriter:
         if is_fatal(exc):
             if self.fatal is None:
                 first = jobs[0] if jobs else None
-                self.fatal = WriteFailed(first.writes[0] if first else Write("", (), 0), exc,
-                                         first.attempts if first else 0)
+                self.fatal = WriteFailed(
+                    first.writes[0] if first else Write("", (), 0),
+                    exc,
+                    first.attempts if first else 0,
+                )
                 log.critical("stopping writes: %s", self.fatal)
             # Never reported: their records stay unsettled.
             self._queued.extendleft(reversed(jobs))
@@ -374,9 +386,15 @@ class AsyncWriter:
             for job in jobs:
                 delay = backoff_s(self._retry, job.attempts)
                 self.stats.retries += 1
-                log.debug("retrying %s for %r in %.2fs (attempt %d): %s: %s",
-                          job.writes[0].statement, job.writes[0].params[0], delay, job.attempts,
-                          name, exc)
+                log.debug(
+                    "retrying %s for %r in %.2fs (attempt %d): %s: %s",
+                    job.writes[0].statement,
+                    job.writes[0].params[0],
+                    delay,
+                    job.attempts,
+                    name,
+                    exc,
+                )
                 heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._seq), job))
             return
         # Whether the request held other records is decided on what was sent, not on
@@ -385,8 +403,12 @@ class AsyncWriter:
             # One record may have spoiled the batch: retry each alone, at once; this
             # attempt does not count against them.
             self.stats.batches_split += 1
-            log.warning("batch of %d records failed (%s: %s); retrying them one by one",
-                        len(sent), name, exc)
+            log.warning(
+                "batch of %d records failed (%s: %s); retrying them one by one",
+                len(sent),
+                name,
+                exc,
+            )
             for job in jobs:
                 job.solo = True
                 job.attempts -= 1

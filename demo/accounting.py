@@ -37,15 +37,27 @@ class Accounting:
 
 def account(session: Any, keyspace: str, ids: Iterable[str]) -> Accounting:
     found = queries.lookup(session, ids, keyspace=keyspace)
-    return Accounting(stored=found.predictions, rejected=found.rejections,
-                      missing=set(found.missing), shadowed=found.shadowed)
+    return Accounting(
+        stored=found.predictions,
+        rejected=found.rejections,
+        missing=set(found.missing),
+        shadowed=found.shadowed,
+    )
 
 
-def wait_accounted(session: Any, keyspace: str, ids: Sequence[str], *, kafka: KafkaSettings,
-                   counted: Mapping[str, str], before: Mapping[str, int], timeout_s: float,
-                   done: Callable[[Accounting], tuple[int, int]] | None = None,
-                   progress: Callable[[dict[str, int]], None] | None = None,
-                   every_s: float = 1.0) -> tuple[Accounting, dict[str, int]]:
+def wait_accounted(
+    session: Any,
+    keyspace: str,
+    ids: Sequence[str],
+    *,
+    kafka: KafkaSettings,
+    counted: Mapping[str, str],
+    before: Mapping[str, int],
+    timeout_s: float,
+    done: Callable[[Accounting], tuple[int, int]] | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None,
+    every_s: float = 1.0,
+) -> tuple[Accounting, dict[str, int]]:
     """Poll until every id is stored or rejected, or `timeout_s` passed; returns the last
     accounting and counts (published, one count per `counted` name, stored, rejected).
 
@@ -59,9 +71,12 @@ def wait_accounted(session: Any, keyspace: str, ids: Sequence[str], *, kafka: Ka
         acc = account(session, keyspace, ids)
         stored, rejected = done(acc) if done else (len(acc.stored), len(acc.rejected))
         now = groups.end_offsets(kafka, list(counted.values()))
-        counts = {"published": len(ids),
-                  **{name: now[t] - before.get(t, 0) for name, t in counted.items()},
-                  "stored": stored, "rejected": rejected}
+        counts = {
+            "published": len(ids),
+            **{name: now[t] - before.get(t, 0) for name, t in counted.items()},
+            "stored": stored,
+            "rejected": rejected,
+        }
         if progress is not None:
             progress(counts)
         if stored + rejected >= len(ids) or time.monotonic() > deadline:

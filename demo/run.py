@@ -64,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", type=int, default=6, help="deliberately corrupt images to add")
     p.add_argument("--workers", type=int, default=2, help="stream worker processes")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for accounting")
-    p.add_argument("--keep", action="store_true", default=os.environ.get("KEEP") == "1",
-                   help="leave clusters and services running (also KEEP=1)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        default=os.environ.get("KEEP") == "1",
+        help="leave clusters and services running (also KEEP=1)",
+    )
     p.add_argument("--run-dir", default=os.environ.get("PIPELINE_RUN_DIR", ".run"))
     return p
 
@@ -73,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 def _done(acc: Accounting, produced_at: dict[str, int]) -> tuple[int, int]:
     """Stored/rejected rows written for this run's publication (not an older one)."""
     stored = sum(1 for i, r in acc.stored.items() if (r.get("produced_at") or 0) >= produced_at[i])
-    rejected = sum(1 for i, r in acc.rejected.items() if (r.get("produced_at") or 0) >= produced_at[i])
+    rejected = sum(
+        1 for i, r in acc.rejected.items() if (r.get("produced_at") or 0) >= produced_at[i]
+    )
     return stored, rejected
 
 
@@ -110,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=300)
         except TimeoutError as exc:
             for st in services.status():
-                print(f"--- {st.name} ({st.state}) ---\n{services.tail(st.name, 20)}", file=sys.stderr)
+                print(
+                    f"--- {st.name} ({st.state}) ---\n{services.tail(st.name, 20)}", file=sys.stderr
+                )
             print(f"demo: pipeline not ready: {exc}", file=sys.stderr)
             return 1
         try:  # the live page (read API): a failure to serve it does not stop the demo
@@ -136,9 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         keyspace = sink_settings.cassandra.keyspace
         prog = StageProgress(len(ids), ["published", "decoded", "inferred", "stored", "rejected"])
         acc, counts = wait_accounted(
-            session, keyspace, ids, kafka=kafka,
-            counted={"decoded": topics.DECODED, "inferred": topics.INFERRED}, before=before,
-            timeout_s=args.timeout, done=lambda a: _done(a, produced_at), progress=prog.update)
+            session,
+            keyspace,
+            ids,
+            kafka=kafka,
+            counted={"decoded": topics.DECODED, "inferred": topics.INFERRED},
+            before=before,
+            timeout_s=args.timeout,
+            done=lambda a: _done(a, produced_at),
+            progress=prog.update,
+        )
         prog.close(counts)
         t_end = time.time()
         summary = _summarize(acc, produced_at, ids, t_pub, t_end, s)
@@ -152,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if args.keep:
-            step("KEEP=1: leaving everything running (`python -m infra pipeline down`, `make down`)")
+            step(
+                "KEEP=1: leaving everything running (`python -m infra pipeline down`, `make down`)"
+            )
         else:
             step("stop: pipeline services" + (" and clusters" if started_clusters else ""))
             services.stop_all()
@@ -161,11 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    demo wall time {time.monotonic() - t_start:.0f}s")
 
 
-def _summarize(acc: Accounting, produced_at: dict[str, int], ids: list[str],
-               t_pub: float, t_end: float, pub: Any) -> dict[str, Any]:
+def _summarize(
+    acc: Accounting,
+    produced_at: dict[str, int],
+    ids: list[str],
+    t_pub: float,
+    t_end: float,
+    pub: Any,
+) -> dict[str, Any]:
     lat = latencies_ms(acc)
-    stored_times = [r["stored_at"] for r in list(acc.stored.values()) + list(acc.rejected.values())
-                    if r.get("stored_at")]
+    stored_times = [
+        r["stored_at"]
+        for r in list(acc.stored.values()) + list(acc.rejected.values())
+        if r.get("stored_at")
+    ]
     span_s = (max(stored_times) / 1000.0 - t_pub) if stored_times else (t_end - t_pub)
     reasons: dict[str, int] = {}
     for r in acc.rejected.values():
@@ -206,8 +232,10 @@ def _print_report(acc: Accounting, summary: dict[str, Any]) -> None:
         print("\n  rejected                       stage / reason")
         print("  " + "-" * 90)
         for r in list(acc.rejected.values())[:10]:
-            print(f"  {(r.get('source') or '')[:30]:<30} {r.get('stage')} / {r.get('reason')}: "
-                  f"{(r.get('message') or '')[:60]}")
+            print(
+                f"  {(r.get('source') or '')[:30]:<30} {r.get('stage')} / {r.get('reason')}: "
+                f"{(r.get('message') or '')[:60]}"
+            )
     print(
         f"\n  images in {summary['produced']}, stored {summary['stored']}, "
         f"rejected {summary['rejected']}, missing: {summary['missing']}"
@@ -216,5 +244,7 @@ def _print_report(acc: Accounting, summary: dict[str, Any]) -> None:
     p50, p99 = summary["p50_ms"], summary["p99_ms"]
     print(
         f"  throughput {summary['images_per_s']} images/s; produce-to-stored latency "
-        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms" if p50 is not None else "  no latency data"
+        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+        if p50 is not None
+        else "  no latency data"
     )

@@ -71,17 +71,30 @@ def read_retry_policy(max_retries: int = READ_MAX_RETRIES) -> Any:
                 return self.RETRY_NEXT_HOST, consistency
             return self.RETHROW, None
 
-        def on_read_timeout(self, query: Any, consistency: Any, required_responses: int,
-                            received_responses: int, data_retrieved: bool,
-                            retry_num: int) -> tuple[int, Any]:
+        def on_read_timeout(
+            self,
+            query: Any,
+            consistency: Any,
+            required_responses: int,
+            received_responses: int,
+            data_retrieved: bool,
+            retry_num: int,
+        ) -> tuple[int, Any]:
             return self._next(retry_num, consistency)
 
-        def on_unavailable(self, query: Any, consistency: Any, required_replicas: int,
-                           alive_replicas: int, retry_num: int) -> tuple[int, Any]:
+        def on_unavailable(
+            self,
+            query: Any,
+            consistency: Any,
+            required_replicas: int,
+            alive_replicas: int,
+            retry_num: int,
+        ) -> tuple[int, Any]:
             return self._next(retry_num, consistency)
 
-        def on_request_error(self, query: Any, consistency: Any, error: Any,
-                             retry_num: int) -> tuple[int, Any]:
+        def on_request_error(
+            self, query: Any, consistency: Any, error: Any, retry_num: int
+        ) -> tuple[int, Any]:
             return self._next(retry_num, consistency)
 
         def on_write_timeout(self, *args: Any, **kwargs: Any) -> tuple[int, Any]:
@@ -107,7 +120,8 @@ def read_profile(settings: CassandraSettings) -> ExecutionProfile:
         consistency_level=consistency_level(settings.read_consistency),
         request_timeout=READ_REQUEST_TIMEOUT_S,
         speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
-            READ_SPECULATIVE_DELAY_S, READ_SPECULATIVE_EXECUTIONS),
+            READ_SPECULATIVE_DELAY_S, READ_SPECULATIVE_EXECUTIONS
+        ),
     )
 
 
@@ -116,8 +130,9 @@ def read_profile_of(session: Any) -> Any:
     some test opened by hand): queries run either way."""
     from cassandra.cluster import EXEC_PROFILE_DEFAULT
 
-    profiles = getattr(getattr(getattr(session, "cluster", None), "profile_manager", None),
-                       "profiles", {})
+    profiles = getattr(
+        getattr(getattr(session, "cluster", None), "profile_manager", None), "profiles", {}
+    )
     return READ_PROFILE if READ_PROFILE in profiles else EXEC_PROFILE_DEFAULT
 
 

@@ -59,11 +59,14 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+def _load(
+    cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -98,10 +101,20 @@ def ensure_ca(directory: Path | str, name: str = "torchstream local CA") -> tupl
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -137,8 +150,9 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def ensure_server_cert(directory: Path | str, name: str = "server",
-                       hosts: Sequence[str] = DEFAULT_HOSTS) -> ServerCert:
+def ensure_server_cert(
+    directory: Path | str, name: str = "server", hosts: Sequence[str] = DEFAULT_HOSTS
+) -> ServerCert:
     """`<name>.crt` / `<name>.key` for `hosts`, signed by the CA in `directory` (made if absent)."""
     if not hosts:
         raise ValueError("a server certificate needs at least one host")
@@ -151,8 +165,12 @@ def ensure_server_cert(directory: Path | str, name: str = "server",
     cert_path, key_path = d / f"{name}.crt", d / f"{name}.key"
     out = ServerCert(cert=cert_path, key=key_path, ca_cert=ca_cert_path)
     loaded = _load(cert_path, key_path)
-    if (loaded is not None and _fresh(loaded[0]) and _covers(loaded[0], hosts)
-            and _signed_by(loaded[0], ca_cert)):
+    if (
+        loaded is not None
+        and _fresh(loaded[0])
+        and _covers(loaded[0], hosts)
+        and _signed_by(loaded[0], ca_cert)
+    ):
         return out
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -168,8 +186,9 @@ def ensure_server_cert(directory: Path | str, name: str = "server",
         .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     _write_private(key_path, _key_pem(key))

@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--topic-prefix", default="")
     pv.add_argument("--keyspace", default=None)
 
-    for name, text in (("stop-node", "SIGTERM one node"), ("kill-node", "SIGKILL one node"),
-                       ("start-node", "start one node and wait until it serves")):
+    for name, text in (
+        ("stop-node", "SIGTERM one node"),
+        ("kill-node", "SIGKILL one node"),
+        ("start-node", "start one node and wait until it serves"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("name", help="kafka-1..3 or cassandra-1..3")
 
@@ -55,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _provision(args: argparse.Namespace, cluster: LocalCluster, kinds: Sequence[str],
-               allow_missing: bool) -> None:
+def _provision(
+    args: argparse.Namespace, cluster: LocalCluster, kinds: Sequence[str], allow_missing: bool
+) -> None:
     from infra.provision import provision
 
     settings = PipelineSettings()
@@ -77,8 +81,10 @@ def _print_status(status: dict) -> None:
     for n in status["nodes"]:
         pid = n["pid"] if n["pid"] is not None else "-"
         print(f"{n['name']:<12} {n['state']:<5} pid {pid!s:<8} {n['address']}")
-    print(f"kafka brokers: {status['kafka']['brokers']}, "
-          f"cassandra nodes up: {status['cassandra']['up_nodes']}")
+    print(
+        f"kafka brokers: {status['kafka']['brokers']}, "
+        f"cassandra nodes up: {status['cassandra']['up_nodes']}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

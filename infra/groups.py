@@ -36,8 +36,12 @@ def _request_timeout(timeout_s: float, deadline: Deadline) -> float:
     return max(MIN_REQUEST_S, min(timeout_s, deadline.left()))
 
 
-def describe_group(admin: AdminClient, group: str, timeout_s: float = 10.0,
-                   deadline: Deadline | float = DEFAULT_DEADLINE_S) -> GroupState:
+def describe_group(
+    admin: AdminClient,
+    group: str,
+    timeout_s: float = 10.0,
+    deadline: Deadline | float = DEFAULT_DEADLINE_S,
+) -> GroupState:
     dl = deadline if isinstance(deadline, Deadline) else Deadline(deadline)
 
     def once() -> Any:
@@ -86,8 +90,9 @@ def wait_for_group(
     )
 
 
-def _high_watermarks(consumer: Consumer, topics: list[str], timeout_s: float,
-                     deadline: Deadline) -> dict[tuple[str, int], int]:
+def _high_watermarks(
+    consumer: Consumer, topics: list[str], timeout_s: float, deadline: Deadline
+) -> dict[tuple[str, int], int]:
     """High watermark of every partition of `topics`, each call retried within `deadline`."""
 
     def metadata() -> Any:
@@ -103,16 +108,25 @@ def _high_watermarks(consumer: Consumer, topics: list[str], timeout_s: float,
 
             def watermarks(tp: TopicPartition = tp) -> tuple[int, int]:
                 return consumer.get_watermark_offsets(
-                    tp, timeout=_request_timeout(timeout_s, deadline))
+                    tp, timeout=_request_timeout(timeout_s, deadline)
+                )
 
             out[(t, p)] = call(watermarks, f"watermark offsets of {t}[{p}]", deadline=deadline)[1]
     return out
 
 
-def end_offsets(settings: KafkaSettings, topics: list[str], timeout_s: float = 10.0,
-                deadline_s: float = DEFAULT_DEADLINE_S) -> dict[str, int]:
+def end_offsets(
+    settings: KafkaSettings,
+    topics: list[str],
+    timeout_s: float = 10.0,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> dict[str, int]:
     """Sum of high watermarks per topic (records ever written, minus none deleted)."""
-    c = Consumer(consumer_config(settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}))
+    c = Consumer(
+        consumer_config(
+            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
+        )
+    )
     try:
         highs = _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
     finally:
@@ -123,10 +137,18 @@ def end_offsets(settings: KafkaSettings, topics: list[str], timeout_s: float = 1
     return out
 
 
-def partition_end_offsets(settings: KafkaSettings, topic: str, timeout_s: float = 10.0,
-                          deadline_s: float = DEFAULT_DEADLINE_S) -> dict[int, int]:
+def partition_end_offsets(
+    settings: KafkaSettings,
+    topic: str,
+    timeout_s: float = 10.0,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> dict[int, int]:
     """High watermark of each partition of `topic` (for read-backs: where new records start)."""
-    c = Consumer(consumer_config(settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}))
+    c = Consumer(
+        consumer_config(
+            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
+        )
+    )
     try:
         highs = _high_watermarks(c, [topic], timeout_s, Deadline(deadline_s))
     finally:
@@ -134,8 +156,9 @@ def partition_end_offsets(settings: KafkaSettings, topic: str, timeout_s: float 
     return {p: high for (_t, p), high in highs.items()}
 
 
-def committed_offsets(admin: AdminClient, group: str, timeout_s: float,
-                      deadline: Deadline) -> dict[tuple[str, int], int]:
+def committed_offsets(
+    admin: AdminClient, group: str, timeout_s: float, deadline: Deadline
+) -> dict[tuple[str, int], int]:
     """The group's committed offset per partition (coordinator moves retried)."""
 
     def once() -> Any:
@@ -151,13 +174,20 @@ def committed_offsets(admin: AdminClient, group: str, timeout_s: float,
     return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions}
 
 
-def group_lag(settings: KafkaSettings, group: str, topics: list[str], timeout_s: float = 10.0,
-              deadline_s: float = DEFAULT_DEADLINE_S) -> dict[str, Any]:
+def group_lag(
+    settings: KafkaSettings,
+    group: str,
+    topics: list[str],
+    timeout_s: float = 10.0,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
     deadline = Deadline(deadline_s)
     admin = AdminClient(admin_config(settings))
     done = committed_offsets(admin, group, timeout_s, deadline)
-    c = Consumer(consumer_config(settings, group_id="probe-lag", overrides={"enable.auto.commit": False}))
+    c = Consumer(
+        consumer_config(settings, group_id="probe-lag", overrides={"enable.auto.commit": False})
+    )
     try:
         highs = _high_watermarks(c, topics, timeout_s, deadline)
     finally:

@@ -49,7 +49,9 @@ def _connection(settings: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
-def _layer(defaults: dict[str, Any], overrides: dict[str, Any] | None, settings: KafkaSettings) -> dict[str, Any]:
+def _layer(
+    defaults: dict[str, Any], overrides: dict[str, Any] | None, settings: KafkaSettings
+) -> dict[str, Any]:
     conf = dict(defaults)
     conf.update(overrides or {})
     conf.update(settings.client_config)
@@ -57,7 +59,9 @@ def _layer(defaults: dict[str, Any], overrides: dict[str, Any] | None, settings:
     return conf
 
 
-def producer_config(settings: KafkaSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def producer_config(
+    settings: KafkaSettings, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     conf = _layer(PRODUCER_DEFAULTS, overrides, settings)
     # A producer must accept the largest record the topics accept, plus protocol overhead.
     conf.setdefault("message.max.bytes", settings.max_message_bytes + 65_536)
@@ -72,7 +76,9 @@ def consumer_config(
     return conf
 
 
-def admin_config(settings: KafkaSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def admin_config(
+    settings: KafkaSettings, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return _layer(ADMIN_DEFAULTS, overrides, settings)
 
 

@@ -29,27 +29,29 @@ T = TypeVar("T")
 
 # Retried whatever librdkafka's own `retriable()` flag says: the errors of a leader
 # election, a coordinator move, a broker going away or coming back, and timeouts.
-RETRIABLE_CODES = frozenset({
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.NOT_CONTROLLER,
-    KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NETWORK_EXCEPTION,
-    KafkaError.BROKER_NOT_AVAILABLE,
-    KafkaError.REPLICA_NOT_AVAILABLE,
-    KafkaError.FENCED_LEADER_EPOCH,
-    KafkaError.UNKNOWN_LEADER_EPOCH,
-    KafkaError.OFFSET_NOT_AVAILABLE,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-    KafkaError._ALL_BROKERS_DOWN,
-    KafkaError._WAIT_COORD,
-    KafkaError._NODE_UPDATE,
-    KafkaError._RESOLVE,
-})
+RETRIABLE_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError._NODE_UPDATE,
+        KafkaError._RESOLVE,
+    }
+)
 
 DEFAULT_DEADLINE_S = 60.0
 
@@ -60,16 +62,20 @@ class KafkaCallFailed(RuntimeError):
     `str()` is one line for a CLI; `error` is the last KafkaError (None for a timeout
     that carried none) and `cause` the last exception."""
 
-    def __init__(self, what: str, cause: BaseException, attempts: int, elapsed_s: float,
-                 retriable: bool) -> None:
+    def __init__(
+        self, what: str, cause: BaseException, attempts: int, elapsed_s: float, retriable: bool
+    ) -> None:
         self.what = what
         self.cause = cause
         self.error = kafka_error(cause)
         self.attempts = attempts
         self.elapsed_s = elapsed_s
         self.retriable = retriable
-        why = (f"still failing after {attempts} attempts in {elapsed_s:.1f}s" if retriable
-               else "not retriable")
+        why = (
+            f"still failing after {attempts} attempts in {elapsed_s:.1f}s"
+            if retriable
+            else "not retriable"
+        )
         super().__init__(f"Kafka {what} failed ({why}): {describe(cause)}")
 
 
@@ -127,10 +133,15 @@ class Deadline:
         return self.clock() >= self.at
 
 
-def call(fn: Callable[[], T], what: str, *, deadline: Deadline | float = DEFAULT_DEADLINE_S,
-         backoff: Backoff = Backoff(),
-         retriable: Callable[[BaseException], bool] = is_retriable,
-         sleep: Callable[[float], None] = time.sleep) -> T:
+def call(
+    fn: Callable[[], T],
+    what: str,
+    *,
+    deadline: Deadline | float = DEFAULT_DEADLINE_S,
+    backoff: Backoff = Backoff(),
+    retriable: Callable[[BaseException], bool] = is_retriable,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Return `fn()`, retrying retriable failures until `deadline` (seconds or shared).
 
     Raises KafkaCallFailed with the last error when the deadline passes or an error is
@@ -150,8 +161,9 @@ def call(fn: Callable[[], T], what: str, *, deadline: Deadline | float = DEFAULT
             pause = backoff.delay(attempt)
             if dl.left() <= pause:
                 raise KafkaCallFailed(what, exc, attempt, elapsed, retriable=True) from exc
-            log.info("Kafka %s: %s (attempt %d); retrying in %.2fs", what, describe(exc),
-                     attempt, pause)
+            log.info(
+                "Kafka %s: %s (attempt %d); retrying in %.2fs", what, describe(exc), attempt, pause
+            )
             sleep(pause)
 
 
@@ -166,11 +178,16 @@ def check_metadata(md: object, topics: list[str]) -> None:
     for t in topics:
         tm = md_topics.get(t)
         if tm is None:
-            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                            f"topic {t} not in the cluster's metadata"))
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {t} not in the cluster's metadata"
+                )
+            )
         if tm.error is not None:
             raise KafkaException(tm.error)
         for p in tm.partitions.values():
             if p.leader < 0:
-                raise KafkaException(p.error or KafkaError(KafkaError.LEADER_NOT_AVAILABLE,
-                                                           f"{t}[{p.id}] has no leader"))
+                raise KafkaException(
+                    p.error
+                    or KafkaError(KafkaError.LEADER_NOT_AVAILABLE, f"{t}[{p.id}] has no leader")
+                )

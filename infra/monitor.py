@@ -79,8 +79,10 @@ def targets_for_spec(spec: dict[str, Any]) -> list[ScrapeTarget]:
         if not ports and "worker" in argv:
             port = _arg_after(argv, "--web-port") or env.get("PIPELINE_STREAM__WORKER__WEB_PORT")
             ports = [int(port or WORKER_WEB_PORT_DEFAULT)]
-        return [ScrapeTarget(JOB_WORKER, f"{name}-{i}" if len(ports) > 1 else name,
-                             f"{HOST}:{p}") for i, p in enumerate(ports, start=1)]
+        return [
+            ScrapeTarget(JOB_WORKER, f"{name}-{i}" if len(ports) > 1 else name, f"{HOST}:{p}")
+            for i, p in enumerate(ports, start=1)
+        ]
     if "consumers" in modules and "sink" in argv:
         port = env.get(SINK_METRICS_PORT_ENV) or os.environ.get(SINK_METRICS_PORT_ENV)
         return [ScrapeTarget(JOB_SINK, name, f"{HOST}:{int(port or SINK_METRICS_PORT_DEFAULT)}")]
@@ -109,8 +111,9 @@ def write_scrape_targets(run_dir: Path | str, targets: list[ScrapeTarget] | None
 
     Written to a temporary file and renamed, so Prometheus never reads half a file."""
     targets = scrape_targets(run_dir) if targets is None else targets
-    groups = [{"targets": [t.address], "labels": {"job": t.job, "service": t.service}}
-              for t in targets]
+    groups = [
+        {"targets": [t.address], "labels": {"job": t.job, "service": t.service}} for t in targets
+    ]
     path = targets_file(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -123,14 +126,19 @@ def prometheus_config(targets: Path, rules: Path, scrape_interval_s: float) -> d
     """Prometheus' config (JSON is YAML): one file-SD job; the job label comes from the file."""
     interval = f"{max(1, round(scrape_interval_s * 1000))}ms"
     return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "scrape_timeout": interval if scrape_interval_s < 10 else "10s"},
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "scrape_timeout": interval if scrape_interval_s < 10 else "10s",
+        },
         "rule_files": [str(rules)],
-        "scrape_configs": [{
-            # The targets file sets each target's job (stream_worker|sink), over this name.
-            "job_name": "pipeline",
-            "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
-        }],
+        "scrape_configs": [
+            {
+                # The targets file sets each target's job (stream_worker|sink), over this name.
+                "job_name": "pipeline",
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
+            }
+        ],
     }
 
 
@@ -185,33 +193,51 @@ class Monitor:
             return None
         return st if f"--config.file={self.config_file}".encode() in cmdline else None
 
-    def up(self, *, scrape_interval_s: float = 15.0, timeout_s: float = 60.0,
-           rules: Path = ALERT_RULES) -> MonitorState:
+    def up(
+        self, *, scrape_interval_s: float = 15.0, timeout_s: float = 60.0, rules: Path = ALERT_RULES
+    ) -> MonitorState:
         """Start Prometheus unless it runs; (re)write the targets either way; wait until ready."""
         write_scrape_targets(self.run_dir)
         running = self.state()
         if running is not None:
             return running
         if shutil.which(self.binary) is None:
-            raise InfraError(f"{self.binary!r} not found: install the Debian package "
-                             "'prometheus' (bash infra/setup-system.sh)")
+            raise InfraError(
+                f"{self.binary!r} not found: install the Debian package "
+                "'prometheus' (bash infra/setup-system.sh)"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps(
-            prometheus_config(targets_file(self.run_dir), rules, scrape_interval_s), indent=2) + "\n")
+        self.config_file.write_text(
+            json.dumps(
+                prometheus_config(targets_file(self.run_dir), rules, scrape_interval_s), indent=2
+            )
+            + "\n"
+        )
         port = _free_port()
-        argv = [self.binary, f"--config.file={self.config_file}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address={HOST}:{port}", "--storage.tsdb.retention.time=2d"]
+        argv = [
+            self.binary,
+            f"--config.file={self.config_file}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={HOST}:{port}",
+            "--storage.tsdb.retention.time=2d",
+        ]
         with open(self.log_file, "ab") as logf:
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         st = MonitorState(proc.pid, port, f"http://{HOST}:{port}", str(self.config_file))
         self.state_file.write_text(json.dumps(asdict(st)))
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise InfraError(f"prometheus exited with {proc.returncode}; "
-                                 f"its log ({self.log_file}) ends:\n{self._log_tail()}")
+                raise InfraError(
+                    f"prometheus exited with {proc.returncode}; "
+                    f"its log ({self.log_file}) ends:\n{self._log_tail()}"
+                )
             try:
                 if _http_get(f"{st.url}/-/ready", timeout=1.0):
                     break
@@ -219,8 +245,9 @@ class Monitor:
                 pass
             if time.monotonic() >= deadline:
                 self.down()
-                raise InfraError(f"prometheus not ready after {timeout_s:.0f}s; "
-                                 f"log:\n{self._log_tail()}")
+                raise InfraError(
+                    f"prometheus not ready after {timeout_s:.0f}s; log:\n{self._log_tail()}"
+                )
             time.sleep(0.2)
         log.info("prometheus up at %s (pid %d)", st.url, st.pid)
         return st
@@ -279,10 +306,16 @@ class Monitor:
         return list(self.api("query", query=expr)["result"])
 
     def target_health(self) -> list[dict[str, Any]]:
-        return [{"job": t["labels"].get("job"), "service": t["labels"].get("service"),
-                 "address": t["labels"].get("instance"), "health": t["health"],
-                 "last_error": t.get("lastError", "")}
-                for t in self.api("targets")["activeTargets"]]
+        return [
+            {
+                "job": t["labels"].get("job"),
+                "service": t["labels"].get("service"),
+                "address": t["labels"].get("instance"),
+                "health": t["health"],
+                "last_error": t.get("lastError", ""),
+            }
+            for t in self.api("targets")["activeTargets"]
+        ]
 
     def status(self) -> dict[str, Any]:
         st = self.state()
@@ -292,8 +325,10 @@ class Monitor:
         out.update(pid=st.pid, url=st.url)
         try:
             out["targets"] = self.target_health()
-            out["alerts"] = [{"name": a["labels"].get("alertname"), "state": a["state"]}
-                             for a in self.api("alerts")["alerts"]]
+            out["alerts"] = [
+                {"name": a["labels"].get("alertname"), "state": a["state"]}
+                for a in self.api("alerts")["alerts"]
+            ]
         except (InfraError, OSError, ValueError) as exc:
             out["error"] = str(exc)
         return out
@@ -318,8 +353,10 @@ def run_cli(args: Any, run_dir: Path) -> int:
     if action == "up":
         st = mon.up(scrape_interval_s=args.scrape_interval, timeout_s=args.timeout)
         n = len(scrape_targets(run_dir))
-        print(f"prometheus up at {st.url} (pid {st.pid}), {n} target(s) in "
-              f"{targets_file(run_dir)}; rules {ALERT_RULES}")
+        print(
+            f"prometheus up at {st.url} (pid {st.pid}), {n} target(s) in "
+            f"{targets_file(run_dir)}; rules {ALERT_RULES}"
+        )
     elif action == "down":
         print("prometheus down" if mon.down() else "prometheus was not running")
     elif action == "targets":
@@ -330,11 +367,15 @@ def run_cli(args: Any, run_dir: Path) -> int:
         if args.json:
             print(json.dumps(status))
             return 0
-        print(f"prometheus {status['state']}" + (f" at {status['url']} (pid {status['pid']})"
-                                                 if status["state"] == "up" else ""))
+        print(
+            f"prometheus {status['state']}"
+            + (f" at {status['url']} (pid {status['pid']})" if status["state"] == "up" else "")
+        )
         for t in status.get("targets", []):
             err = f"  {t['last_error']}" if t["last_error"] else ""
-            print(f"  {t['job']:<14} {t['service'] or '-':<18} {t['address']:<22} {t['health']}{err}")
+            print(
+                f"  {t['job']:<14} {t['service'] or '-':<18} {t['address']:<22} {t['health']}{err}"
+            )
         for a in status.get("alerts", []):
             print(f"  alert {a['name']}: {a['state']}")
         if "error" in status:

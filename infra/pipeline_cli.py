@@ -66,7 +66,10 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
             groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=args.timeout)
         except (TimeoutError, KafkaCallFailed) as exc:  # KafkaCallFailed: one line
             for st in services.status():
-                print(f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}", file=sys.stderr)
+                print(
+                    f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}",
+                    file=sys.stderr,
+                )
             print(f"error: pipeline not ready: {exc}", file=sys.stderr)
             return 1
         print(f"pipeline up: {args.workers} stream workers, {args.sinks} sink(s), supervised; "

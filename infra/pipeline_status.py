@@ -42,7 +42,9 @@ def collect(services: Services) -> dict[str, Any]:
             "children": [{"pid": c, "age_s": _round(process_age_s(c))} for c in st.children],
             "workers": [],
             # Why a supervisor stopped: its give-up line (infra/supervisor.py), if any.
-            "last_critical": _last_critical(services.tail(st.name, 200)) if st.state != "up" else None,
+            "last_critical": _last_critical(services.tail(st.name, 200))
+            if st.state != "up"
+            else None,
         }
         if st.state == "up":
             for port in st.web_ports:
@@ -55,7 +57,11 @@ def collect(services: Services) -> dict[str, Any]:
 
 
 def problems(report: dict[str, Any]) -> list[str]:
-    found = [] if report["services"] else ["no pipeline services recorded (python -m infra pipeline up)"]
+    found = (
+        []
+        if report["services"]
+        else ["no pipeline services recorded (python -m infra pipeline up)"]
+    )
     for svc in report["services"]:
         name = svc["name"]
         if svc["state"] != "up":
@@ -70,7 +76,9 @@ def problems(report: dict[str, Any]) -> list[str]:
                 found.append(f"{name}: worker on :{w['port']} does not answer /health/")
                 continue
             if h.get("status", "ok") != "ok":
-                found.append(f"{name}: worker on :{w['port']} (pid {h.get('pid')}) is {h.get('status')}")
+                found.append(
+                    f"{name}: worker on :{w['port']} (pid {h.get('pid')}) is {h.get('status')}"
+                )
             for stage in h.get("stages", []):
                 if stage.get("stalled"):
                     found.append(
@@ -102,7 +110,10 @@ def render(report: dict[str, Any]) -> str:
             rows = [STAGE_COLUMNS] + [_stage_row(s) for s in h.get("stages", [])]
             widths = [max(len(r[i]) for r in rows) for i in range(len(STAGE_COLUMNS))]
             for r in rows:
-                lines.append("    " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip())
+                lines.append(
+                    "    "
+                    + "  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip()
+                )
     found = report.get("problems") or []
     lines.append("")
     lines.append("healthy" if not found else "NOT HEALTHY:\n" + "\n".join(f"  {p}" for p in found))
@@ -112,7 +123,9 @@ def render(report: dict[str, Any]) -> str:
 def _stage_row(s: dict[str, Any]) -> tuple[str, ...]:
     reasons = s.get("dead_letter_reasons")
     by_reason = (
-        ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if isinstance(reasons, dict) and reasons else "-"
+        ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+        if isinstance(reasons, dict) and reasons
+        else "-"
     )
     return (
         str(s.get("stage", "-")),
@@ -132,7 +145,11 @@ def _lag(s: dict[str, Any]) -> str:
     if total is None:
         return "-"
     parts = s.get("lag")
-    behind = [f"p{p}={v}" for p, v in sorted((parts or {}).items()) if v] if isinstance(parts, dict) else []
+    behind = (
+        [f"p{p}={v}" for p, v in sorted((parts or {}).items()) if v]
+        if isinstance(parts, dict)
+        else []
+    )
     return f"{total}" + (f" ({', '.join(behind)})" if behind and len(behind) <= 3 else "")
 
 

@@ -159,8 +159,10 @@ def _await_topics(admin: Any, names: list[str], timeout: float = ADMIN_TIMEOUT_S
     while True:
         md = _kafka(lambda: admin.list_topics(timeout=timeout), "list topics")
         pending = [
-            n for n in names
-            if n not in md.topics or md.topics[n].error is not None
+            n
+            for n in names
+            if n not in md.topics
+            or md.topics[n].error is not None
             or any(p.leader < 0 for p in md.topics[n].partitions.values())
         ]
         if not pending:
@@ -181,8 +183,9 @@ def _kafka(fn: Any, what: str, retriable: Any = None) -> Any:
         raise ProvisionError(str(e)) from e
 
 
-def _describe_topic_configs(admin: Any, name: str, timeout: float = ADMIN_TIMEOUT_S
-                            ) -> dict[str, str]:
+def _describe_topic_configs(
+    admin: Any, name: str, timeout: float = ADMIN_TIMEOUT_S
+) -> dict[str, str]:
     """A topic's configs; retried while a broker's metadata does not know the topic yet."""
     from confluent_kafka.admin import ConfigResource, ResourceType
 
@@ -193,8 +196,11 @@ def _describe_topic_configs(admin: Any, name: str, timeout: float = ADMIN_TIMEOU
         return is_retriable(e) or (err is not None and err.name() == "UNKNOWN_TOPIC_OR_PART")
 
     res = ConfigResource(ResourceType.TOPIC, name)
-    configs = _kafka(lambda: admin.describe_configs([res], request_timeout=timeout)[res].result(),
-                     f"describe topic {name}", retriable=unknown_yet)
+    configs = _kafka(
+        lambda: admin.describe_configs([res], request_timeout=timeout)[res].result(),
+        f"describe topic {name}",
+        retriable=unknown_yet,
+    )
     return {k: v.value for k, v in configs.items()}
 
 
@@ -210,8 +216,9 @@ def _sync_configs(admin: Any, specs: dict[str, TopicSpecLike], report: Provision
         diff = {k: v for k, v in want.items() if current.get(k) != v}
         if not diff:
             continue
-        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-                   for k, v in diff.items()]
+        entries = [
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()
+        ]
         target = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
         for fut in admin.incremental_alter_configs([target]).values():
             fut.result()
@@ -272,8 +279,9 @@ def provision_keyspace(
                 timeout=DDL_TIMEOUT_S,
             )
             report.keyspace_created = True
-            log.info("created keyspace %s (RF %d in %s)", ks, c.replication_factor,
-                     c.local_datacenter)
+            log.info(
+                "created keyspace %s (RF %d in %s)", ks, c.replication_factor, c.local_datacenter
+            )
         statements = list(cql.table_ddl(ks) if table_ddl is None else table_ddl)
         for stmt in statements:
             session.execute(stmt, timeout=DDL_TIMEOUT_S)
@@ -304,8 +312,9 @@ def add_missing_columns(session: Any, keyspace: str) -> list[str]:
     added = []
     for table, column, cql_type in cql.ADDED_COLUMNS:
         if table in tables and (table, column) not in present:
-            session.execute(cql.add_column_ddl(keyspace, table, column, cql_type),
-                            timeout=DDL_TIMEOUT_S)
+            session.execute(
+                cql.add_column_ddl(keyspace, table, column, cql_type), timeout=DDL_TIMEOUT_S
+            )
             added.append(f"{table}.{column}")
             log.info("keyspace %s: added column %s.%s %s", keyspace, table, column, cql_type)
     return added
@@ -335,6 +344,7 @@ def provision(
     if cassandra:
         try:
             from schemas import cql  # noqa: F401
+
             _ = cql.keyspace_ddl, cql.table_ddl
         except (ImportError, AttributeError) as e:
             if not allow_missing_schemas:

@@ -48,7 +48,9 @@ class ServiceSpec:
     web_ports: list[int] = field(default_factory=list)
 
 
-def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PORT_BASE) -> list[ServiceSpec]:
+def pipeline_specs(
+    workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PORT_BASE
+) -> list[ServiceSpec]:
     """The stream workers (one supervisor, ports base..base+N-1) and each sink under its
     own supervisor: whatever kills a process, something starts it again. Sink i serves
     its metrics on base+N+i-1, so two pipelines with different bases never clash."""
@@ -58,7 +60,16 @@ def pipeline_specs(workers: int = 2, sinks: int = 1, web_port_base: int = WEB_PO
         specs.append(
             ServiceSpec(
                 WORKERS_SERVICE,
-                [py, "-m", "stream_app", "workers", "-n", str(workers), "--web-port", str(web_port_base)],
+                [
+                    py,
+                    "-m",
+                    "stream_app",
+                    "workers",
+                    "-n",
+                    str(workers),
+                    "--web-port",
+                    str(web_port_base),
+                ],
                 web_ports=[web_port_base + i for i in range(workers)],
             )
         )
@@ -150,7 +161,11 @@ class Services:
         # Until exec, /proc/<pid>/environ is still ours without the run mark, and `pid()`
         # would call the new service foreign: wait for the exec (or an early exit).
         deadline = time.monotonic() + 5.0
-        while proc.poll() is None and not _is_ours(proc.pid, self.run_dir) and time.monotonic() < deadline:
+        while (
+            proc.poll() is None
+            and not _is_ours(proc.pid, self.run_dir)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         self._pid_file(spec.name).write_text(str(proc.pid))
         log.info("started %s (pid %d): %s", spec.name, proc.pid, " ".join(spec.argv[1:]))
@@ -183,7 +198,9 @@ class Services:
         _wait_pid_gone(kids[index], 10.0)
         return kids[index]
 
-    def wait_child_replaced(self, name: str, dead: int, count: int, timeout_s: float = 120.0) -> list[int]:
+    def wait_child_replaced(
+        self, name: str, dead: int, count: int, timeout_s: float = 120.0
+    ) -> list[int]:
         """Until the supervisor of `name` runs `count` children again, none of them `dead`."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -191,7 +208,9 @@ class Services:
             if len(kids) == count and dead not in kids:
                 return kids
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: children {kids} after {timeout_s:.0f}s; want {count} without {dead}")
+                raise TimeoutError(
+                    f"{name}: children {kids} after {timeout_s:.0f}s; want {count} without {dead}"
+                )
             time.sleep(0.2)
 
     def stop(self, name: str, timeout_s: float = 30.0) -> None:
@@ -213,7 +232,9 @@ class Services:
                 self.signal(n, signal.SIGKILL)
                 self._wait_gone(n, 10.0)
             for c in children[n]:
-                if _is_ours(c, self.run_dir) and not _wait_pid_gone(c, max(0.0, deadline - time.monotonic())):
+                if _is_ours(c, self.run_dir) and not _wait_pid_gone(
+                    c, max(0.0, deadline - time.monotonic())
+                ):
                     log.warning("%s: child pid %d outlived its supervisor; sending SIGKILL", n, c)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(c, signal.SIGKILL)

@@ -18,7 +18,16 @@ from schemas.topics import TopicSpec, topic_registry
 # Defaults match the local clusters that `python -m infra up` starts.
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 DEFAULT_CONTACT_POINTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "LOCAL_ONE")
+CONSISTENCY_LEVELS = (
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "ALL",
+    "LOCAL_ONE",
+)
 
 
 class KafkaSettings(BaseModel):
@@ -79,7 +88,9 @@ class CassandraSettings(BaseModel):
     def _known_level(cls, v: str) -> str:
         v = v.upper()
         if v not in CONSISTENCY_LEVELS:
-            raise ValueError(f"unknown consistency level {v!r}; use one of {', '.join(CONSISTENCY_LEVELS)}")
+            raise ValueError(
+                f"unknown consistency level {v!r}; use one of {', '.join(CONSISTENCY_LEVELS)}"
+            )
         return v
 
     @field_validator("contact_points", mode="before")

@@ -160,7 +160,11 @@ class Supervisor:
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """Signal handler: stop the loop; `_stop_children` forwards the signal."""
         if not self.stopping:
-            log.info("received %s: stopping %d child(ren)", signal.Signals(signum).name, len(self.children))
+            log.info(
+                "received %s: stopping %d child(ren)",
+                signal.Signals(signum).name,
+                len(self.children),
+            )
         self.stopping = True
 
     def install_signal_handlers(self) -> None:

@@ -30,32 +30,49 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--rate", type=float, help="images per second (default: as fast as acked)")
     common.add_argument("--source", help="the source header for every image (default: per image)")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
-    common.add_argument("--delivered-out", metavar="FILE",
-                        help="write one JSON line per delivered record (id, produced_at_ms, partition, offset, source)")
+    common.add_argument(
+        "--delivered-out",
+        metavar="FILE",
+        help="write one JSON line per delivered record (id, produced_at_ms, partition, offset, source)",
+    )
     common.add_argument("--bootstrap-servers", help="override PIPELINE_KAFKA__BOOTSTRAP_SERVERS")
     common.add_argument("--topic", help="override the topic (default images.raw)")
     common.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     common.add_argument("--log-level", default=None, help="default from PIPELINE_LOG_LEVEL or INFO")
 
-    p = argparse.ArgumentParser(prog="python -m producers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m producers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    im = sub.add_parser("images", parents=[common], help="publish image files (recognised by content)")
+    im = sub.add_parser(
+        "images", parents=[common], help="publish image files (recognised by content)"
+    )
     im.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     im.add_argument("--recursive", "-r", action="store_true", help="walk directories recursively")
-    im.add_argument("--id", dest="image_id", help="image id (only with a single file; default sha256)")
+    im.add_argument(
+        "--id", dest="image_id", help="image id (only with a single file; default sha256)"
+    )
 
     sa = sub.add_parser("samples", parents=[common], help="publish the bundled sample photos")
-    sa.add_argument("--repeat", type=int, default=0, metavar="N",
-                    help=f"N variants of each of the {len(samples.PHOTO_NAMES)} photos (distinct ids)")
+    sa.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"N variants of each of the {len(samples.PHOTO_NAMES)} photos (distinct ids)",
+    )
     sa.add_argument("--corrupt", type=int, default=0, metavar="K", help="add K corrupt images")
     sa.add_argument("--seed", type=int, default=None, help="variant seed (default 0)")
 
     sy = sub.add_parser("synthetic", parents=[common], help="publish generated images")
     sy.add_argument("--count", type=int, required=True, metavar="N")
     sy.add_argument("--size", default="224x224", metavar="WxH")
-    sy.add_argument("--format", default="JPEG", choices=["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+    sy.add_argument(
+        "--format", default="JPEG", choices=["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
+    )
     sy.add_argument("--quality", type=int, default=90)
     sy.add_argument("--seed", type=int, default=None)
     return p
@@ -83,14 +100,18 @@ def _settings(args: argparse.Namespace) -> ProducerSettings:
     return ProducerSettings.model_validate(data)
 
 
-def _inputs(args: argparse.Namespace, settings: ProducerSettings) -> tuple[Iterable[Item | Skip], int | None]:
+def _inputs(
+    args: argparse.Namespace, settings: ProducerSettings
+) -> tuple[Iterable[Item | Skip], int | None]:
     seed = settings.producer.seed
     if args.command == "images":
         found = list(files.find_files(args.paths, args.recursive))
         if args.image_id is not None:
             validate_image_id(args.image_id)
             if len(found) != 1 or isinstance(found[0], Skip):
-                raise UsageError(f"--id needs exactly one readable file; the paths name {len(found)}")
+                raise UsageError(
+                    f"--id needs exactly one readable file; the paths name {len(found)}"
+                )
         limit = settings.kafka.max_message_bytes
         items = (
             f if isinstance(f, Skip) else files.read_image(f, limit, args.image_id) for f in found
@@ -127,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     progress = None
     if not args.no_progress:
-        progress = Progress(total, interval_s=settings.producer.progress_interval_s, label=args.command)
+        progress = Progress(
+            total, interval_s=settings.producer.progress_interval_s, label=args.command
+        )
     result = publish_items(items, settings, progress=progress, handle_signals=True)
     _report(result, args)
     return result.summary.exit_code()

@@ -13,7 +13,9 @@ from schemas.raw import sniff_content_type
 log = logging.getLogger(__name__)
 
 
-def find_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Path | Skip]:
+def find_files(
+    paths: Iterable[str | os.PathLike[str]], recursive: bool = False
+) -> Iterator[Path | Skip]:
     """Files named or found under `paths`, sorted per directory; missing paths become Skips.
 
     A directory contributes its direct files, or its whole tree with `recursive`.
@@ -30,14 +32,18 @@ def find_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False)
             yield Skip(str(p), UNREADABLE, "no such file or directory")
 
 
-def read_image(path: Path, max_bytes: int | None = None, image_id: str | None = None) -> Item | Skip:
+def read_image(
+    path: Path, max_bytes: int | None = None, image_id: str | None = None
+) -> Item | Skip:
     """The file as an Item if its bytes start like a supported image; else a Skip."""
     source = str(path)
     try:
         if max_bytes is not None:
             size = path.stat().st_size
             if size > max_bytes:  # don't read a huge file just to refuse it
-                return Skip(source, TOO_LARGE, f"{size} bytes, the topic accepts at most {max_bytes}")
+                return Skip(
+                    source, TOO_LARGE, f"{size} bytes, the topic accepts at most {max_bytes}"
+                )
         data = path.read_bytes()
     except OSError as exc:
         return Skip(source, UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}")

@@ -12,7 +12,9 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def encode(pixels: np.ndarray | Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
-    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
+    img = (
+        pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
+    )
     fmt = fmt.upper()
     buf = io.BytesIO()
     if fmt == "JPEG":

@@ -34,7 +34,9 @@ class Progress:
         if self._tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="img", desc=label, file=self._stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, unit="img", desc=label, file=self._stream, dynamic_ncols=True
+            )
 
     def update(self, done: int, summary: Summary) -> None:
         step, self._done = done - self._done, done
@@ -42,7 +44,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(step)
             if now - self._last >= 0.5:
-                self._bar.set_postfix(ok=summary.delivered, failed=summary.failed, skipped=summary.skipped)
+                self._bar.set_postfix(
+                    ok=summary.delivered, failed=summary.failed, skipped=summary.skipped
+                )
                 self._last = now
         elif now - self._last >= self._interval:
             self._last = now
@@ -60,6 +64,8 @@ class Progress:
 
     def close(self, summary: Summary) -> None:
         if self._bar is not None:
-            self._bar.set_postfix(ok=summary.delivered, failed=summary.failed, skipped=summary.skipped)
+            self._bar.set_postfix(
+                ok=summary.delivered, failed=summary.failed, skipped=summary.skipped
+            )
             self._bar.close()
             self._bar = None

@@ -58,7 +58,9 @@ def _confluent_producer(conf: dict[str, Any]) -> ProducerLike:
 
 def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
     """An upper bound of the record's size as the broker's max.message.bytes counts it."""
-    return len(key) + len(value) + sum(len(k) + len(v) + 4 for k, v in headers) + RECORD_OVERHEAD_BYTES
+    return (
+        len(key) + len(value) + sum(len(k) + len(v) + 4 for k, v in headers) + RECORD_OVERHEAD_BYTES
+    )
 
 
 @dataclass
@@ -91,7 +93,11 @@ class Publisher:
         self._settings = settings
         self.topic = settings.producer.topic
         self.max_message_bytes = settings.kafka.max_message_bytes
-        self._overrides = {**IMAGE_PRODUCER_OVERRIDES, **settings.producer.client_overrides, **(overrides or {})}
+        self._overrides = {
+            **IMAGE_PRODUCER_OVERRIDES,
+            **settings.producer.client_overrides,
+            **(overrides or {}),
+        }
         self._factory = producer_factory or _confluent_producer
         self._producer: ProducerLike | None = None
         self._progress = progress
@@ -191,8 +197,11 @@ class Publisher:
         size = record_size(key, item.data, headers)
         if size > self.max_message_bytes:
             self.skip(
-                Skip(item.source, TOO_LARGE,
-                     f"record of ~{size} bytes; {self.topic} accepts at most {self.max_message_bytes}")
+                Skip(
+                    item.source,
+                    TOO_LARGE,
+                    f"record of ~{size} bytes; {self.topic} accepts at most {self.max_message_bytes}",
+                )
             )
             return False
         self._pace()
@@ -252,8 +261,14 @@ class Publisher:
                 self.summary.duplicate_ids += 1
             self._ids.add(pending.image_id)
             self.records.append(
-                Delivered(pending.image_id, pending.produced_at_ms, msg.partition(), msg.offset(),
-                          pending.source, pending.size)
+                Delivered(
+                    pending.image_id,
+                    pending.produced_at_ms,
+                    msg.partition(),
+                    msg.offset(),
+                    pending.source,
+                    pending.size,
+                )
             )
 
         return on_delivery
@@ -313,7 +328,9 @@ def publish_items(
     producer_factory: Callable[[dict[str, Any]], ProducerLike] | None = None,
 ) -> PublishResult:
     """Publish every item (Skips are counted) and wait for every delivery report."""
-    pub = Publisher(settings, overrides=overrides, producer_factory=producer_factory, progress=progress)
+    pub = Publisher(
+        settings, overrides=overrides, producer_factory=producer_factory, progress=progress
+    )
     signals = stop_on_signals(pub) if handle_signals else _nothing()
     try:
         with signals:

@@ -68,7 +68,11 @@ def synthetic_pixels(index: int, size: tuple[int, int], seed: int = 0) -> np.nda
 
 
 def synthetic_items(
-    count: int, size: tuple[int, int] = (224, 224), seed: int = 0, fmt: str = "JPEG", quality: int = 90
+    count: int,
+    size: tuple[int, int] = (224, 224),
+    seed: int = 0,
+    fmt: str = "JPEG",
+    quality: int = 90,
 ) -> Iterator[Item]:
     w, h = size
     for i in range(count):

@@ -81,14 +81,18 @@ def schema(name: str, version: int | None = None) -> SchemaVersion:
         ) from None
 
 
-def encode(name: str, record: dict[str, Any], version: int | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
+def encode(
+    name: str, record: dict[str, Any], version: int | None = None
+) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Serialize `record` with the newest (or given) version; returns value and headers."""
     sv = schema(name, version)
     buf = io.BytesIO()
     try:
         fastavro.schemaless_writer(buf, sv.parsed, record)
     except Exception as exc:  # missing field, wrong type: name the field, not fastavro's internals
-        raise SchemaError("invalid-record", f"{name} v{sv.version}: {_why_invalid(sv, record, exc)}") from exc
+        raise SchemaError(
+            "invalid-record", f"{name} v{sv.version}: {_why_invalid(sv, record, exc)}"
+        ) from exc
     headers = [(H_SCHEMA_NAME, name.encode()), (H_SCHEMA_VERSION, str(sv.version).encode())]
     return buf.getvalue(), headers
 
@@ -115,7 +119,9 @@ def decode(
     try:
         record: dict[str, Any] = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)  # type: ignore[assignment]
     except Exception as exc:  # fastavro raises a zoo of types on garbage input
-        raise SchemaError("undecodable", f"{name} v{writer_version}: {type(exc).__name__}: {exc}") from exc
+        raise SchemaError(
+            "undecodable", f"{name} v{writer_version}: {type(exc).__name__}: {exc}"
+        ) from exc
     if buf.tell() != len(value):
         # Schemaless Avro has no framing: leftover bytes mean the value is not this record.
         raise SchemaError(

@@ -40,7 +40,9 @@ def _statements(keyspace: str, replication_factor: int, datacenter: str) -> list
     return [s.strip() for s in rendered.split(";") if s.strip()]
 
 
-def keyspace_ddl(keyspace: str, replication_factor: int = 3, datacenter: str = "datacenter1") -> str:
+def keyspace_ddl(
+    keyspace: str, replication_factor: int = 3, datacenter: str = "datacenter1"
+) -> str:
     """`CREATE KEYSPACE IF NOT EXISTS` with NetworkTopologyStrategy {datacenter: rf}."""
     return _statements(keyspace, replication_factor, datacenter)[0]
 

@@ -51,7 +51,7 @@ def dead_letter(
     over `max_payload_bytes` is cut, with its original size in a header.
     """
     cls = printable(error_class or (type(error).__name__ if error is not None else "Error"))
-    msg = (message if message is not None else str(error) if error is not None else reason)
+    msg = message if message is not None else str(error) if error is not None else reason
     msg = printable(msg[:MAX_MESSAGE_CHARS])
     payload = payload or b""
     original_size = len(payload)
@@ -102,5 +102,7 @@ def bounded_headers(headers: Iterable[tuple[str, Any]] | None) -> dict[str, str]
     return out
 
 
-def read_dead_letter(value: bytes | None, headers: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+def read_dead_letter(
+    value: bytes | None, headers: Iterable[tuple[str, Any]] | None
+) -> dict[str, Any]:
     return codec.decode(codec.DEAD_LETTER, value, headers)

@@ -47,9 +47,7 @@ def validate_image_id(image_id: str) -> str:
 
 def validate_row_id(row: str) -> str:
     """An id a row may be stored under: a valid image id, or a derived one (`row_id`)."""
-    if isinstance(row, str) and (
-        _KEY_HASH_ID.fullmatch(row) or _NO_KEY_ID.fullmatch(row)
-    ):
+    if isinstance(row, str) and (_KEY_HASH_ID.fullmatch(row) or _NO_KEY_ID.fullmatch(row)):
         return row
     return validate_image_id(row)
 

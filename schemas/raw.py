@@ -69,7 +69,11 @@ def sniff_content_type(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     # "BM" alone matches too much text; also require a known DIB header size.
-    if len(data) >= 18 and data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_DIB_SIZES:
+    if (
+        len(data) >= 18
+        and data[:2] == b"BM"
+        and int.from_bytes(data[14:18], "little") in _BMP_DIB_SIZES
+    ):
         return "image/bmp"
     return None
 
@@ -78,7 +82,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def raw_headers(content_type: str, source: str, produced_at_ms: int | None = None) -> list[tuple[str, bytes]]:
+def raw_headers(
+    content_type: str, source: str, produced_at_ms: int | None = None
+) -> list[tuple[str, bytes]]:
     ts = now_ms() if produced_at_ms is None else produced_at_ms
     return [
         (H_CONTENT_TYPE, content_type.encode()),
@@ -206,11 +212,11 @@ def check_headers(headers: Headers | None) -> None:
             total += len(name.encode("utf-8"))
         except UnicodeEncodeError:
             shown = name.encode("utf-8", "surrogateescape")[:60]
-            raise RawRecordError(
-                "bad-header", f"header name {shown!r} is not UTF-8"
-            ) from None
+            raise RawRecordError("bad-header", f"header name {shown!r} is not UTF-8") from None
         if value is not None:
-            total += len(value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
+            total += len(
+                value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+            )
     if total > MAX_HEADER_BYTES:
         raise RawRecordError(
             "bad-header", f"raw record headers hold {total} bytes, limit is {MAX_HEADER_BYTES}"

@@ -107,17 +107,45 @@ def _registry(partitions: int, raw_max_message_bytes: int) -> list[TopicSpec]:
     # A dead letter carries the original payload, so it must fit the largest input.
     dead_bytes = raw_max_message_bytes + SMALL_MAX_MESSAGE_BYTES
     return [
-        TopicSpec(RAW, p, "image id (utf-8)", "image file bytes", raw_max_message_bytes,
-                  dlq=DECODE_DLQ, stage="decode"),
+        TopicSpec(
+            RAW,
+            p,
+            "image id (utf-8)",
+            "image file bytes",
+            raw_max_message_bytes,
+            dlq=DECODE_DLQ,
+            stage="decode",
+        ),
         TopicSpec(DECODE_DLQ, max_message_bytes=dead_bytes, **dead),  # type: ignore[arg-type]
-        TopicSpec(DECODED, p, "image id (utf-8)", "avro:DecodedImage", TENSOR_MAX_MESSAGE_BYTES,
-                  dlq=INFER_DLQ, stage="infer"),
+        TopicSpec(
+            DECODED,
+            p,
+            "image id (utf-8)",
+            "avro:DecodedImage",
+            TENSOR_MAX_MESSAGE_BYTES,
+            dlq=INFER_DLQ,
+            stage="infer",
+        ),
         TopicSpec(INFER_DLQ, max_message_bytes=dead_bytes, **dead),  # type: ignore[arg-type]
-        TopicSpec(INFERRED, p, "image id (utf-8)", "avro:Inference", SMALL_MAX_MESSAGE_BYTES,
-                  dlq=POSTPROCESS_DLQ, stage="postprocess"),
+        TopicSpec(
+            INFERRED,
+            p,
+            "image id (utf-8)",
+            "avro:Inference",
+            SMALL_MAX_MESSAGE_BYTES,
+            dlq=POSTPROCESS_DLQ,
+            stage="postprocess",
+        ),
         TopicSpec(POSTPROCESS_DLQ, max_message_bytes=dead_bytes, **dead),  # type: ignore[arg-type]
-        TopicSpec(PREDICTIONS, p, "image id (utf-8)", "avro:Prediction", SMALL_MAX_MESSAGE_BYTES,
-                  dlq=SINK_DLQ, stage="sink"),
+        TopicSpec(
+            PREDICTIONS,
+            p,
+            "image id (utf-8)",
+            "avro:Prediction",
+            SMALL_MAX_MESSAGE_BYTES,
+            dlq=SINK_DLQ,
+            stage="sink",
+        ),
         TopicSpec(SINK_DLQ, max_message_bytes=dead_bytes, **dead),  # type: ignore[arg-type]
     ]
 

@@ -283,9 +283,7 @@ def _fail_worker(rt: Runtime, stage: Stage, records: list[InRecord], exc: BaseEx
 def health_snapshot(app: faust.App, rt: Runtime) -> dict[str, Any]:
     w = rt.settings.stream.worker
     assigned = _assigned_by_topic(app)
-    stages = [
-        st.snapshot(assigned.get(st.source, []), w.stall_after_s) for st in rt.stats.values()
-    ]
+    stages = [st.snapshot(assigned.get(st.source, []), w.stall_after_s) for st in rt.stats.values()]
     if rt.stalled or any(st["stalled"] for st in stages):
         status = "stalled"
     elif rt.exit_code:

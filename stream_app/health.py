@@ -47,16 +47,12 @@ class StageStats:
     def batch_taken(self) -> None:
         self.inflight_since = time.monotonic()
 
-    def lag_measured(
-        self, lag: dict[int, tuple[int, int] | None], at: float | None = None
-    ) -> None:
+    def lag_measured(self, lag: dict[int, tuple[int, int] | None], at: float | None = None) -> None:
         """Fresh (committed offset, log end offset) per assigned partition, asked now;
         None where the broker did not answer."""
         now = time.monotonic() if at is None else at
         self.lag_checked_at = now
-        self.fresh_lag = {
-            p: None if v is None else max(0, v[1] - v[0]) for p, v in lag.items()
-        }
+        self.fresh_lag = {p: None if v is None else max(0, v[1] - v[0]) for p, v in lag.items()}
         for p, v in lag.items():
             if v is None:
                 continue

@@ -126,33 +126,65 @@ class StageCollector(Collector):
 
 def stage_metrics(snap: dict[str, Any], prefix: str, now: float) -> Iterator[Metric]:
     """Pure: the metric families of one health snapshot (unit-tested without faust)."""
-    rin = CounterMetricFamily("torchstream_stage_records_in", "Records a stage consumed and "
-                              "finished (acknowledged)", labels=["stage", "topic"])
-    rout = CounterMetricFamily("torchstream_stage_records_out", "Records a stage sent to its "
-                               "next topic", labels=["stage", "topic"])
-    dead = CounterMetricFamily("torchstream_stage_dead_letters", "Records a stage sent to its "
-                               "dead-letter topic, by reason", labels=["stage", "topic", "reason"])
-    failed = CounterMetricFamily("torchstream_stage_failed_batches", "Batches whose sends "
-                                 "failed (the worker exits; the batch is redelivered)",
-                                 labels=["stage"])
-    batches = CounterMetricFamily("torchstream_stage_batches", "Micro-batches finished",
-                                  labels=["stage"])
-    last = GaugeMetricFamily("torchstream_stage_last_batch_timestamp_seconds", "Unix time of "
-                             "the stage's last finished batch in this worker", labels=["stage"])
-    oldest = GaugeMetricFamily("torchstream_stage_oldest_unacked_age_seconds", "Age of the "
-                               "oldest input the stage holds unacknowledged (a batch in hand, "
-                               "or records waiting with no progress); 0 when none",
-                               labels=["stage"])
-    stalled = GaugeMetricFamily("torchstream_stage_stalled", "1 while the worker's watchdog "
-                                "judges the stage stalled", labels=["stage"])
-    lag = GaugeMetricFamily("torchstream_consumer_lag_records", "Records between a partition's "
-                            "end and the consumer's position, per assigned partition",
-                            labels=["stage", "topic", "partition"])
+    rin = CounterMetricFamily(
+        "torchstream_stage_records_in",
+        "Records a stage consumed and finished (acknowledged)",
+        labels=["stage", "topic"],
+    )
+    rout = CounterMetricFamily(
+        "torchstream_stage_records_out",
+        "Records a stage sent to its next topic",
+        labels=["stage", "topic"],
+    )
+    dead = CounterMetricFamily(
+        "torchstream_stage_dead_letters",
+        "Records a stage sent to its dead-letter topic, by reason",
+        labels=["stage", "topic", "reason"],
+    )
+    failed = CounterMetricFamily(
+        "torchstream_stage_failed_batches",
+        "Batches whose sends failed (the worker exits; the batch is redelivered)",
+        labels=["stage"],
+    )
+    batches = CounterMetricFamily(
+        "torchstream_stage_batches", "Micro-batches finished", labels=["stage"]
+    )
+    last = GaugeMetricFamily(
+        "torchstream_stage_last_batch_timestamp_seconds",
+        "Unix time of the stage's last finished batch in this worker",
+        labels=["stage"],
+    )
+    oldest = GaugeMetricFamily(
+        "torchstream_stage_oldest_unacked_age_seconds",
+        "Age of the "
+        "oldest input the stage holds unacknowledged (a batch in hand, "
+        "or records waiting with no progress); 0 when none",
+        labels=["stage"],
+    )
+    stalled = GaugeMetricFamily(
+        "torchstream_stage_stalled",
+        "1 while the worker's watchdog judges the stage stalled",
+        labels=["stage"],
+    )
+    lag = GaugeMetricFamily(
+        "torchstream_consumer_lag_records",
+        "Records between a partition's end and the consumer's position, per assigned partition",
+        labels=["stage", "topic", "partition"],
+    )
     model = snap.get("model") or {}
-    info = GaugeMetricFamily("torchstream_worker_info", "Always 1: the worker's consumer group "
-                             "and model", labels=["app_id", "model", "model_version"])
-    info.add_metric([str(snap.get("app_id", "")), str(model.get("name") or ""),
-                     str(model.get("version") or "")], 1)
+    info = GaugeMetricFamily(
+        "torchstream_worker_info",
+        "Always 1: the worker's consumer group and model",
+        labels=["app_id", "model", "model_version"],
+    )
+    info.add_metric(
+        [
+            str(snap.get("app_id", "")),
+            str(model.get("name") or ""),
+            str(model.get("version") or ""),
+        ],
+        1,
+    )
     yield info
     for st in snap.get("stages", []):
         name = st["stage"]
@@ -191,8 +223,9 @@ def build_registry(snapshot: Callable[[], dict[str, Any]], prefix: str = "") -> 
     return reg
 
 
-def register_metrics(app: Any, snapshot: Callable[[], dict[str, Any]],
-                     prefix: str = "") -> CollectorRegistry:
+def register_metrics(
+    app: Any, snapshot: Callable[[], dict[str, Any]], prefix: str = ""
+) -> CollectorRegistry:
     """Serve the worker's metrics at /metrics on its faust web server."""
     registry = build_registry(snapshot, prefix)
 

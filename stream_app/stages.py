@@ -200,7 +200,10 @@ class BaseStage:
         except Exception as exc:  # keep the record accounted for whatever it holds
             log.exception("%s: full dead letter for %s failed: %s", self.name, rec.where, exc)
             value, headers = dead_letter(
-                payload=b"", payload_headers=None, max_payload_bytes=0, **fields  # type: ignore[arg-type]
+                payload=b"",
+                payload_headers=None,
+                max_payload_bytes=0,
+                **fields,  # type: ignore[arg-type]
             )
         log.warning(
             "%s: %s -> %s (%s: %s: %s)",

@@ -91,8 +91,9 @@ class NativeBackend(Backend):
     name = "native"
 
     def __init__(self) -> None:
-        self.cluster = LocalCluster(resolve_run_dir(None if os.environ.get("PIPELINE_RUN_DIR")
-                                                    else REPO_ROOT / ".run"))
+        self.cluster = LocalCluster(
+            resolve_run_dir(None if os.environ.get("PIPELINE_RUN_DIR") else REPO_ROOT / ".run")
+        )
         self.ready: set[str] = set()
         self.lease = self.cluster.run_dir / "test-leases" / str(os.getpid())
 
@@ -111,8 +112,12 @@ class NativeBackend(Backend):
             )
             if self.cluster.up(only=kind) and not was_running:
                 self.cluster.set_owner(kind, "tests")
-        report = provision(self.settings(), kafka=kind == KAFKA, cassandra=kind == CASSANDRA,
-                           allow_missing_schemas=True)
+        report = provision(
+            self.settings(),
+            kafka=kind == KAFKA,
+            cassandra=kind == CASSANDRA,
+            allow_missing_schemas=True,
+        )
         log.info("native %s cluster ready (%s)", kind, report.summary())
         self.ready.add(kind)
 
@@ -143,8 +148,10 @@ class NativeBackend(Backend):
                 else:
                     p.unlink(missing_ok=True)  # a session that died without cleaning up
             if others:
-                log.info("leaving the clusters up for test sessions %s",
-                         ", ".join(p.name for p in others))
+                log.info(
+                    "leaving the clusters up for test sessions %s",
+                    ", ".join(p.name for p in others),
+                )
                 return
             for kind in (KAFKA, CASSANDRA):
                 if self.cluster.node_count(kind) and self.cluster.owner(kind) == "tests":
@@ -200,8 +207,9 @@ class DockerBackend(Backend):
             pytest.skip(f"PIPELINE_TEST_BACKEND=docker but {reason}")
         from testcontainers.compose import DockerCompose
 
-        self.compose = DockerCompose(str(REPO_ROOT), compose_file_name="docker-compose.yml",
-                                     wait=True, services=[])
+        self.compose = DockerCompose(
+            str(REPO_ROOT), compose_file_name="docker-compose.yml", wait=True, services=[]
+        )
         self.up_services: set[str] = set()
 
     def _compose(self, *args: str) -> None:
@@ -252,9 +260,7 @@ def make_backend(env: dict[str, str] | None = None) -> Backend:
     env = dict(os.environ if env is None else env)
     name = env.get("PIPELINE_TEST_BACKEND", "native").strip().lower() or "native"
     if name not in BACKENDS:
-        raise pytest.UsageError(
-            f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}"
-        )
+        raise pytest.UsageError(f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}")
     return {"native": NativeBackend, "docker": DockerBackend, "external": ExternalBackend}[name]()
 
 
@@ -311,13 +317,16 @@ class KafkaCluster(_ClusterHandle):
     def admin(self) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.get_bootstrap_server()})
 
-    def create_topic(self, name: str, partitions: int = 3, replication_factor: int = 3,
-                     **configs: str) -> str:
+    def create_topic(
+        self, name: str, partitions: int = 3, replication_factor: int = 3, **configs: str
+    ) -> str:
         """Create a topic through infra.provision and wait for its full ISR."""
         from infra.provision import provision_topics
 
-        provision_topics(self.backend.settings(),
-                         [TopicSpec(name, partitions, replication_factor, dict(configs))])
+        provision_topics(
+            self.backend.settings(),
+            [TopicSpec(name, partitions, replication_factor, dict(configs))],
+        )
         short = self.wait_full_isr([name], replication_factor)
         assert not short, f"topic {name} has partitions without a full ISR: {short}"
         return name
@@ -327,8 +336,9 @@ class KafkaCluster(_ClusterHandle):
         for fut in admin.delete_topics(names, operation_timeout=30).values():
             fut.result()
 
-    def wait_full_isr(self, topics: list[str], replicas: int = 3,
-                      deadline_s: float = 60.0) -> dict[str, list[tuple[int, int]]]:
+    def wait_full_isr(
+        self, topics: list[str], replicas: int = 3, deadline_s: float = 60.0
+    ) -> dict[str, list[tuple[int, int]]]:
         """Poll metadata until every partition of topics has `replicas` in-sync replicas.
 
         Returns {} on success, else {topic: [(partition, isr size), ...]} still short."""
@@ -337,9 +347,13 @@ class KafkaCluster(_ClusterHandle):
         while True:
             md = admin.list_topics(timeout=10)
             short = {
-                t: [(p.id, len(p.isrs)) for p in md.topics[t].partitions.values()
-                    if len(p.isrs) < replicas]
-                for t in topics if t in md.topics
+                t: [
+                    (p.id, len(p.isrs))
+                    for p in md.topics[t].partitions.values()
+                    if len(p.isrs) < replicas
+                ]
+                for t in topics
+                if t in md.topics
             }
             short = {t: v for t, v in short.items() if v}
             short.update({t: [] for t in topics if t not in md.topics})

@@ -19,9 +19,7 @@ from infra.settings import PipelineSettings
 def pytest_configure(config: pytest.Config) -> None:
     name = os.environ.get("PIPELINE_TEST_BACKEND", "native").strip().lower() or "native"
     if name not in BACKENDS:
-        raise pytest.UsageError(
-            f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}"
-        )
+        raise pytest.UsageError(f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}")
 
 
 @pytest.fixture(scope="session")

@@ -42,24 +42,27 @@ def endpoint_file(settings: ApiSettings) -> Path:
 
 def _limits(max_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def limit_size(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    async def limit_size(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if len(request.raw_path) > max_bytes:
-            return json_error(414, "uri_too_long",
-                              f"path and query string over {max_bytes} bytes")
+            return json_error(414, "uri_too_long", f"path and query string over {max_bytes} bytes")
         if request.method not in ("GET", "HEAD"):
-            return json_error(405, "method_not_allowed", "this API is read-only: GET only",
-                              headers={"Allow": "GET, HEAD"})
+            return json_error(
+                405,
+                "method_not_allowed",
+                "this API is read-only: GET only",
+                headers={"Allow": "GET, HEAD"},
+            )
         return await handler(request)
 
     return limit_size
 
 
 @web.middleware
-async def _security_headers(request: web.Request,
-                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                            ) -> web.StreamResponse:
+async def _security_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     resp = await handler(request)
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -79,15 +82,22 @@ def build(settings: ApiSettings, session: Any, token: str) -> web.Application:
         executor=executor,
         labels=reads.LabelPages(session, ks),
         stats=reads.Cached(settings.api.scan_cache_s, lambda: reads.stats(session, ks)),
-        rejections=reads.Cached(settings.api.scan_cache_s,
-                                lambda: reads.rejections_sorted(session, ks)),
-        thumbnails=Thumbnails(settings.kafka, settings.api.thumbnail_px,
-                              settings.api.thumbnail_cache),
+        rejections=reads.Cached(
+            settings.api.scan_cache_s, lambda: reads.rejections_sorted(session, ks)
+        ),
+        thumbnails=Thumbnails(
+            settings.kafka, settings.api.thumbnail_px, settings.api.thumbnail_cache
+        ),
     )
     # Outermost first: errors shape everything (also auth and limit answers pass through).
-    app = web.Application(middlewares=[errors.middleware, _security_headers,
-                                       _limits(settings.api.max_query_bytes),
-                                       auth.middleware(token)])
+    app = web.Application(
+        middlewares=[
+            errors.middleware,
+            _security_headers,
+            _limits(settings.api.max_query_bytes),
+            auth.middleware(token),
+        ]
+    )
     app[routes.API] = api
     routes.add_routes(app)
 
@@ -108,11 +118,13 @@ async def _serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     ssl_ctx = None if settings.api.insecure_http else tls.server_context(settings)
     ca = None if settings.api.insecure_http else tls.cert_files(settings)[2]
     cluster, session = await asyncio.get_running_loop().run_in_executor(
-        None, connect, settings.reader_cassandra())
+        None, connect, settings.reader_cassandra()
+    )
     try:
         app = build(settings, session, token)
-        runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE_BYTES,
-                               max_field_size=MAX_LINE_BYTES)
+        runner = web.AppRunner(
+            app, access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.api.host, settings.api.port, ssl_context=ssl_ctx)
         await site.start()
@@ -120,12 +132,25 @@ async def _serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         url = f"{settings.scheme()}://{settings.api.host}:{port}/"
         ep = endpoint_file(settings)
         ep.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ep.write_text(json.dumps({"url": url, "ca_cert": str(ca.resolve()) if ca else None,
-                                  "token_file": None if settings.api.token else
-                                  str(auth.token_path(settings).resolve()),
-                                  "pid": os.getpid()}) + "\n")
-        log.info("read API serving on %s (keyspace %s, TLS %s)", url, settings.cassandra.keyspace,
-                 "off" if ssl_ctx is None else "on")
+        ep.write_text(
+            json.dumps(
+                {
+                    "url": url,
+                    "ca_cert": str(ca.resolve()) if ca else None,
+                    "token_file": None
+                    if settings.api.token
+                    else str(auth.token_path(settings).resolve()),
+                    "pid": os.getpid(),
+                }
+            )
+            + "\n"
+        )
+        log.info(
+            "read API serving on %s (keyspace %s, TLS %s)",
+            url,
+            settings.cassandra.keyspace,
+            "off" if ssl_ctx is None else "on",
+        )
         print(f"read API: {url}", flush=True)
         await stop.wait()
         await runner.cleanup()

@@ -66,18 +66,26 @@ def middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     expected = token.encode()
 
     @web.middleware
-    async def require_token(request: web.Request,
-                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                            ) -> web.StreamResponse:
+    async def require_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
         got = _presented(request)
         if got is None:
-            return json_error(401, "unauthorized", "send Authorization: Bearer <token>",
-                              headers={"WWW-Authenticate": 'Bearer realm="torchstream"'})
+            return json_error(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="torchstream"'},
+            )
         if not hmac.compare_digest(got.encode(), expected):
-            return json_error(401, "unauthorized", "the bearer token is not valid",
-                              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return json_error(
+                401,
+                "unauthorized",
+                "the bearer token is not valid",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         return await handler(request)
 
     return require_token

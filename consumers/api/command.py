@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 def add_parser(sub: Any) -> None:
     a = sub.add_parser("api", help="serve the HTTPS read API and the live page")
     a.add_argument("--host", help="listen address (default: settings api.host, 127.0.0.1)")
-    a.add_argument("--port", type=int, help="listen port (default: settings api.port, 8443; 0: any)")
+    a.add_argument(
+        "--port", type=int, help="listen port (default: settings api.port, 8443; 0: any)"
+    )
     a.add_argument("--keyspace", help="Cassandra keyspace (default: settings cassandra.keyspace)")
 
 

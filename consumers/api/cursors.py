@@ -26,8 +26,10 @@ def image_id(value: str) -> str:
         return validate_row_id(value)
     except InvalidImageId:
         shown = value if len(value) <= 64 else value[:64] + "..."
-        raise bad_request("bad_image_id", f"image id {shown!r} must be 1-200 characters of "
-                          "letters, digits and ._:/@+=-") from None
+        raise bad_request(
+            "bad_image_id",
+            f"image id {shown!r} must be 1-200 characters of letters, digits and ._:/@+=-",
+        ) from None
 
 
 def text(name: str, value: str) -> str:

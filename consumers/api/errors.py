@@ -31,10 +31,12 @@ def bad_request(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
 
 
-def json_error(status: int, code: str, message: str, *,
-               headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status,
-                             headers=headers)
+def json_error(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return web.json_response(
+        {"error": code, "message": message, **extra}, status=status, headers=headers
+    )
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -45,14 +47,15 @@ def _unavailable(exc: BaseException) -> bool:
         from cassandra.connection import ConnectionException
     except ImportError:  # pragma: no cover - the driver is a dependency
         return False
-    return isinstance(exc, Unavailable | ReadTimeout | OperationTimedOut | NoHostAvailable
-                      | ConnectionException)
+    return isinstance(
+        exc, Unavailable | ReadTimeout | OperationTimedOut | NoHostAvailable | ConnectionException
+    )
 
 
 @web.middleware
-async def middleware(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
+async def middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -61,15 +64,23 @@ async def middleware(request: web.Request,
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_") if exc.reason else "http_error"
-        return json_error(exc.status, code, exc.reason or "error",
-                          headers={k: v for k, v in exc.headers.items()
-                                   if k in ("Allow", "WWW-Authenticate")})
+        return json_error(
+            exc.status,
+            code,
+            exc.reason or "error",
+            headers={k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")},
+        )
     except Exception as exc:
         if _unavailable(exc):
             log.warning("%s %s: Cassandra unavailable: %s", request.method, request.path, exc)
-            return json_error(503, "unavailable", "the database did not answer at the read "
-                              "consistency; retry shortly", headers={"Retry-After": "2"})
+            return json_error(
+                503,
+                "unavailable",
+                "the database did not answer at the read consistency; retry shortly",
+                headers={"Retry-After": "2"},
+            )
         incident = uuid.uuid4().hex[:12]
         log.exception("%s %s failed (incident %s)", request.method, request.path, incident)
-        return json_error(500, "internal", "unexpected error; see the server log",
-                          incident=incident)
+        return json_error(
+            500, "internal", "unexpected error; see the server log", incident=incident
+        )

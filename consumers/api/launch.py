@@ -58,9 +58,12 @@ def read_endpoint(run_dir: Path | str) -> Endpoint | None:
         doc = json.loads((Path(run_dir) / "api" / "endpoint.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return Endpoint(url=doc["url"], ca_cert=Path(doc["ca_cert"]) if doc.get("ca_cert") else None,
-                    token_file=Path(doc["token_file"]) if doc.get("token_file") else None,
-                    pid=int(doc["pid"]))
+    return Endpoint(
+        url=doc["url"],
+        ca_cert=Path(doc["ca_cert"]) if doc.get("ca_cert") else None,
+        token_file=Path(doc["token_file"]) if doc.get("token_file") else None,
+        pid=int(doc["pid"]),
+    )
 
 
 def _healthy(ep: Endpoint) -> bool:
@@ -79,8 +82,9 @@ def wait_serving(run_dir: Path | str, timeout_s: float, pid: int | None = None) 
         if ep is not None and (pid is None or ep.pid == pid) and _healthy(ep):
             return ep
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the read API under {run_dir} did not answer /healthz "
-                               f"within {timeout_s:.0f}s")
+            raise TimeoutError(
+                f"the read API under {run_dir} did not answer /healthz within {timeout_s:.0f}s"
+            )
         time.sleep(0.25)
 
 

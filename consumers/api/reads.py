@@ -55,28 +55,36 @@ class LabelPages:
         self._profile = read_profile_of(session)
         self._first = session.prepare(f"SELECT {cols} FROM {table} WHERE label = ? LIMIT ?")
         self._after = session.prepare(
-            f"SELECT {cols} FROM {table} WHERE label = ? AND image_id > ? LIMIT ?")
+            f"SELECT {cols} FROM {table} WHERE label = ? AND image_id > ? LIMIT ?"
+        )
         for ps in (self._first, self._after):
             ps.is_idempotent = True
 
-    def page(self, label: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    def page(
+        self, label: str, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Up to `limit` current hits after image id `after`, and the id to continue from.
 
         The continuation is the last index row read (not the last hit kept), so a page
         that loses stale index rows to verification still moves forward; None at the end.
         """
         if after is None:
-            rows = list(self._session.execute(self._first, (label, limit),
-                                              execution_profile=self._profile))
+            rows = list(
+                self._session.execute(self._first, (label, limit), execution_profile=self._profile)
+            )
         else:
-            rows = list(self._session.execute(self._after, (label, after, limit),
-                                              execution_profile=self._profile))
+            rows = list(
+                self._session.execute(
+                    self._after, (label, after, limit), execution_profile=self._profile
+                )
+            )
         hits = [{c: _plain(getattr(r, c)) for c in queries.BY_LABEL_COLUMNS} for r in rows]
         nxt = hits[-1]["image_id"] if len(rows) == limit else None
         if not hits:
             return [], None
-        current = queries.fetch_predictions(self._session, [h["image_id"] for h in hits],
-                                            keyspace=self._keyspace)
+        current = queries.fetch_predictions(
+            self._session, [h["image_id"] for h in hits], keyspace=self._keyspace
+        )
         return [h for h in hits if current.get(h["image_id"], {}).get("label") == label], nxt
 
 

@@ -48,8 +48,11 @@ API = web.AppKey("api", Api)
 def _only(request: web.Request, *allowed: str) -> None:
     extra = sorted(set(request.query) - set(allowed))
     if extra:
-        raise bad_request("unknown_parameter", f"unknown query parameter(s): {', '.join(extra)}; "
-                          f"allowed: {', '.join(allowed) or 'none'}")
+        raise bad_request(
+            "unknown_parameter",
+            f"unknown query parameter(s): {', '.join(extra)}; "
+            f"allowed: {', '.join(allowed) or 'none'}",
+        )
     for name in allowed:
         if len(request.query.getall(name, [])) > 1:
             raise bad_request("repeated_parameter", f"{name} given more than once")
@@ -68,7 +71,8 @@ async def image(request: web.Request) -> web.Response:
 PLACEHOLDER_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="120" viewBox="0 0 160 120">'
     '<rect width="160" height="120" fill="#e5e7eb"/><text x="80" y="64" font-family="sans-serif"'
-    ' font-size="12" text-anchor="middle" fill="#6b7280">no longer in images.raw</text></svg>')
+    ' font-size="12" text-anchor="middle" fill="#6b7280">no longer in images.raw</text></svg>'
+)
 
 
 async def thumbnail(request: web.Request) -> web.Response:
@@ -87,19 +91,24 @@ async def thumbnail(request: web.Request) -> web.Response:
         jpeg = await api.run(api.thumbnails.get, found)
     except NotInRetention as exc:
         if placeholder == "1":
-            return web.Response(text=PLACEHOLDER_SVG, content_type="image/svg+xml",
-                                headers={"X-Thumbnail": "placeholder"})
+            return web.Response(
+                text=PLACEHOLDER_SVG,
+                content_type="image/svg+xml",
+                headers={"X-Thumbnail": "placeholder"},
+            )
         raise ApiError(404, "not_in_retention", str(exc)) from None
-    return web.Response(body=jpeg, content_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=3600"})
+    return web.Response(
+        body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )
 
 
 async def label(request: web.Request) -> web.Response:
     _only(request, "limit", "page")
     api = request.app[API]
     name = cursors.text("label", request.match_info["label"])
-    limit = cursors.limit(request.query.get("limit"), api.settings.api.default_limit,
-                          api.settings.api.max_limit)
+    limit = cursors.limit(
+        request.query.get("limit"), api.settings.api.default_limit, api.settings.api.max_limit
+    )
     after = cursors.decode(request.query.get("page"), "label", name)
     if after is not None and not isinstance(after, str):
         raise bad_request("bad_page_token", "page token is malformed")
@@ -108,8 +117,13 @@ async def label(request: web.Request) -> web.Response:
     items, nxt = await api.run(api.labels.page, name, after, limit)
     if after is None and not items and nxt is None:
         raise ApiError(404, "unknown_label", f"no stored image has the label {name!r}")
-    return web.json_response({"label": name, "items": items,
-                              "next_page": cursors.encode("label", name, nxt) if nxt else None})
+    return web.json_response(
+        {
+            "label": name,
+            "items": items,
+            "next_page": cursors.encode("label", name, nxt) if nxt else None,
+        }
+    )
 
 
 async def rejections(request: web.Request) -> web.Response:
@@ -118,8 +132,9 @@ async def rejections(request: web.Request) -> web.Response:
     reason = request.query.get("reason")
     if reason is not None:
         cursors.text("reason", reason)
-    limit = cursors.limit(request.query.get("limit"), api.settings.api.default_limit,
-                          api.settings.api.max_limit)
+    limit = cursors.limit(
+        request.query.get("limit"), api.settings.api.default_limit, api.settings.api.max_limit
+    )
     scope = reason or ""
     start = cursors.decode(request.query.get("page"), "rejections", scope)
     if start is not None and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
@@ -127,16 +142,24 @@ async def rejections(request: web.Request) -> web.Response:
     rows: list[dict[str, Any]] = await api.run(api.rejections.get)
     known = sorted({r["reason"] for r in rows if r.get("reason")})
     if reason is not None and reason not in known:
-        raise ApiError(404, "unknown_reason",
-                       f"no rejection has the reason {reason!r}; known: {', '.join(known) or 'none'}")
+        raise ApiError(
+            404,
+            "unknown_reason",
+            f"no rejection has the reason {reason!r}; known: {', '.join(known) or 'none'}",
+        )
     # Newest first from a cached snapshot; the token is a position in that order.
     matching = [r for r in rows if reason is None or r.get("reason") == reason]
     offset = start or 0
-    page = matching[offset:offset + limit]
+    page = matching[offset : offset + limit]
     nxt = offset + limit if offset + limit < len(matching) else None
-    return web.json_response({"reason": reason, "items": page, "reasons": known,
-                              "next_page": cursors.encode("rejections", scope, nxt)
-                              if nxt is not None else None})
+    return web.json_response(
+        {
+            "reason": reason,
+            "items": page,
+            "reasons": known,
+            "next_page": cursors.encode("rejections", scope, nxt) if nxt is not None else None,
+        }
+    )
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -166,8 +189,7 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         up = await api.run(_ping, api.session)
     except Exception as exc:
-        return web.json_response({"status": "unavailable", "error": type(exc).__name__},
-                                 status=503)
+        return web.json_response({"status": "unavailable", "error": type(exc).__name__}, status=503)
     return web.json_response({"status": "ok", "cassandra_hosts_up": up})
 
 
@@ -176,11 +198,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html",
-                            headers={"Cache-Control": "no-cache",
-                                     "Content-Security-Policy":
-                                         "default-src 'self'; img-src 'self' blob: data:; "
-                                         "style-src 'self'; script-src 'self'"})
+    return web.FileResponse(
+        STATIC / "index.html",
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+            "style-src 'self'; script-src 'self'",
+        },
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,7 +38,8 @@ class ApiSection(BaseModel):
     tls_key_file: Path | None = None
     # Names the generated certificate covers (IPs and DNS names).
     tls_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1", "localhost"])
+        default_factory=lambda: ["127.0.0.1", "localhost"]
+    )
     # The bearer token clients send (`Authorization: Bearer <token>`). Unset: read from
     # `token_file`, or generated once at <run_dir>/api/token (mode 0600).
     token: SecretStr | None = None
@@ -75,8 +76,9 @@ class ApiSection(BaseModel):
     @model_validator(mode="after")
     def _safe(self) -> ApiSection:
         if self.insecure_http and not _is_loopback(self.host):
-            raise ValueError(f"api.insecure_http serves plain HTTP: only on a loopback host, "
-                             f"not {self.host!r}")
+            raise ValueError(
+                f"api.insecure_http serves plain HTTP: only on a loopback host, not {self.host!r}"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both api.tls_cert_file and api.tls_key_file, or neither")
         if self.default_limit > self.max_limit:

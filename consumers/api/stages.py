@@ -72,26 +72,44 @@ class RateWindow:
             t0, old = self._samples[0]
             for stage, n in totals.items():
                 # A restarted worker starts its counters at 0: never a negative rate.
-                out[stage] = round(max(0, n - old.get(stage, 0)) / (now - t0), 2) if stage in old else None
+                out[stage] = (
+                    round(max(0, n - old.get(stage, 0)) / (now - t0), 2) if stage in old else None
+                )
         self._samples.append((now, dict(totals)))
         return {s: out.get(s) for s in totals}
 
 
-def merge(results: list[dict[str, Any]], rates: RateWindow, stall_after_s: float,
-          now: float | None = None) -> dict[str, Any]:
+def merge(
+    results: list[dict[str, Any]], rates: RateWindow, stall_after_s: float, now: float | None = None
+) -> dict[str, Any]:
     now = time.monotonic() if now is None else now
     stages: dict[str, dict[str, Any]] = {}
     workers = []
     for res in results:
         health = res.get("health") or {}
-        workers.append({"url": res["url"], "up": bool(res.get("ok")),
-                        "status": health.get("status") if res.get("ok") else "down",
-                        "pid": health.get("pid"), "error": res.get("error")})
+        workers.append(
+            {
+                "url": res["url"],
+                "up": bool(res.get("ok")),
+                "status": health.get("status") if res.get("ok") else "down",
+                "pid": health.get("pid"),
+                "error": res.get("error"),
+            }
+        )
         for st in health.get("stages", []) if res.get("ok") else []:
-            agg = stages.setdefault(st["stage"], {
-                "stage": st["stage"], "source": st.get("source"), "workers": 0,
-                **{c: 0 for c in COUNTERS}, "lag": 0, "lag_known": True,
-                "dead_letter_reasons": {}, "seconds_since_last_batch": None})
+            agg = stages.setdefault(
+                st["stage"],
+                {
+                    "stage": st["stage"],
+                    "source": st.get("source"),
+                    "workers": 0,
+                    **{c: 0 for c in COUNTERS},
+                    "lag": 0,
+                    "lag_known": True,
+                    "dead_letter_reasons": {},
+                    "seconds_since_last_batch": None,
+                },
+            )
             agg["workers"] += 1
             for c in COUNTERS:
                 agg[c] += int(st.get(c) or 0)
@@ -102,8 +120,9 @@ def merge(results: list[dict[str, Any]], rates: RateWindow, stall_after_s: float
             for reason, n in (st.get("dead_letter_reasons") or {}).items():
                 agg["dead_letter_reasons"][reason] = agg["dead_letter_reasons"].get(reason, 0) + n
             since = st.get("seconds_since_last_batch")
-            if since is not None and (agg["seconds_since_last_batch"] is None
-                                      or since < agg["seconds_since_last_batch"]):
+            if since is not None and (
+                agg["seconds_since_last_batch"] is None or since < agg["seconds_since_last_batch"]
+            ):
                 agg["seconds_since_last_batch"] = since
     rate = rates.rate(now, {s: a["records_in"] for s, a in stages.items()})
     for name, agg in stages.items():

@@ -42,17 +42,22 @@ def scale(data: bytes, px: int) -> bytes:
         return out.getvalue()
 
 
-def read_raw(kafka: KafkaSettings, topic: str, partition: int, offset: int,
-             image_id: str) -> bytes:
+def read_raw(kafka: KafkaSettings, topic: str, partition: int, offset: int, image_id: str) -> bytes:
     from confluent_kafka import Consumer, TopicPartition
 
-    conf = consumer_config(kafka, f"api-thumbnail-{uuid.uuid4().hex[:8]}", {
-        "enable.auto.commit": False, "enable.partition.eof": True,
-    })
+    conf = consumer_config(
+        kafka,
+        f"api-thumbnail-{uuid.uuid4().hex[:8]}",
+        {
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        },
+    )
     consumer = Consumer(conf)
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                   timeout=FETCH_TIMEOUT_S)
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=FETCH_TIMEOUT_S
+        )
         if not low <= offset < high:
             raise NotInRetention(f"{topic}/{partition}@{offset} outside [{low}, {high})")
         consumer.assign([TopicPartition(topic, partition, offset)])
@@ -85,8 +90,11 @@ class Thumbnails:
             if image_id in self._cache:
                 self._cache.move_to_end(image_id)
                 return self._cache[image_id]
-        topic, part, off = (prediction.get("raw_topic"), prediction.get("raw_partition"),
-                            prediction.get("raw_offset"))
+        topic, part, off = (
+            prediction.get("raw_topic"),
+            prediction.get("raw_partition"),
+            prediction.get("raw_offset"),
+        )
         if topic is None or part is None or off is None:
             raise NotInRetention("the prediction has no raw lineage")
         raw = read_raw(self._kafka, topic, int(part), int(off), image_id)

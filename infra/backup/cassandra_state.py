@@ -32,7 +32,7 @@ def if_not_exists(cql: str) -> str:
     for kind in ("KEYSPACE", "TABLE"):
         head = f"CREATE {kind} "
         if cql.startswith(head) and not cql.startswith(head + "IF NOT EXISTS"):
-            return head + "IF NOT EXISTS " + cql[len(head):]
+            return head + "IF NOT EXISTS " + cql[len(head) :]
     return cql
 
 
@@ -41,8 +41,9 @@ def create_schema(session: Any, schema: dict[str, Any]) -> None:
     for cql in schema["tables"].values():
         session.execute(if_not_exists(cql), timeout=SCHEMA_WAIT_S)
     if not session.cluster.control_connection.wait_for_schema_agreement(wait_time=SCHEMA_WAIT_S):
-        raise RuntimeError("the nodes did not agree on the restored schema within "
-                           f"{SCHEMA_WAIT_S:.0f}s")
+        raise RuntimeError(
+            f"the nodes did not agree on the restored schema within {SCHEMA_WAIT_S:.0f}s"
+        )
 
 
 def count_rows(session: Any, keyspace: str, table: str) -> int:

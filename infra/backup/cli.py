@@ -33,14 +33,24 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dir", help="backup root")
     w = p.add_mutually_exclusive_group(required=True)
     w.add_argument("--since-backup", metavar="ID", help="sink group back to the backup's offsets")
-    w.add_argument("--from", dest="from_time", metavar="TIME",
-                   help="ISO 8601, epoch ms, or a duration ago (30m, 2h, 1d)")
-    p.add_argument("--reprocess", action="store_true",
-                   help="re-run the model: move the stream group on images.raw instead")
+    w.add_argument(
+        "--from",
+        dest="from_time",
+        metavar="TIME",
+        help="ISO 8601, epoch ms, or a duration ago (30m, 2h, 1d)",
+    )
+    p.add_argument(
+        "--reprocess",
+        action="store_true",
+        help="re-run the model: move the stream group on images.raw instead",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
 
-    n = sub.add_parser("rebuild-node", help="bring back a Cassandra node whose disk was lost "
-                                            "(removenode, start empty, full repair)")
+    n = sub.add_parser(
+        "rebuild-node",
+        help="bring back a Cassandra node whose disk was lost "
+        "(removenode, start empty, full repair)",
+    )
     n.add_argument("name", help="cassandra-1..3 (stopped, its data dir gone)")
     n.add_argument("--keyspace", action="append", help="repair only these (default: all)")
 
@@ -83,8 +93,10 @@ def _backup(args: argparse.Namespace, run_dir: Path) -> int:
                 print(f"{bid}  INCOMPLETE  {note}")
             else:
                 rows_txt = ", ".join(f"{t} {n}" for t, n in sorted(m.row_counts.items()))
-                print(f"{bid}  {m.created_at}  {m.keyspace}  {len(m.files)} files "
-                      f"{_mib(m.total_bytes)}  rows: {rows_txt}")
+                print(
+                    f"{bid}  {m.created_at}  {m.keyspace}  {len(m.files)} files "
+                    f"{_mib(m.total_bytes)}  rows: {rows_txt}"
+                )
         return 0
     if args.verify:
         m = verify(root / args.verify)
@@ -93,8 +105,10 @@ def _backup(args: argparse.Namespace, run_dir: Path) -> int:
     with _cassandra(s) as (cluster, session):
         res = take_backup(s, run_dir, cluster, session)
     m = res.manifest
-    print(f"backup {m.backup_id}: {len(m.files)} files, {_mib(m.total_bytes)}, rows "
-          f"{m.row_counts}, {m.took_s:.1f}s -> {res.path}")
+    print(
+        f"backup {m.backup_id}: {len(m.files)} files, {_mib(m.total_bytes)}, rows "
+        f"{m.row_counts}, {m.took_s:.1f}s -> {res.path}"
+    )
     for w in res.warnings:
         print(f"WARNING: {w}")
     return 0
@@ -106,8 +120,10 @@ def _restore(args: argparse.Namespace, run_dir: Path) -> int:
     s = _settings(args)
     with _cassandra(s) as (cluster, session):
         res = restore(s, run_dir, args.backup_id, cluster, session, force=args.force)
-    print(f"restored {args.backup_id} into {res.manifest.keyspace}: rows {res.row_counts} "
-          f"in {res.took_s:.1f}s")
+    print(
+        f"restored {args.backup_id} into {res.manifest.keyspace}: rows {res.row_counts} "
+        f"in {res.took_s:.1f}s"
+    )
     print(f"next: python -m infra replay --since-backup {args.backup_id}, then start the sink")
     return 0
 
@@ -119,8 +135,10 @@ def _replay(args: argparse.Namespace, run_dir: Path) -> int:
     if args.since_backup:
         m = load_manifest(s.backup.root(run_dir) / args.since_backup)
         if m.topics.get("sink_group") not in (None, s.backup.sink_group):
-            raise BackupError(f"backup {m.backup_id} recorded group {m.topics['sink_group']}, "
-                              f"settings name {s.backup.sink_group}")
+            raise BackupError(
+                f"backup {m.backup_id} recorded group {m.topics['sink_group']}, "
+                f"settings name {s.backup.sink_group}"
+            )
         p = plan(s, manifest=m, reprocess=args.reprocess)
     else:
         try:
@@ -132,8 +150,10 @@ def _replay(args: argparse.Namespace, run_dir: Path) -> int:
     verb = "would move" if args.dry_run else "moved"
     if not args.dry_run:
         apply(s, p)
-    print(f"replay: {verb} group {p.group} on {', '.join(sorted(p.offsets))}: "
-          f"{p.records} records to read again")
+    print(
+        f"replay: {verb} group {p.group} on {', '.join(sorted(p.offsets))}: "
+        f"{p.records} records to read again"
+    )
     if not args.dry_run:
         what = "stream workers (with the new model version)" if args.reprocess else "sink"
         print(f"next: start the {what}: python -m infra pipeline up")
@@ -144,8 +164,10 @@ def _rebuild(args: argparse.Namespace, run_dir: Path) -> int:
     from infra.backup.rebuild import rebuild_node
 
     res = rebuild_node(run_dir, args.name, keyspaces=args.keyspace)
-    print(f"{res.node} rebuilt in {res.took_s:.1f}s (repair {res.repair_s:.1f}s); "
-          f"old identity {res.old_host_id} removed")
+    print(
+        f"{res.node} rebuilt in {res.took_s:.1f}s (repair {res.repair_s:.1f}s); "
+        f"old identity {res.old_host_id} removed"
+    )
     return 0
 
 

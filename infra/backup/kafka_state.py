@@ -39,8 +39,9 @@ def partitions(adm: AdminClient, topics: list[str], dl: Deadline) -> list[TopicP
     return [TopicPartition(t, p) for t in topics for p in sorted(md.topics[t].partitions)]
 
 
-def _list_offsets(adm: AdminClient, spec: dict[TopicPartition, OffsetSpec], what: str,
-                  dl: Deadline) -> Offsets:
+def _list_offsets(
+    adm: AdminClient, spec: dict[TopicPartition, OffsetSpec], what: str, dl: Deadline
+) -> Offsets:
     def once() -> Any:
         futs = adm.list_offsets(spec, request_timeout=_t(dl))
         return {tp: f.result(timeout=_t(dl)).offset for tp, f in futs.items()}
@@ -54,18 +55,25 @@ def _list_offsets(adm: AdminClient, spec: dict[TopicPartition, OffsetSpec], what
 
 def end_offsets(adm: AdminClient, topics: list[str], dl: Deadline) -> Offsets:
     tps = partitions(adm, topics, dl)
-    return _list_offsets(adm, {tp: OffsetSpec.latest() for tp in tps},
-                         f"end offsets of {', '.join(topics)}", dl)
+    return _list_offsets(
+        adm, {tp: OffsetSpec.latest() for tp in tps}, f"end offsets of {', '.join(topics)}", dl
+    )
 
 
 def offsets_for_time(adm: AdminClient, topics: list[str], at_ms: int, dl: Deadline) -> Offsets:
     """The first offset at or after `at_ms` per partition; the end offset where no record
     is that recent (the broker answers -1 there)."""
     tps = partitions(adm, topics, dl)
-    at = _list_offsets(adm, {tp: OffsetSpec.for_timestamp(at_ms) for tp in tps},
-                       f"offsets at {at_ms} of {', '.join(topics)}", dl)
+    at = _list_offsets(
+        adm,
+        {tp: OffsetSpec.for_timestamp(at_ms) for tp in tps},
+        f"offsets at {at_ms} of {', '.join(topics)}",
+        dl,
+    )
     end = end_offsets(adm, topics, dl)
-    return {t: {p: (o if o >= 0 else end[t][p]) for p, o in parts.items()} for t, parts in at.items()}
+    return {
+        t: {p: (o if o >= 0 else end[t][p]) for p, o in parts.items()} for t, parts in at.items()
+    }
 
 
 def committed(adm: AdminClient, group: str, topics: list[str], dl: Deadline) -> Offsets:
@@ -74,7 +82,9 @@ def committed(adm: AdminClient, group: str, topics: list[str], dl: Deadline) -> 
 
     def once() -> Any:
         req = ConsumerGroupTopicPartitions(group, tps)
-        res = adm.list_consumer_group_offsets([req], request_timeout=_t(dl))[group].result(timeout=_t(dl))
+        res = adm.list_consumer_group_offsets([req], request_timeout=_t(dl))[group].result(
+            timeout=_t(dl)
+        )
         for tp in res.topic_partitions:
             if tp.error is not None:
                 raise KafkaException(tp.error)
@@ -90,8 +100,11 @@ def committed(adm: AdminClient, group: str, topics: list[str], dl: Deadline) -> 
 
 def members(adm: AdminClient, group: str, dl: Deadline) -> list[str]:
     """One line per active member of the group (client id @ host); empty when stopped."""
+
     def once() -> Any:
-        return adm.describe_consumer_groups([group], request_timeout=_t(dl))[group].result(timeout=_t(dl))
+        return adm.describe_consumer_groups([group], request_timeout=_t(dl))[group].result(
+            timeout=_t(dl)
+        )
 
     desc = call(once, f"describe group {group}", deadline=dl)
     return [f"{m.client_id}@{m.host.lstrip('/')}" for m in desc.members]
@@ -110,12 +123,17 @@ def retention_ms(adm: AdminClient, topic: str, dl: Deadline) -> int:
 
 def alter_offsets(adm: AdminClient, group: str, offsets: Offsets, dl: Deadline) -> None:
     """Set a stopped group's offsets (Kafka refuses while the group has members)."""
-    tps = [TopicPartition(t, int(p), o) for t, parts in sorted(offsets.items())
-           for p, o in sorted(parts.items(), key=lambda kv: int(kv[0]))]
+    tps = [
+        TopicPartition(t, int(p), o)
+        for t, parts in sorted(offsets.items())
+        for p, o in sorted(parts.items(), key=lambda kv: int(kv[0]))
+    ]
 
     def once() -> Any:
         req = ConsumerGroupTopicPartitions(group, tps)
-        res = adm.alter_consumer_group_offsets([req], request_timeout=_t(dl))[group].result(timeout=_t(dl))
+        res = adm.alter_consumer_group_offsets([req], request_timeout=_t(dl))[group].result(
+            timeout=_t(dl)
+        )
         for tp in res.topic_partitions:
             if tp.error is not None:
                 raise KafkaException(tp.error)

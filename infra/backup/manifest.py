@@ -124,7 +124,9 @@ def problems(backup_dir: Path, manifest: Manifest, checksums: bool = True) -> li
         if not p.is_file():
             out.append(f"missing file {f.relpath}")
         elif p.stat().st_size != f.size:
-            out.append(f"size mismatch {f.relpath}: {p.stat().st_size} bytes, manifest says {f.size}")
+            out.append(
+                f"size mismatch {f.relpath}: {p.stat().st_size} bytes, manifest says {f.size}"
+            )
         elif checksums and sha256_of(p) != f.sha256:
             out.append(f"checksum mismatch {f.relpath}: sha256 differs from the manifest")
     for node in manifest.nodes:

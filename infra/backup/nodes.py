@@ -26,14 +26,18 @@ def local_nodes(run_dir: Path, require_up: bool = True) -> list[Node]:
     """Every recorded Cassandra node; BackupError naming the first one that is down."""
     lc = LocalCluster(run_dir)
     if not lc.node_count(CASSANDRA):
-        raise BackupError(f"no local Cassandra cluster recorded in {run_dir}: backup and "
-                          f"restore work on the nodes `python -m infra up` runs")
+        raise BackupError(
+            f"no local Cassandra cluster recorded in {run_dir}: backup and "
+            f"restore work on the nodes `python -m infra up` runs"
+        )
     out = [Node(n, data_dirs(lc.dirs(n).data)["data"]) for n in lc.known_nodes(CASSANDRA)]
     if require_up:
         for n in out:
             if lc.pid(n.spec) is None:
-                raise BackupError(f"{n.name} is down: backup and restore need every node "
-                                  f"(python -m infra start-node {n.name})")
+                raise BackupError(
+                    f"{n.name} is down: backup and restore need every node "
+                    f"(python -m infra start-node {n.name})"
+                )
     return out
 
 
@@ -43,7 +47,8 @@ def snapshot_dirs(node: Node, keyspace: str, tag: str) -> dict[str, Path]:
     for d in sorted((node.data_dir / keyspace).glob(f"*/snapshots/{tag}")):
         table = d.parent.parent.name.rsplit("-", 1)[0]
         if table in out:
-            raise BackupError(f"{node.name}: two snapshot dirs for {keyspace}.{table}: "
-                              f"{out[table]} and {d}")
+            raise BackupError(
+                f"{node.name}: two snapshot dirs for {keyspace}.{table}: {out[table]} and {d}"
+            )
         out[table] = d
     return out

@@ -48,26 +48,48 @@ class Nodetool:
 
     def command(self, node: NodeSpec, args: list[str]) -> list[str]:
         return [
-            str(self.java), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            *JAVA17_MODULE_FLAGS, f"-Dlogback.configurationFile={self.logback}",
-            "-cp", f"{self.lib}/*", MAIN_CLASS,
-            "-h", "127.0.0.1", "-p", str(node.ports["jmx"]), *args,
+            str(self.java),
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            *JAVA17_MODULE_FLAGS,
+            f"-Dlogback.configurationFile={self.logback}",
+            "-cp",
+            f"{self.lib}/*",
+            MAIN_CLASS,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(node.ports["jmx"]),
+            *args,
         ]
 
     def run(self, node: NodeSpec, *args: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
         """stdout of `nodetool <args>` on node; BackupError with its output if it fails."""
         t0 = time.monotonic()
         try:
-            res = subprocess.run(self.command(node, list(args)), capture_output=True, text=True,
-                                 timeout=timeout_s, check=False)
+            res = subprocess.run(
+                self.command(node, list(args)),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise BackupError(f"nodetool {' '.join(args)} on {node.name} did not finish "
-                              f"in {timeout_s:.0f}s") from exc
-        log.debug("nodetool %s on %s: rc %d in %.1fs", " ".join(args), node.name,
-                  res.returncode, time.monotonic() - t0)
+            raise BackupError(
+                f"nodetool {' '.join(args)} on {node.name} did not finish in {timeout_s:.0f}s"
+            ) from exc
+        log.debug(
+            "nodetool %s on %s: rc %d in %.1fs",
+            " ".join(args),
+            node.name,
+            res.returncode,
+            time.monotonic() - t0,
+        )
         if res.returncode != 0:
             out = (res.stderr.strip() or res.stdout.strip()).splitlines()
             tail = " | ".join(ln for ln in out[-5:] if ln.strip())
-            raise BackupError(f"nodetool {' '.join(args)} on {node.name} failed "
-                              f"(exit {res.returncode}): {tail}")
+            raise BackupError(
+                f"nodetool {' '.join(args)} on {node.name} failed (exit {res.returncode}): {tail}"
+            )
         return res.stdout

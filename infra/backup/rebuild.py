@@ -54,9 +54,13 @@ def host_ids(status_output: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def rebuild_node(run_dir: Path, name: str, keyspaces: list[str] | None = None,
-                 timeout_s: float = 900.0,
-                 start: Callable[[str], None] | None = None) -> RebuildResult:
+def rebuild_node(
+    run_dir: Path,
+    name: str,
+    keyspaces: list[str] | None = None,
+    timeout_s: float = 900.0,
+    start: Callable[[str], None] | None = None,
+) -> RebuildResult:
     t0 = time.monotonic()
     lc = LocalCluster(run_dir)
     nodes = {n.name: n for n in local_nodes(run_dir, require_up=False)}
@@ -64,26 +68,30 @@ def rebuild_node(run_dir: Path, name: str, keyspaces: list[str] | None = None,
         raise BackupError(f"{name} is not a Cassandra node of {run_dir}")
     target = nodes[name]
     if lc.pid(target.spec) is not None:
-        raise BackupError(f"{name} is running: stop it first; rebuild is for a node whose "
-                          f"disk is lost")
+        raise BackupError(
+            f"{name} is running: stop it first; rebuild is for a node whose disk is lost"
+        )
     if target.data_dir.is_dir() and any(target.data_dir.iterdir()):
-        raise BackupError(f"{name} still has data in {target.data_dir}: rebuild starts it "
-                          f"empty; move that away first (a node with its disk intact just "
-                          f"needs `python -m infra start-node {name}`)")
+        raise BackupError(
+            f"{name} still has data in {target.data_dir}: rebuild starts it "
+            f"empty; move that away first (a node with its disk intact just "
+            f"needs `python -m infra start-node {name}`)"
+        )
     peers = [n for n in nodes.values() if n.name != name and lc.pid(n.spec) is not None]
     if not peers:
         raise BackupError(f"no live peer of {name} to repair from")
     tool = Nodetool.locate(run_dir / "backup-work")
-    ring = host_ids(tool.run(peers[0].spec, "status"))                       # 1
+    ring = host_ids(tool.run(peers[0].spec, "status"))  # 1
     if target.spec.host not in ring:
-        raise BackupError(f"{peers[0].name} does not know {target.spec.host}: "
-                          f"nothing to remove; start the node")
+        raise BackupError(
+            f"{peers[0].name} does not know {target.spec.host}: nothing to remove; start the node"
+        )
     state, old_id = ring[target.spec.host]
     if state.startswith("U"):
         raise BackupError(f"{peers[0].name} still sees {name} up; wait until it is marked down")
     tool.run(peers[0].spec, "removenode", "--", old_id, timeout_s=timeout_s)  # 2
     log.info("rebuild: removed %s's old identity %s", name, old_id)
-    (start or lc.start_node)(name)                                           # 3
+    (start or lc.start_node)(name)  # 3
     t_rep = time.monotonic()
     tool.run(target.spec, "repair", "--full", "--", *(keyspaces or []), timeout_s=timeout_s)  # 4
     repair_s = time.monotonic() - t_rep

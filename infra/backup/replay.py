@@ -47,12 +47,16 @@ def parse_time(text: str, now: datetime) -> int:
         return int(t)
     m = RELATIVE.match(t)
     if m:
-        return int((now - timedelta(seconds=float(m.group(1)) * UNIT_S[m.group(2)])).timestamp() * 1000)
+        return int(
+            (now - timedelta(seconds=float(m.group(1)) * UNIT_S[m.group(2)])).timestamp() * 1000
+        )
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use ISO 8601 (2026-12-01T15:00:00Z), "
-                         f"epoch milliseconds, or a duration ago: 30m, 2h, 1d") from None
+        raise ValueError(
+            f"cannot read time {text!r}: use ISO 8601 (2026-12-01T15:00:00Z), "
+            f"epoch milliseconds, or a duration ago: 30m, 2h, 1d"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
@@ -63,10 +67,15 @@ def refusal(members_by_group: dict[str, list[str]]) -> str | None:
     live = {g: m for g, m in members_by_group.items() if m}
     if not live:
         return None
-    parts = [f"group {g} has {len(m)} active member{'s' if len(m) > 1 else ''} ({', '.join(m)})"
-             for g, m in sorted(live.items())]
-    return ("refusing to replay: " + "; ".join(parts) +
-            ". Stop them first (python -m infra pipeline down), then replay, then start them.")
+    parts = [
+        f"group {g} has {len(m)} active member{'s' if len(m) > 1 else ''} ({', '.join(m)})"
+        for g, m in sorted(live.items())
+    ]
+    return (
+        "refusing to replay: "
+        + "; ".join(parts)
+        + ". Stop them first (python -m infra pipeline down), then replay, then start them."
+    )
 
 
 def since_backup_offsets(manifest: Manifest, group: str, earliest: Offsets) -> Offsets:
@@ -74,16 +83,23 @@ def since_backup_offsets(manifest: Manifest, group: str, earliest: Offsets) -> O
     recorded = manifest.kafka.get("groups", {}).get(group)
     if recorded is None:
         raise BackupError(f"backup {manifest.backup_id} recorded no offsets of group {group}")
-    return {t: {p: recorded.get(t, {}).get(p, off) for p, off in parts.items()}
-            for t, parts in earliest.items()}
+    return {
+        t: {p: recorded.get(t, {}).get(p, off) for p, off in parts.items()}
+        for t, parts in earliest.items()
+    }
 
 
 def records_between(start: Offsets, end: Offsets) -> int:
     return sum(max(0, end[t][p] - o) for t, parts in start.items() for p, o in parts.items())
 
 
-def plan(settings: BackupSettings, *, manifest: Manifest | None = None, from_ms: int | None = None,
-         reprocess: bool = False) -> ReplayPlan:
+def plan(
+    settings: BackupSettings,
+    *,
+    manifest: Manifest | None = None,
+    from_ms: int | None = None,
+    reprocess: bool = False,
+) -> ReplayPlan:
     """What replay would do; raises BackupError when a group it moves is live."""
     b = settings.backup
     adm = kafka_state.admin(settings.kafka)

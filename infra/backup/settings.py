@@ -38,7 +38,9 @@ class BackupSection(BaseModel):
     @property
     def result_topics(self) -> list[str]:
         """What the sink reads: the predictions and every stage's dead letters."""
-        return [self.topic_prefix + t for t in (topics.PREDICTIONS, *(s.dlq for s in topics.STAGES))]
+        return [
+            self.topic_prefix + t for t in (topics.PREDICTIONS, *(s.dlq for s in topics.STAGES))
+        ]
 
     def root(self, run_dir: Path) -> Path:
         return Path(self.dir).expanduser().resolve() if self.dir else run_dir / "backups"

@@ -91,7 +91,11 @@ def check_retention(settings: BackupSettings, root: Path, now_ms: int) -> list[s
     b = settings.backup
     adm = kafka_state.admin(settings.kafka)
     ret = kafka_state.retention_ms(adm, b.raw_topic, Deadline(KAFKA_DEADLINE_S))
-    done = [m for _, m, _ in list_backups(root) if m is not None and m.keyspace == settings.cassandra.keyspace]
+    done = [
+        m
+        for _, m, _ in list_backups(root)
+        if m is not None and m.keyspace == settings.cassandra.keyspace
+    ]
     last = max((m.created_at_ms for m in done), default=None)
     warnings = retention_warnings(b.raw_topic, ret, b.interval_hours, now_ms, last)
     for w in warnings:
@@ -106,25 +110,34 @@ def _copy_node(node: Node, keyspace: str, tag: str, out: Path) -> list[FileEntry
         dst.mkdir(parents=True, exist_ok=True)
         for f in sorted(p for p in src.iterdir() if p.is_file() and p.name not in NOT_SSTABLES):
             digest = copy_hashed(f, dst / f.name)
-            entries.append(FileEntry(node.name, table, (dst / f.name).relative_to(out).as_posix(),
-                                     f.stat().st_size, digest))
+            entries.append(
+                FileEntry(
+                    node.name,
+                    table,
+                    (dst / f.name).relative_to(out).as_posix(),
+                    f.stat().st_size,
+                    digest,
+                )
+            )
     return entries
 
 
-def take_backup(settings: BackupSettings, run_dir: Path, cluster: Any, session: Any) -> BackupResult:
+def take_backup(
+    settings: BackupSettings, run_dir: Path, cluster: Any, session: Any
+) -> BackupResult:
     """Run the steps above; the cluster's snapshots are cleared whatever happens."""
     t0 = time.monotonic()
     ks = settings.cassandra.keyspace
     root = settings.backup.root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    nodes = local_nodes(run_dir)                                            # 1
+    nodes = local_nodes(run_dir)  # 1
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
-    warnings = check_retention(settings, root, now_ms)                      # 2
+    warnings = check_retention(settings, root, now_ms)  # 2
     bid = new_id(root, now)
-    kafka = kafka_offsets(settings)                                         # 3
+    kafka = kafka_offsets(settings)  # 3
     try:
-        schema = cassandra_state.schema_of(cluster, ks)                     # 4
+        schema = cassandra_state.schema_of(cluster, ks)  # 4
     except LookupError as exc:
         raise BackupError(f"nothing to back up: {exc}") from exc
     counts = cassandra_state.row_counts(session, ks, sorted(schema["tables"]))
@@ -133,30 +146,53 @@ def take_backup(settings: BackupSettings, run_dir: Path, cluster: Any, session: 
     partial.mkdir()
     snapped: list[Node] = []
     try:
-        for n in nodes:                                                     # 5
-            tool.run(n.spec, "snapshot", "--tag", bid, "--", ks,
-                     timeout_s=settings.backup.nodetool_timeout_s)
+        for n in nodes:  # 5
+            tool.run(
+                n.spec,
+                "snapshot",
+                "--tag",
+                bid,
+                "--",
+                ks,
+                timeout_s=settings.backup.nodetool_timeout_s,
+            )
             snapped.append(n)
         files = [e for n in nodes for e in _copy_node(n, ks, bid, partial)]  # 6
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
-        for n in snapped:                                                   # 7
+        for n in snapped:  # 7
             with contextlib.suppress(BackupError):
                 tool.run(n.spec, "clearsnapshot", "--tag", bid, "--", ks)
     manifest = Manifest(
-        backup_id=bid, tag=bid, keyspace=ks, created_at=now.isoformat(), created_at_ms=now_ms,
-        nodes=[n.name for n in nodes], schema=schema, files=files, row_counts=counts,
+        backup_id=bid,
+        tag=bid,
+        keyspace=ks,
+        created_at=now.isoformat(),
+        created_at_ms=now_ms,
+        nodes=[n.name for n in nodes],
+        schema=schema,
+        files=files,
+        row_counts=counts,
         kafka=kafka,
-        topics={"raw": settings.backup.raw_topic, "results": settings.backup.result_topics,
-                "sink_group": settings.backup.sink_group,
-                "stream_group": settings.backup.stream_group},
+        topics={
+            "raw": settings.backup.raw_topic,
+            "results": settings.backup.result_topics,
+            "sink_group": settings.backup.sink_group,
+            "stream_group": settings.backup.stream_group,
+        },
         took_s=round(time.monotonic() - t0, 3),
     )
-    write_manifest(partial, manifest)                                       # 8
+    write_manifest(partial, manifest)  # 8
     final = root / bid
     partial.rename(final)
-    log.info("backup %s: %d files, %d bytes, rows %s in %.1fs", bid, len(files),
-             manifest.total_bytes, counts, manifest.took_s)
+    log.info(
+        "backup %s: %d files, %d bytes, rows %s in %.1fs",
+        bid,
+        len(files),
+        manifest.total_bytes,
+        counts,
+        manifest.took_s,
+    )
     return BackupResult(manifest, final, warnings)

@@ -80,8 +80,9 @@ def seeds(cluster: list[NodeSpec]) -> str:
     return ",".join(f"{n.host}:{n.ports['storage']}" for n in cluster)
 
 
-def render_yaml(node: NodeSpec, cluster: list[NodeSpec], storage: Path,
-                tuning: CassandraTuning) -> str:
+def render_yaml(
+    node: NodeSpec, cluster: list[NodeSpec], storage: Path, tuning: CassandraTuning
+) -> str:
     """cassandra.yaml as YAML-compatible JSON values, one key per line."""
     d = data_dirs(storage)
     t = tuning

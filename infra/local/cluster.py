@@ -44,6 +44,7 @@ def _locked(method: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
 KAFKA_READY_TIMEOUT = 180.0
 CASSANDRA_NODE_TIMEOUT = 240.0
 CASSANDRA_RING_TIMEOUT = 180.0
@@ -127,8 +128,11 @@ class LocalCluster:
 
     def status(self) -> dict[str, Any]:
         rows = [self.node_status(n) for n in self.known_nodes()]
-        kafka_up = [n for n, r in zip(self.known_nodes(), rows, strict=True)
-                    if n.kind == KAFKA and r["state"] == "up"]
+        kafka_up = [
+            n
+            for n, r in zip(self.known_nodes(), rows, strict=True)
+            if n.kind == KAFKA and r["state"] == "up"
+        ]
         brokers = 0
         if kafka_up:
             brokers = len(probes.kafka_broker_ids(",".join(n.address for n in kafka_up)))
@@ -184,16 +188,22 @@ class LocalCluster:
             return dict(zip(kinds, pool.map(self._lib, kinds), strict=True))
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
-                            "CLASSPATH")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH")
+        }
         assert self._java_home is not None
         env["JAVA_HOME"] = str(self._java_home)
         return env
 
     @_locked
-    def up(self, kafka_nodes: int = MAX_NODES, cassandra_nodes: int = MAX_NODES,
-           only: str | None = None) -> bool:
+    def up(
+        self,
+        kafka_nodes: int = MAX_NODES,
+        cassandra_nodes: int = MAX_NODES,
+        only: str | None = None,
+    ) -> bool:
         """Start whatever of the requested clusters is not running; wait until ready.
 
         Returns False if everything was already up (nothing done)."""
@@ -231,16 +241,20 @@ class LocalCluster:
         return True
 
     def _has_data(self, kind: str, count: int) -> bool:
-        return any(any(self.dirs(n).data.iterdir()) for n in nodes(kind, count)
-                   if self.dirs(n).data.is_dir())
+        return any(
+            any(self.dirs(n).data.iterdir())
+            for n in nodes(kind, count)
+            if self.dirs(n).data.is_dir()
+        )
 
     def _preflight(self, node: NodeSpec, wait_s: float = 0.0) -> None:
         ports.check_ports_free(node, wait_s)
 
     # Kafka: format once, start all nodes at once (each blocks until a quorum exists).
 
-    def _spawn_kafka(self, cluster: list[NodeSpec], lib: Path, state: dict[str, Any]
-                     ) -> list[NodeSpec]:
+    def _spawn_kafka(
+        self, cluster: list[NodeSpec], lib: Path, state: dict[str, Any]
+    ) -> list[NodeSpec]:
         to_start = [n for n in cluster if self.pid(n) is None]
         for n in to_start:
             self._preflight(n)
@@ -252,11 +266,13 @@ class LocalCluster:
         self.run.save_state(state)
         for n in to_start:
             self._write_kafka_conf(n, cluster)
-        unformatted = [n for n in to_start
-                       if not (self.dirs(n).data / "meta.properties").exists()]
+        unformatted = [n for n in to_start if not (self.dirs(n).data / "meta.properties").exists()]
         if unformatted:
-            log.info("kafka: formatting storage of %s (cluster id %s)",
-                     ", ".join(n.name for n in unformatted), cid)
+            log.info(
+                "kafka: formatting storage of %s (cluster id %s)",
+                ", ".join(n.name for n in unformatted),
+                cid,
+            )
             with ThreadPoolExecutor(len(unformatted)) as pool:
                 list(pool.map(lambda n: self._format_kafka(n, lib, cid), unformatted))
         for n in to_start:
@@ -274,11 +290,16 @@ class LocalCluster:
     def _format_kafka(self, node: NodeSpec, lib: Path, cid: str) -> None:
         d = self.dirs(node)
         cmd = kafka_node.format_command(
-            self.java(), lib, d.conf / "server.properties", d.conf / "log4j2.properties",
-            d.tmp, cid,
+            self.java(),
+            lib,
+            d.conf / "server.properties",
+            d.conf / "log4j2.properties",
+            d.tmp,
+            cid,
         )
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self._env(),
-                              check=False, timeout=300)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=self._env(), check=False, timeout=300
+        )
         if proc.returncode != 0:
             raise InfraError(
                 f"{node.name}: formatting Kafka storage failed (exit {proc.returncode})",
@@ -288,8 +309,13 @@ class LocalCluster:
     def _spawn_kafka_node(self, node: NodeSpec, lib: Path) -> None:
         d = self.dirs(node)
         cmd = kafka_node.server_command(
-            self.java(), lib, d.conf / "server.properties", d.conf / "log4j2.properties",
-            d.logs, d.tmp, self.kafka_tuning.heap_mb,
+            self.java(),
+            lib,
+            d.conf / "server.properties",
+            d.conf / "log4j2.properties",
+            d.logs,
+            d.tmp,
+            self.kafka_tuning.heap_mb,
         )
         self._spawn(node, cmd)
 
@@ -313,9 +339,13 @@ class LocalCluster:
         running = procs.child_running(pid)
         ours = procs.is_ours(pid, d.marker)
         if running is not None and running != ours:
-            log.warning("%s: ownership check says %s but the process %s (%s)", node.name,
-                        "ours" if ours else "not ours", "runs" if running else "exited",
-                        procs.describe(pid, d.marker))
+            log.warning(
+                "%s: ownership check says %s but the process %s (%s)",
+                node.name,
+                "ours" if ours else "not ours",
+                "runs" if running else "exited",
+                procs.describe(pid, d.marker),
+            )
         return not running if running is not None else not ours
 
     def _exit_reason(self, node: NodeSpec) -> str:
@@ -332,8 +362,9 @@ class LocalCluster:
         tail = self.log_tail(name)
         return InfraError(f"{name}: {what}", detail=f"--- last lines of {name}'s log:\n{tail}")
 
-    def _wait_kafka(self, cluster: list[NodeSpec], started: list[NodeSpec],
-                    timeout: float = KAFKA_READY_TIMEOUT) -> None:
+    def _wait_kafka(
+        self, cluster: list[NodeSpec], started: list[NodeSpec], timeout: float = KAFKA_READY_TIMEOUT
+    ) -> None:
         want = {n.index for n in cluster}
         bootstrap = ",".join(n.address for n in cluster)
         log.info("kafka: waiting for %d brokers", len(cluster))
@@ -342,8 +373,9 @@ class LocalCluster:
             # Each (re)started node must answer metadata itself: a killed broker stays
             # listed by the others until its session times out.
             for n in started:
-                if not ports.port_open(n.host, n.port) or n.index not in \
-                        probes.kafka_broker_ids(n.address):
+                if not ports.port_open(n.host, n.port) or n.index not in probes.kafka_broker_ids(
+                    n.address
+                ):
                     return False
             return want <= probes.kafka_broker_ids(bootstrap)
 
@@ -359,8 +391,10 @@ class LocalCluster:
             seen = probes.kafka_broker_ids(bootstrap)
             missing = [n for n in cluster if n.index not in seen]
             name = missing[0].name if missing else cluster[0].name
-            raise self._fail(name, f"not registered as a broker after {timeout:.0f}s "
-                                   f"(brokers seen: {sorted(seen)})")
+            raise self._fail(
+                name,
+                f"not registered as a broker after {timeout:.0f}s (brokers seen: {sorted(seen)})",
+            )
         log.info("kafka: %d brokers ready", len(cluster))
 
     # Cassandra: seed first, then one node at a time, each once the previous answers CQL.
@@ -384,11 +418,18 @@ class LocalCluster:
         for p in cassandra_node.data_dirs(storage).values():
             p.mkdir(parents=True, exist_ok=True)
         (d.conf / "cassandra.yaml").write_text(
-            cassandra_node.render_yaml(node, nodes(CASSANDRA, self.node_count(CASSANDRA)),
-                                       storage, self.cassandra_tuning))
+            cassandra_node.render_yaml(
+                node, nodes(CASSANDRA, self.node_count(CASSANDRA)), storage, self.cassandra_tuning
+            )
+        )
         (d.conf / "logback.xml").write_text(cassandra_node.render_logback())
         opts = cassandra_node.jvm_options(
-            node, lib=lib, conf_dir=d.conf, storage=storage, logs_dir=d.logs, tmp_dir=d.tmp,
+            node,
+            lib=lib,
+            conf_dir=d.conf,
+            storage=storage,
+            logs_dir=d.logs,
+            tmp_dir=d.tmp,
             tuning=self.cassandra_tuning,
         )
         self._spawn(node, cassandra_node.server_command(self.java(), lib, d.conf, opts))
@@ -398,7 +439,8 @@ class LocalCluster:
         t0 = time.monotonic()
         try:
             ok = probes.poll_until(
-                lambda: probes.cql_answers(node.host, node.port), timeout=timeout,
+                lambda: probes.cql_answers(node.host, node.port),
+                timeout=timeout,
                 interval=0.5,
                 abort=lambda: self._exit_reason(node) if self._exited(node) else None,
             )
@@ -408,8 +450,7 @@ class LocalCluster:
             raise self._fail(node.name, f"no CQL answer on {node.address} after {timeout:.0f}s")
         log.info("%s: answers CQL (%.1fs)", node.name, time.monotonic() - t0)
 
-    def _wait_ring(self, cluster: list[NodeSpec], timeout: float = CASSANDRA_RING_TIMEOUT
-                   ) -> None:
+    def _wait_ring(self, cluster: list[NodeSpec], timeout: float = CASSANDRA_RING_TIMEOUT) -> None:
         hosts = [n.host for n in cluster]
         if len(hosts) < 2:
             return
@@ -438,8 +479,10 @@ class LocalCluster:
     def _known(self, name: str) -> NodeSpec:
         node = node_by_name(name)
         if node not in self.known_nodes(node.kind) or not self.node_count(node.kind):
-            raise InfraError(f"{name} is not part of the cluster in {self.run_dir}; "
-                             f"run `python -m infra up` first")
+            raise InfraError(
+                f"{name} is not part of the cluster in {self.run_dir}; "
+                f"run `python -m infra up` first"
+            )
         return node
 
     @_locked
@@ -496,8 +539,9 @@ class LocalCluster:
     # ---- bring down ----------------------------------------------------------------
 
     @_locked
-    def down(self, wipe: bool = False, timeout: float = STOP_TIMEOUT,
-             kind: str | None = None) -> None:
+    def down(
+        self, wipe: bool = False, timeout: float = STOP_TIMEOUT, kind: str | None = None
+    ) -> None:
         """SIGTERM every recorded node pid (SIGKILL after timeout); wipe deletes the run
         dir. With kind, only that cluster's nodes stop (and wipe is refused)."""
         if kind is not None and wipe:
@@ -508,10 +552,12 @@ class LocalCluster:
             log.info("stopping %s", ", ".join(n.name for n, _ in running))
         # Cassandra and Kafka nodes all get SIGTERM at once; each group waits in parallel.
         with ThreadPoolExecutor(max(1, len(running))) as pool:
-            list(pool.map(
-                lambda np: procs.terminate([np[1]], self.dirs(np[0]).marker, timeout),
-                running,
-            ))
+            list(
+                pool.map(
+                    lambda np: procs.terminate([np[1]], self.dirs(np[0]).marker, timeout),
+                    running,
+                )
+            )
         for n, _ in running:
             self.dirs(n).pid_file.unlink(missing_ok=True)
         if wipe and self.run_dir.exists():

@@ -151,7 +151,12 @@ def classpath(lib: Path) -> str:
 
 
 def server_command(
-    java: Path, lib: Path, props: Path, log4j2_file: Path, logs_dir: Path, tmp_dir: Path,
+    java: Path,
+    lib: Path,
+    props: Path,
+    log4j2_file: Path,
+    logs_dir: Path,
+    tmp_dir: Path,
     heap_mb: int,
 ) -> list[str]:
     return [

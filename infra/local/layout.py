@@ -20,8 +20,9 @@ DEFAULT_RUN_DIR = ".run"
 STATE_FILE = "cluster.json"
 
 
-def resolve_run_dir(explicit: str | os.PathLike[str] | None = None,
-                    env: dict[str, str] | None = None) -> Path:
+def resolve_run_dir(
+    explicit: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> Path:
     """--run-dir, else $PIPELINE_RUN_DIR, else ./.run; always absolute."""
     env = dict(os.environ if env is None else env)
     raw = explicit or env.get("PIPELINE_RUN_DIR") or DEFAULT_RUN_DIR

@@ -131,8 +131,7 @@ def ensure(arts: ServerArtifacts, java_home: Path, root: Path | None = None) -> 
     mvn = shutil.which("mvn")
     if not mvn:
         raise InfraError(
-            f"Maven (mvn) not found on PATH; it is needed once to fetch {arts.main} "
-            f"into {work}"
+            f"Maven (mvn) not found on PATH; it is needed once to fetch {arts.main} into {work}"
         )
     work.mkdir(parents=True, exist_ok=True)
     (work / "pom.xml").write_text(render_pom(arts))
@@ -164,7 +163,9 @@ def ensure(arts: ServerArtifacts, java_home: Path, root: Path | None = None) -> 
     staging.replace(lib)
     (work / MARKER).write_text(f"{arts.main}\n")
     log.info(
-        "%s: %d jars ready in %.0fs", arts.server, len(list(lib.glob("*.jar"))),
+        "%s: %d jars ready in %.0fs",
+        arts.server,
+        len(list(lib.glob("*.jar"))),
         time.monotonic() - started,
     )
     return lib

@@ -111,7 +111,8 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
         # system_distributed has RF 3: a range read at ONE/TWO/THREE (one per live node)
         # succeeds only if the coordinator sees every other live node as alive.
         level = (ConsistencyLevel.ONE, ConsistencyLevel.TWO, ConsistencyLevel.THREE)[
-            min(len(hosts), 3) - 1]
+            min(len(hosts), 3) - 1
+        ]
         all_read = SimpleStatement(
             "SELECT * FROM system_distributed.repair_history LIMIT 1", consistency_level=level
         )
@@ -120,13 +121,15 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
             host = by_addr.get(addr)
             if host is None or not host.is_up:
                 return f"{addr} is not reachable over CQL"
-            local = session.execute("SELECT schema_version FROM system.local", host=host,
-                                    timeout=timeout).one()
+            local = session.execute(
+                "SELECT schema_version FROM system.local", host=host, timeout=timeout
+            ).one()
             versions[addr] = str(local.schema_version)
             peers = {
                 str(r.peer)
-                for r in session.execute("SELECT peer FROM system.peers_v2", host=host,
-                                         timeout=timeout)
+                for r in session.execute(
+                    "SELECT peer FROM system.peers_v2", host=host, timeout=timeout
+                )
             }
             missing = sorted(set(hosts) - {addr} - peers)
             if missing:

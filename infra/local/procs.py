@@ -89,9 +89,11 @@ def describe(pid: int | None, marker: str) -> str:
     if not pid:
         return "no pid recorded"
     args = _cmdline(pid)
-    return (f"pid {pid}: state {_state(pid) or 'gone'!r}, argv[0] "
-            f"{(args[0] if args else '')!r}, marker {'found' if any(marker in a for a in args) else 'missing'}"
-            f", child of this process: {child_running(pid)}")
+    return (
+        f"pid {pid}: state {_state(pid) or 'gone'!r}, argv[0] "
+        f"{(args[0] if args else '')!r}, marker {'found' if any(marker in a for a in args) else 'missing'}"
+        f", child of this process: {child_running(pid)}"
+    )
 
 
 def read_pid(pid_file: Path) -> int | None:

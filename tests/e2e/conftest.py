@@ -24,7 +24,10 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
     run_dir = tmp_path_factory.mktemp("pipeline")
     run_id = f"e2e-{uuid.uuid4().hex[:8]}"
     env = settings_env(
-        kafka_cluster.get_bootstrap_server(), list(cassandra_cluster.get_contact_points()), run_id, run_dir
+        kafka_cluster.get_bootstrap_server(),
+        list(cassandra_cluster.get_contact_points()),
+        run_id,
+        run_dir,
     )
     with _env(env):
         sink = SinkSettings()
@@ -78,8 +81,6 @@ def healthy(pipeline: Pipeline, kafka_cluster, cassandra_cluster) -> Pipeline:
             pipeline.services.restart(st.name)
     pipeline.wait_ready()
     return pipeline
-
-
 
 
 def _free_port_base(n: int) -> int:

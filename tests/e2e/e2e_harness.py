@@ -27,7 +27,9 @@ WORKERS = 2
 ACCOUNT_TIMEOUT_S = 600.0
 
 
-def settings_env(bootstrap: str, contact_points: list[str], run_id: str, run_dir: Path) -> dict[str, str]:
+def settings_env(
+    bootstrap: str, contact_points: list[str], run_id: str, run_dir: Path
+) -> dict[str, str]:
     """Env of a private pipeline: its own topics (prefix), groups and keyspace, so backlog
     or offsets left by a demo, a benchmark or another test never leak into it."""
     prefix = f"{run_id}."
@@ -91,7 +93,9 @@ class Pipeline:
         self.published.append(res)
         return res
 
-    def publish_in_background(self, items: Iterable[Item]) -> tuple[threading.Thread, list[PublishResult]]:
+    def publish_in_background(
+        self, items: Iterable[Item]
+    ) -> tuple[threading.Thread, list[PublishResult]]:
         out: list[PublishResult] = []
 
         def run() -> None:
@@ -122,10 +126,22 @@ class Pipeline:
         with contextlib.suppress(Exception):  # per-stage health of every supervised worker
             parts.append(pipeline_status.render(pipeline_status.collect(self.services)))
         for st in self.services.status():
-            parts.append(f"--- {st.name} ({st.state}, pid {st.pid}) ---\n{self.services.tail(st.name, 30)}")
+            parts.append(
+                f"--- {st.name} ({st.state}, pid {st.pid}) ---\n{self.services.tail(st.name, 30)}"
+            )
         with contextlib.suppress(Exception):
-            parts.append(str(groups.group_lag(self.kafka, self.stream_group, [self.topic(t) for t in (topics.RAW, topics.DECODED, topics.INFERRED)])))
-            parts.append(str(groups.group_lag(self.kafka, self.sink_group, [self.topic(topics.PREDICTIONS)])))
+            parts.append(
+                str(
+                    groups.group_lag(
+                        self.kafka,
+                        self.stream_group,
+                        [self.topic(t) for t in (topics.RAW, topics.DECODED, topics.INFERRED)],
+                    )
+                )
+            )
+            parts.append(
+                str(groups.group_lag(self.kafka, self.sink_group, [self.topic(topics.PREDICTIONS)]))
+            )
         return "\n".join(parts)
 
 

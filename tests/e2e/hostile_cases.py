@@ -73,8 +73,12 @@ def png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def headers(*, produced_at: bytes | None = None, source: bytes = b"hostile-test",
-            content_type: bytes = b"image/jpeg") -> list[Header]:
+def headers(
+    *,
+    produced_at: bytes | None = None,
+    source: bytes = b"hostile-test",
+    content_type: bytes = b"image/jpeg",
+) -> list[Header]:
     """The contract's three headers (produced-at now unless given)."""
     ts = str(now_ms()).encode() if produced_at is None else produced_at
     return [(H_CONTENT_TYPE, content_type), (H_SOURCE, source), (H_PRODUCED_AT, ts)]
@@ -100,9 +104,16 @@ def build_cases(token: str) -> list[Case]:
     def k(name: str) -> bytes:
         return f"hostile-{token}-{name}".encode()
 
-    def case(name: str, group: str, value: bytes | None, hdrs: list[Header],
-             reasons: frozenset[str], key: Callable[[str], bytes | None] = k,
-             lz4: bool = False, kcat: bool = False) -> Case:
+    def case(
+        name: str,
+        group: str,
+        value: bytes | None,
+        hdrs: list[Header],
+        reasons: frozenset[str],
+        key: Callable[[str], bytes | None] = k,
+        lz4: bool = False,
+        kcat: bool = False,
+    ) -> Case:
         return Case(name, group, key(name), value, hdrs, reasons, lz4=lz4, kcat=kcat)
 
     # Two keys that a lossy decode (errors="replace") maps to the same string.
@@ -122,13 +133,29 @@ def build_cases(token: str) -> list[Case]:
         case("png-1x20000", "b", png(1, 20_000), headers(content_type=b"image/png"), THIN),
         case("png-1x100000", "b", png(1, 100_000), headers(content_type=b"image/png"), THIN),
         # c. headers too large to carry forward
-        case("header-900k", "c", photo,
-             [*headers(), ("x-padding", b"p" * HUGE_HEADER_BYTES)], BAD_HEADER),
-        case("headers-2000", "c", photo,
-             [*headers(), *((f"x-h{i}", b"v") for i in range(MANY_HEADERS))], BAD_HEADER),
+        case(
+            "header-900k",
+            "c",
+            photo,
+            [*headers(), ("x-padding", b"p" * HUGE_HEADER_BYTES)],
+            BAD_HEADER,
+        ),
+        case(
+            "headers-2000",
+            "c",
+            photo,
+            [*headers(), *((f"x-h{i}", b"v") for i in range(MANY_HEADERS))],
+            BAD_HEADER,
+        ),
         # d. lz4 batch small on the wire, over the raw limit once decompressed
-        case("lz4-bomb", "d", b"\x89PNG\r\n\x1a\n" + bytes(LZ4_BOMB_BYTES),
-             headers(content_type=b"image/png"), TOO_LARGE, lz4=True),
+        case(
+            "lz4-bomb",
+            "d",
+            b"\x89PNG\r\n\x1a\n" + bytes(LZ4_BOMB_BYTES),
+            headers(content_type=b"image/png"),
+            TOO_LARGE,
+            lz4=True,
+        ),
         # e. keys that are no valid image id (each needs its own row)
         case("key-not-utf8", "e", photo, headers(), BAD_KEY, key=lambda _n: not_utf8),
         case("key-spoofs-derived", "e", photo, headers(), BAD_KEY, key=lambda _n: spoof),
@@ -136,18 +163,36 @@ def build_cases(token: str) -> list[Case]:
         case("key-lossy-b", "e", photo, headers(), BAD_KEY, key=lambda _n: lossy_b),
         case("key-empty", "e", photo, headers(), MISSING_KEY, key=lambda _n: b""),
         case("key-none", "e", photo, headers(), MISSING_KEY, key=lambda _n: None),
-        case("key-300", "e", photo, headers(), BAD_KEY,
-             key=lambda _n: (f"hostile-{token}-" + "k" * 300)[:300].encode()),
+        case(
+            "key-300",
+            "e",
+            photo,
+            headers(),
+            BAD_KEY,
+            key=lambda _n: (f"hostile-{token}-" + "k" * 300)[:300].encode(),
+        ),
         # f. values that are no usable image
-        case("not-an-image", "f", b"this is plain text, not pixels\n" * 40, headers(),
-             NOT_AN_IMAGE),
+        case(
+            "not-an-image", "f", b"this is plain text, not pixels\n" * 40, headers(), NOT_AN_IMAGE
+        ),
         case("truncated-jpeg", "f", photo[: len(photo) // 2], headers(), TRUNCATED),
         case("empty-value", "f", b"", headers(), EMPTY),
         case("null-value", "f", None, headers(), EMPTY),
         # g. headers that break the contract's encoding or uniqueness
-        case("header-name-not-utf8", "g", photo, [*headers(), (b"x-\xff\xfe", b"v")], BAD_HEADER,
-             kcat=True),
+        case(
+            "header-name-not-utf8",
+            "g",
+            photo,
+            [*headers(), (b"x-\xff\xfe", b"v")],
+            BAD_HEADER,
+            kcat=True,
+        ),
         case("header-value-not-utf8", "g", photo, headers(source=b"cam-\xff\xfe"), BAD_HEADER),
-        case("produced-at-twice", "g", photo,
-             [*headers(), (H_PRODUCED_AT, str(now_ms() - 60_000).encode())], BAD_HEADER),
+        case(
+            "produced-at-twice",
+            "g",
+            photo,
+            [*headers(), (H_PRODUCED_AT, str(now_ms() - 60_000).encode())],
+            BAD_HEADER,
+        ),
     ]

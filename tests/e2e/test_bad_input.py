@@ -53,7 +53,9 @@ def _corpus(tmp_path, rng: random.Random) -> tuple[dict[str, bytes], dict[str, s
     files["zero.jpg"] = b""
     files["random.png"] = bytes(rng.randrange(256) for _ in range(4096))
     files["text.jpg"] = b"this is a text file with an image extension\n" * 20
-    files["huge.jpg"] = b"\xff\xd8\xff\xe0" + bytes(rng.randrange(256) for _ in range(11 * 1024 * 1024))
+    files["huge.jpg"] = b"\xff\xd8\xff\xe0" + bytes(
+        rng.randrange(256) for _ in range(11 * 1024 * 1024)
+    )
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     return files, refused
@@ -78,25 +80,39 @@ def test_bad_inputs_end_with_reasons_and_good_ones_are_stored(healthy, tmp_path)
     # Raw records from "any client": garbage bodies and wrong header values.
     raw_cases = {
         "raw-zero": (b"", raw_headers("image/jpeg", "kcat")),
-        "raw-random": (bytes(rng.randrange(256) for _ in range(2048)), raw_headers("image/png", "kcat")),
+        "raw-random": (
+            bytes(rng.randrange(256) for _ in range(2048)),
+            raw_headers("image/png", "kcat"),
+        ),
         "raw-text": (b"plain text, not pixels", raw_headers("image/jpeg", "kcat")),
-        "raw-bad-produced-at": (files["good-1.jpg"], [("content-type", b"image/jpeg"), ("source", b"kcat"), ("produced-at", b"yesterday")]),
+        "raw-bad-produced-at": (
+            files["good-1.jpg"],
+            [("content-type", b"image/jpeg"), ("source", b"kcat"), ("produced-at", b"yesterday")],
+        ),
     }
     ids = {f"badinput-{name}-{rng.randrange(1 << 40):x}": name for name in raw_cases}
     p = Producer(producer_config(healthy.kafka))
     errors: list[str] = []
     for image_id, name in ids.items():
         value, headers = raw_cases[name]
-        p.produce(healthy.raw_topic, value=value, key=image_id.encode(), headers=headers,
-                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+        p.produce(
+            healthy.raw_topic,
+            value=value,
+            key=image_id.encode(),
+            headers=headers,
+            on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+        )
     assert p.flush(60) == 0 and not errors, errors
 
     all_ids = list(published) + list(ids)
     acc = healthy.wait_accounted(all_ids)
     assert_accounted(acc, all_ids, healthy.diagnose)
 
-    expect_rejected = {"corrupt.jpg": {"corrupt", "truncated"}, "truncated.png": {"truncated", "corrupt"},
-                       "bomb.png": {"decompression-bomb"}}
+    expect_rejected = {
+        "corrupt.jpg": {"corrupt", "truncated"},
+        "truncated.png": {"truncated", "corrupt"},
+        "bomb.png": {"decompression-bomb"},
+    }
     for image_id, name in published.items():
         if name.startswith("good-"):
             assert image_id in acc.stored, f"{name} was not stored: {acc.rejected.get(image_id)}"
@@ -105,8 +121,12 @@ def test_bad_inputs_end_with_reasons_and_good_ones_are_stored(healthy, tmp_path)
             assert row is not None, f"{name} was not rejected"
             assert row["stage"] == "decode" and row["reason"] in expect_rejected[name], (name, row)
             assert row["message"]
-    expect_raw = {"raw-zero": {"empty"}, "raw-random": {"not-an-image"}, "raw-text": {"not-an-image"},
-                  "raw-bad-produced-at": {"bad-header"}}
+    expect_raw = {
+        "raw-zero": {"empty"},
+        "raw-random": {"not-an-image"},
+        "raw-text": {"not-an-image"},
+        "raw-bad-produced-at": {"bad-header"},
+    }
     for image_id, name in ids.items():
         row = acc.rejected.get(image_id)
         assert row is not None, f"{name} was not rejected"

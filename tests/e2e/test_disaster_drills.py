@@ -124,8 +124,10 @@ def _start_sink(pipeline) -> None:
 
 
 def _replay_since(stream: Stream) -> int:
-    p = plan(stream.settings, manifest=load_manifest(stream.settings.backup.root(stream.run_dir)
-                                                     / stream.backup_id))
+    p = plan(
+        stream.settings,
+        manifest=load_manifest(stream.settings.backup.root(stream.run_dir) / stream.backup_id),
+    )
     apply(stream.settings, p)
     return p.records
 
@@ -137,10 +139,15 @@ def stream(pipeline, cassandra_cluster, tmp_path_factory) -> Iterator[Stream]:
         pytest.skip("the drills need the local clusters' data dirs and JMX (native backend)")
     run_dir = backend.cluster.run_dir
     settings = BackupSettings(
-        kafka=pipeline.kafka, cassandra=pipeline.cassandra,
-        backup=BackupSection(dir=str(tmp_path_factory.mktemp("backups")),
-                             topic_prefix=pipeline.prefix, sink_group=pipeline.sink_group,
-                             stream_group=pipeline.stream_group))
+        kafka=pipeline.kafka,
+        cassandra=pipeline.cassandra,
+        backup=BackupSection(
+            dir=str(tmp_path_factory.mktemp("backups")),
+            topic_prefix=pipeline.prefix,
+            sink_group=pipeline.sink_group,
+            stream_group=pipeline.stream_group,
+        ),
+    )
     t0 = time.monotonic()
     items = list(synthetic_items(FIRST, (160, 120), seed=1401))
     ids = [content_id(it.data) for it in items]
@@ -167,11 +174,18 @@ def test_keyspace_dropped(stream, healthy):
     _stop_sink(pipeline)
     try:
         pipeline.session.execute(f"DROP KEYSPACE {pipeline.keyspace}", timeout=120)
-        res = restore(stream.settings, stream.run_dir, stream.backup_id,
-                      pipeline.session.cluster, pipeline.session)
+        res = restore(
+            stream.settings,
+            stream.run_dir,
+            stream.backup_id,
+            pipeline.session.cluster,
+            pipeline.session,
+        )
         after_restore = pipeline.account(stream.ids)
         # The backup came before the second batch: restore alone cannot be complete.
-        assert set(stream.second) <= after_restore.missing, "restore holds rows stored after the backup"
+        assert set(stream.second) <= after_restore.missing, (
+            "restore holds rows stored after the backup"
+        )
         records = _replay_since(stream)
         t_replay = time.monotonic()
     finally:
@@ -203,11 +217,18 @@ def test_corrupt_backup_refused(stream, healthy, tmp_path):
         with pytest.raises(BackupError, match=victim.relpath):
             verify(root / stream.backup_id)
         settings = stream.settings.model_copy(
-            update={"backup": stream.settings.backup.model_copy(update={"dir": str(root)})})
+            update={"backup": stream.settings.backup.model_copy(update={"dir": str(root)})}
+        )
         before = pipeline.account(stream.ids)
         with pytest.raises(BackupError, match=victim.relpath):
-            restore(settings, stream.run_dir, stream.backup_id, pipeline.session.cluster,
-                    pipeline.session, force=True)
+            restore(
+                settings,
+                stream.run_dir,
+                stream.backup_id,
+                pipeline.session.cluster,
+                pipeline.session,
+                force=True,
+            )
         after = pipeline.account(stream.ids)
         assert after.stored.keys() == before.stored.keys(), "a refused restore changed rows"
     _figure("drill_corrupt_backup_s", round(time.monotonic() - t0, 1), pipeline.run_dir)
@@ -220,8 +241,11 @@ def _count_on_one_node(host: str, keyspace: str, ids: list[str]) -> int:
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
 
-    prof = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([host]),
-                            consistency_level=ConsistencyLevel.ONE, request_timeout=30)
+    prof = ExecutionProfile(
+        load_balancing_policy=WhiteListRoundRobinPolicy([host]),
+        consistency_level=ConsistencyLevel.ONE,
+        request_timeout=30,
+    )
     cluster = Cluster([host], execution_profiles={EXEC_PROFILE_DEFAULT: prof}, protocol_version=5)
     try:
         s = cluster.connect(keyspace)
@@ -229,7 +253,7 @@ def _count_on_one_node(host: str, keyspace: str, ids: list[str]) -> int:
         for table in ("predictions", "rejections"):
             stmt = s.prepare(f"SELECT image_id FROM {table} WHERE image_id IN ?")
             for i in range(0, len(ids), 100):
-                n += len(list(s.execute(stmt, [ids[i:i + 100]])))
+                n += len(list(s.execute(stmt, [ids[i : i + 100]])))
         return n
     finally:
         cluster.shutdown()
@@ -281,8 +305,11 @@ def test_bad_model_deploy_reprocess(stream, healthy):
         assert p.group == pipeline.stream_group
         assert p.records == len(stream.second), "reprocess would not read exactly the second batch"
         apply(stream.settings, p)
-        pipeline.services.start(dataclasses.replace(
-            original, env={**original.env, "PIPELINE_STREAM__MODEL__VERSION": V2}))
+        pipeline.services.start(
+            dataclasses.replace(
+                original, env={**original.env, "PIPELINE_STREAM__MODEL__VERSION": V2}
+            )
+        )
         deadline = time.monotonic() + 300
         second = set(stream.second) & set(before.stored)
         while True:
@@ -302,8 +329,12 @@ def test_bad_model_deploy_reprocess(stream, healthy):
         finally:
             _start_sink(pipeline)
         lag_deadline = time.monotonic() + 120
-        while groups.group_lag(pipeline.kafka, pipeline.sink_group,
-                               stream.settings.backup.result_topics)["total"] > 0:
+        while (
+            groups.group_lag(
+                pipeline.kafka, pipeline.sink_group, stream.settings.backup.result_topics
+            )["total"]
+            > 0
+        ):
             assert time.monotonic() < lag_deadline, "sink did not catch up after the replay"
             time.sleep(1.0)
         acc = pipeline.account(stream.ids)

@@ -25,8 +25,14 @@ N_IMAGES = 500
 PUBLISH_RATE = 60.0
 
 
-def _stream_with_fault(pipeline, kafka_cluster, cassandra_cluster, seed: int,
-                       fault: Callable[[], None], recover: Callable[[], None]) -> None:
+def _stream_with_fault(
+    pipeline,
+    kafka_cluster,
+    cassandra_cluster,
+    seed: int,
+    fault: Callable[[], None],
+    recover: Callable[[], None],
+) -> None:
     items = list(synthetic_items(N_IMAGES, (160, 120), seed=seed))
     thread, results = pipeline.publish_in_background(_paced(items, PUBLISH_RATE))
     # The ids are content hashes: known before delivery, so progress can be polled now.
@@ -70,7 +76,10 @@ def _paced(items, rate: float):
 
 def test_kafka_broker_sigkill(healthy, kafka_cluster, cassandra_cluster):
     _stream_with_fault(
-        healthy, kafka_cluster, cassandra_cluster, seed=101,
+        healthy,
+        kafka_cluster,
+        cassandra_cluster,
+        seed=101,
         fault=lambda: kafka_cluster.kill_node("kafka-2"),
         recover=lambda: kafka_cluster.start_node("kafka-2"),
     )
@@ -78,13 +87,18 @@ def test_kafka_broker_sigkill(healthy, kafka_cluster, cassandra_cluster):
 
 def test_cassandra_node_sigkill(healthy, kafka_cluster, cassandra_cluster):
     _stream_with_fault(
-        healthy, kafka_cluster, cassandra_cluster, seed=102,
+        healthy,
+        kafka_cluster,
+        cassandra_cluster,
+        seed=102,
         fault=lambda: cassandra_cluster.kill_node("cassandra-3"),
         recover=lambda: cassandra_cluster.start_node("cassandra-3"),
     )
 
 
-def _kill_supervised(pipeline, service: str, count: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def _kill_supervised(
+    pipeline, service: str, count: int
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """SIGKILL one process a supervisor runs; recovery is the supervisor's restart."""
     killed: list[int] = []
     supervisor: list[int | None] = []
@@ -103,12 +117,16 @@ def _kill_supervised(pipeline, service: str, count: int) -> tuple[Callable[[], N
 
 def test_stream_worker_sigkill(healthy, kafka_cluster, cassandra_cluster):
     fault, recover = _kill_supervised(healthy, WORKERS_SERVICE, WORKERS)
-    _stream_with_fault(healthy, kafka_cluster, cassandra_cluster, seed=103, fault=fault, recover=recover)
+    _stream_with_fault(
+        healthy, kafka_cluster, cassandra_cluster, seed=103, fault=fault, recover=recover
+    )
 
 
 def test_sink_sigkill(healthy, kafka_cluster, cassandra_cluster):
     fault, recover = _kill_supervised(healthy, "sink-1", 1)
-    _stream_with_fault(healthy, kafka_cluster, cassandra_cluster, seed=104, fault=fault, recover=recover)
+    _stream_with_fault(
+        healthy, kafka_cluster, cassandra_cluster, seed=104, fault=fault, recover=recover
+    )
 
 
 def test_broker_and_cassandra_node_sigkill_together(healthy, kafka_cluster, cassandra_cluster):
@@ -120,4 +138,6 @@ def test_broker_and_cassandra_node_sigkill_together(healthy, kafka_cluster, cass
         kafka_cluster.start_node("kafka-3")
         cassandra_cluster.start_node("cassandra-1")
 
-    _stream_with_fault(healthy, kafka_cluster, cassandra_cluster, seed=105, fault=fault, recover=recover)
+    _stream_with_fault(
+        healthy, kafka_cluster, cassandra_cluster, seed=105, fault=fault, recover=recover
+    )

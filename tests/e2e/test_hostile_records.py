@@ -61,7 +61,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _role(pid: int) -> str | None:
-    """"worker" for `python -m stream_app worker` (not the `workers` supervisor), "sink"
+    """ "worker" for `python -m stream_app worker` (not the `workers` supervisor), "sink"
     for `python -m consumers sink`, else None."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -194,7 +194,10 @@ def _kcat(pipeline: Pipeline, topic: str, sent: Sent, case: Case, tmp: Path) -> 
     if case.key is not None:
         argv += [b"-k", case.key]
     for hname, hval in case.headers:
-        argv += [b"-H", (hname if isinstance(hname, bytes) else hname.encode()) + b"=" + (hval or b"")]
+        argv += [
+            b"-H",
+            (hname if isinstance(hname, bytes) else hname.encode()) + b"=" + (hval or b""),
+        ]
     argv.append(str(value))
     proc = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     if proc.returncode == 0 and b"fail" not in proc.stderr.lower():
@@ -239,8 +242,11 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
     assert watch.workers_seen, f"no stream worker process found\n{pipeline.diagnose()}"
     plain = Producer(producer_config(pipeline.kafka, {"compression.type": "none"}))
     # librdkafka checks a record's uncompressed size against message.max.bytes.
-    lz4 = Producer(producer_config(
-        pipeline.kafka, {"compression.type": "lz4", "message.max.bytes": 4 * LZ4_BOMB_BYTES}))
+    lz4 = Producer(
+        producer_config(
+            pipeline.kafka, {"compression.type": "lz4", "message.max.bytes": 4 * LZ4_BOMB_BYTES}
+        )
+    )
     good_sent: list[Sent] = []
     case_sent: list[Sent] = []
     try:
@@ -254,8 +260,13 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
                 if case.kcat:
                     _kcat(pipeline, pipeline.raw_topic, sent, case, tmp_path)
                 else:
-                    _produce(lz4 if case.lz4 else plain, pipeline.raw_topic, sent, case.value,
-                             case.headers)
+                    _produce(
+                        lz4 if case.lz4 else plain,
+                        pipeline.raw_topic,
+                        sent,
+                        case.value,
+                        case.headers,
+                    )
                 case_sent.append(sent)
         assert plain.flush(60) == 0 and lz4.flush(60) == 0, "records still queued after 60 s"
         undelivered = [f"{s.label}: {s.error}" for s in good_sent + case_sent if not s.delivered]
@@ -289,16 +300,19 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
         if len(names) > 1:
             problems.append(f"records {names} share one row id {image_id}: one outcome is lost")
     if watch.killed:
-        problems.append(f"worker(s) killed over the {KILL_RSS / GIB:.1f} GiB safety ceiling: "
-                        f"{watch.killed}")
+        problems.append(
+            f"worker(s) killed over the {KILL_RSS / GIB:.1f} GiB safety ceiling: {watch.killed}"
+        )
     table = [f"{'case':<22} {'grp':<3} {'expected':<34} outcome / next good photo stored after"]
     good_after_ms: dict[int, int] = {}
     for i, s in enumerate(good_sent):
         row = acc.stored.get(good_ids[i])
         if row is None:
             rej = acc.rejected.get(good_ids[i])
-            problems.append(f"good photo {s.label} not stored within {ACCOUNT_DEADLINE_S:.0f} s: "
-                            f"{'rejected ' + str((rej['stage'], rej['reason'])) if rej else 'missing'}")
+            problems.append(
+                f"good photo {s.label} not stored within {ACCOUNT_DEADLINE_S:.0f} s: "
+                f"{'rejected ' + str((rej['stage'], rej['reason'])) if rej else 'missing'}"
+            )
         elif row.get("stored_at"):
             good_after_ms[i] = int(row["stored_at"]) - s.produced_ms
     for i, (case, image_id) in enumerate(zip(cases, case_ids, strict=True)):
@@ -309,16 +323,24 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
             outcome = "MISSING"
         else:
             outcome = f"{rej['stage']}/{rej['reason']}"
-        if image_id in acc.stored or rej is None or rej["stage"] != case.stage \
-                or rej["reason"] not in case.reasons:
-            problems.append(f"{case.name}: want {case.stage}/{'|'.join(sorted(case.reasons))} "
-                            f"under {image_id}, got {outcome}")
+        if (
+            image_id in acc.stored
+            or rej is None
+            or rej["stage"] != case.stage
+            or rej["reason"] not in case.reasons
+        ):
+            problems.append(
+                f"{case.name}: want {case.stage}/{'|'.join(sorted(case.reasons))} "
+                f"under {image_id}, got {outcome}"
+            )
         elif not rej["message"]:
             problems.append(f"{case.name}: rejection row without a message")
         nxt = good_after_ms.get(i + 1)
-        table.append(f"{case.name:<22} {case.group:<3} "
-                     f"{case.stage + '/' + '|'.join(sorted(case.reasons)):<34} {outcome:<28} "
-                     f"{'-' if nxt is None else f'{nxt / 1000:.1f} s'}")
+        table.append(
+            f"{case.name:<22} {case.group:<3} "
+            f"{case.stage + '/' + '|'.join(sorted(case.reasons)):<34} {outcome:<28} "
+            f"{'-' if nxt is None else f'{nxt / 1000:.1f} s'}"
+        )
 
     # No extra row under what a lossy decode of a bad key would have made of it.
     lossy = {c.key.decode("utf-8", "replace") for c in cases if c.key and not c.key_is_id}
@@ -334,8 +356,8 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
     else:
         for image_id in hashed:
             got = pipeline.session.execute(
-                f"SELECT raw_key FROM {pipeline.keyspace}.rejections WHERE image_id=%s",
-                (image_id,)).one()
+                f"SELECT raw_key FROM {pipeline.keyspace}.rejections WHERE image_id=%s", (image_id,)
+            ).one()
             if got is None or not got.raw_key:
                 problems.append(f"rejection {image_id} has no raw_key")
 
@@ -343,16 +365,20 @@ def test_hostile_records_are_rejected_one_row_each_and_stop_nothing(
         if peak >= RSS_BOUND:
             problems.append(f"worker pid {pid} peaked at {peak / GIB:.2f} GiB (bound 1.5 GiB)")
     if watch.restarts > MAX_RESTARTS:
-        problems.append(f"{watch.restarts} worker/sink restart(s): pids {sorted(watch.seen)}, "
-                        f"at start {sorted(watch.initial)}")
+        problems.append(
+            f"{watch.restarts} worker/sink restart(s): pids {sorted(watch.seen)}, "
+            f"at start {sorted(watch.initial)}"
+        )
     if watch.down:
         problems.append(f"service(s) seen down: {sorted(watch.down)}")
 
     peak = max(watch.peak_bytes.values(), default=0)
     stored_s = max(good_after_ms.values(), default=0) / 1000
-    summary = (f"\n{len(goods)} good photos, {len(cases)} hostile records, published by "
-               f"{(published_ms - good_sent[0].produced_ms) / 1000:.1f} s; slowest good photo "
-               f"stored after {stored_s:.1f} s; worker peak RSS {peak / GIB:.2f} GiB; "
-               f"worker/sink restarts {watch.restarts}\n" + "\n".join(table))
+    summary = (
+        f"\n{len(goods)} good photos, {len(cases)} hostile records, published by "
+        f"{(published_ms - good_sent[0].produced_ms) / 1000:.1f} s; slowest good photo "
+        f"stored after {stored_s:.1f} s; worker peak RSS {peak / GIB:.2f} GiB; "
+        f"worker/sink restarts {watch.restarts}\n" + "\n".join(table)
+    )
     print(summary)
     assert not problems, "\n".join(problems) + "\n" + summary + "\n" + pipeline.diagnose()

@@ -45,8 +45,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def _scrape(target: ScrapeTarget) -> Samples:
     body = urllib.request.urlopen(f"http://{target.address}/metrics", timeout=10).read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(body) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+    }
 
 
 def _try_scrape(target: ScrapeTarget) -> Samples | None:
@@ -92,7 +95,8 @@ def own_sink_port(healthy: Pipeline) -> Pipeline:
             port = s.getsockname()[1]
         healthy.services.stop("sink-1")
         healthy.services.start(
-            dataclasses.replace(spec, env={**spec.env, SINK_METRICS_PORT_ENV: str(port)}))
+            dataclasses.replace(spec, env={**spec.env, SINK_METRICS_PORT_ENV: str(port)})
+        )
         healthy.wait_ready()
     return healthy
 
@@ -119,6 +123,7 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
         jobs[t.job].append(t)
     assert len(jobs[JOB_WORKER]) == 2 and len(jobs[JOB_SINK]) == 1, targets
     workers, sink = jobs[JOB_WORKER], jobs[JOB_SINK][0]
+
     # Prometheus holds a sample of every target from before the run (a short run can end
     # before its first scrape, and a rate needs the counters' values before it).
     def all_up() -> bool:
@@ -132,20 +137,28 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
     # the endpoints are this pipeline's processes, not a demo's on the same ports
     assert _sum(before_s, "torchstream_sink_info", group_id=healthy.sink_group) == 1
     for t in workers:
-        assert _sum(before_w[t.address], "torchstream_worker_info",
-                    app_id=healthy.stream_group) == 1, t
+        assert (
+            _sum(before_w[t.address], "torchstream_worker_info", app_id=healthy.stream_group) == 1
+        ), t
 
     rng = random.Random()
     res = healthy.publish(synthetic_items(GOOD, (160, 120), seed=rng.randrange(1 << 30)))
     good = [i for i, _ in res.delivered]
     assert len(good) == GOOD
-    garbage = {f"metrics-garbage-{i}-{rng.randrange(1 << 40):x}": bytes(rng.randrange(256)
-                                                                         for _ in range(1024))
-               for i in range(3)}
+    garbage = {
+        f"metrics-garbage-{i}-{rng.randrange(1 << 40):x}": bytes(
+            rng.randrange(256) for _ in range(1024)
+        )
+        for i in range(3)
+    }
     p = Producer(producer_config(healthy.kafka))
     for image_id, value in garbage.items():
-        p.produce(healthy.raw_topic, value=value, key=image_id.encode(),
-                  headers=raw_headers("image/png", "metrics-test"))
+        p.produce(
+            healthy.raw_topic,
+            value=value,
+            key=image_id.encode(),
+            headers=raw_headers("image/png", "metrics-test"),
+        )
     assert p.flush(60) == 0
     ids = good + list(garbage)
     acc = healthy.wait_accounted(ids)
@@ -155,25 +168,39 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
     # -- the endpoints, scraped directly ----------------------------------------------
     after_w = _scrape_all(workers)
     for stage in STAGES:
-        delta = (_total(after_w, "torchstream_stage_records_in_total", stage=stage)
-                 - _total(before_w, "torchstream_stage_records_in_total", stage=stage))
+        delta = _total(after_w, "torchstream_stage_records_in_total", stage=stage) - _total(
+            before_w, "torchstream_stage_records_in_total", stage=stage
+        )
         expected = len(ids) if stage == "decode" else GOOD  # at least once: maybe more
         assert delta >= expected, (stage, delta)
-        assert _total(after_w, "torchstream_stage_batch_duration_seconds_count", stage=stage) > \
-            _total(before_w, "torchstream_stage_batch_duration_seconds_count", stage=stage)
-        assert _total(after_w, "torchstream_stage_input_age_seconds_count", stage=stage) >= \
-            _total(before_w, "torchstream_stage_input_age_seconds_count", stage=stage) + expected
-    dead = (_total(after_w, "torchstream_stage_dead_letters_total", stage="decode")
-            - _total(before_w, "torchstream_stage_dead_letters_total", stage="decode"))
+        assert _total(
+            after_w, "torchstream_stage_batch_duration_seconds_count", stage=stage
+        ) > _total(before_w, "torchstream_stage_batch_duration_seconds_count", stage=stage)
+        assert (
+            _total(after_w, "torchstream_stage_input_age_seconds_count", stage=stage)
+            >= _total(before_w, "torchstream_stage_input_age_seconds_count", stage=stage) + expected
+        )
+    dead = _total(after_w, "torchstream_stage_dead_letters_total", stage="decode") - _total(
+        before_w, "torchstream_stage_dead_letters_total", stage="decode"
+    )
     assert dead >= len(garbage)
-    reasons = {dict(ls)["reason"] for s in after_w.values() for (n, ls) in s
-               if n == "torchstream_stage_dead_letters_total"}
+    reasons = {
+        dict(ls)["reason"]
+        for s in after_w.values()
+        for (n, ls) in s
+        if n == "torchstream_stage_dead_letters_total"
+    }
     assert reasons & {"not-an-image", "corrupt", "truncated"}, reasons
-    out_topics = {dict(ls)["topic"] for s in after_w.values() for (n, ls) in s
-                  if n == "torchstream_stage_records_out_total"}
+    out_topics = {
+        dict(ls)["topic"]
+        for s in after_w.values()
+        for (n, ls) in s
+        if n == "torchstream_stage_records_out_total"
+    }
     assert healthy.topic("images.predictions") in out_topics
-    forward = (_total(after_w, "torchstream_model_forward_batch_images_sum")
-               - _total(before_w, "torchstream_model_forward_batch_images_sum"))
+    forward = _total(after_w, "torchstream_model_forward_batch_images_sum") - _total(
+        before_w, "torchstream_model_forward_batch_images_sum"
+    )
     assert forward >= GOOD
     assert _total(after_w, "torchstream_model_forward_duration_seconds_sum") > 0
     for t in workers:
@@ -189,10 +216,13 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
 
     assert sink_delta("torchstream_sink_records_settled_total", kind="prediction") >= GOOD
     assert sink_delta("torchstream_sink_records_settled_total", kind="rejection") >= len(garbage)
-    assert sink_delta("torchstream_cassandra_rows_written_total", table="predictions",
-                      op="upsert") >= GOOD
-    assert sink_delta("torchstream_cassandra_rows_written_total", table="rejections",
-                      op="upsert") >= len(garbage)
+    assert (
+        sink_delta("torchstream_cassandra_rows_written_total", table="predictions", op="upsert")
+        >= GOOD
+    )
+    assert sink_delta(
+        "torchstream_cassandra_rows_written_total", table="rejections", op="upsert"
+    ) >= len(garbage)
     assert sink_delta("torchstream_cassandra_write_duration_seconds_count", outcome="ok") > 0
     assert _sum(after_s, "torchstream_kafka_brokers_up") == 3
     assert _sum(after_s, "torchstream_cassandra_nodes_up") == 3
@@ -204,8 +234,14 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
 
     def rates() -> bool:
         seen.clear()
-        seen.update({r["metric"]["stage"]: float(r["value"][1]) for r in prometheus.query(
-            "sum by (stage) (rate(torchstream_stage_records_in_total[2m]))")})
+        seen.update(
+            {
+                r["metric"]["stage"]: float(r["value"][1])
+                for r in prometheus.query(
+                    "sum by (stage) (rate(torchstream_stage_records_in_total[2m]))"
+                )
+            }
+        )
         rows = prometheus.query("sum(rate(torchstream_cassandra_rows_written_total[2m]))")
         seen["cassandra_rows"] = float(rows[0]["value"][1]) if rows else 0.0
         return all(seen.get(k, 0) > 0 for k in (*STAGES, "cassandra_rows"))
@@ -216,14 +252,22 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
         raise AssertionError(f"{exc}; rates seen: {seen}") from None
 
     decoded = prometheus.query('sum(torchstream_stage_records_in_total{stage="decode"})')
-    assert float(decoded[0]["value"][1]) >= _total(before_w, "torchstream_stage_records_in_total",
-                                                   stage="decode") + len(ids)
+    assert float(decoded[0]["value"][1]) >= _total(
+        before_w, "torchstream_stage_records_in_total", stage="decode"
+    ) + len(ids)
     brokers = prometheus.query("max(torchstream_kafka_brokers_up)")
     assert float(brokers[0]["value"][1]) == 3
 
     groups = prometheus.api("rules")["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
-    assert {"StageStalled", "SinkCannotWrite", "KafkaBrokersDown", "CassandraNodesDown",
-            "DeadLetterRateHigh", "ConsumerLagGrowing", "ServiceDown"} <= set(rules)
+    assert {
+        "StageStalled",
+        "SinkCannotWrite",
+        "KafkaBrokersDown",
+        "CassandraNodesDown",
+        "DeadLetterRateHigh",
+        "ConsumerLagGrowing",
+        "ServiceDown",
+    } <= set(rules)
     assert rules["KafkaBrokersDown"]["state"] == "inactive"
     assert rules["CassandraNodesDown"]["state"] == "inactive"

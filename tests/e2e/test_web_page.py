@@ -49,12 +49,21 @@ def _free_port() -> int:
 
 @pytest.fixture
 def api(pipeline: Pipeline) -> Iterator[Endpoint]:
-    env = {**os.environ, **pipeline.env, "PIPELINE_RUN_DIR": str(pipeline.run_dir),
-           "PIPELINE_API__PORT": str(_free_port())}
+    env = {
+        **os.environ,
+        **pipeline.env,
+        "PIPELINE_RUN_DIR": str(pipeline.run_dir),
+        "PIPELINE_API__PORT": str(_free_port()),
+    }
     log = pipeline.run_dir / f"api-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "consumers", "api"], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "api"],
+            cwd=REPO,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield wait_serving(pipeline.run_dir, 60, pid=proc.pid)
     except TimeoutError as exc:
@@ -74,8 +83,9 @@ def _spki_pin(cert_pem: bytes) -> str:
     from cryptography.hazmat.primitives import serialization
 
     cert = x509.load_pem_x509_certificate(cert_pem)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
@@ -85,11 +95,22 @@ class Browser:
     def __init__(self, profile: Path, pin: str) -> None:
         assert CHROMIUM
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-             f"--ignore-certificate-errors-spki-list={pin}", "--window-size=1280,1400",
-             "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                f"--ignore-certificate-errors-spki-list={pin}",
+                "--window-size=1280,1400",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.profile = profile
         self.events: list[dict[str, Any]] = []
         self._id = 0
@@ -139,7 +160,10 @@ class Browser:
             p = ev.get("params", {})
             if ev["method"] == "Runtime.exceptionThrown":
                 out.append(json.dumps(p.get("exceptionDetails", {}))[:500])
-            elif ev["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            elif ev["method"] == "Runtime.consoleAPICalled" and p.get("type") in (
+                "error",
+                "assert",
+            ):
                 out.append(json.dumps(p.get("args", []))[:500])
             elif ev["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
                 e = p["entry"]
@@ -174,7 +198,9 @@ RENDERED = """(() => {
 })()"""
 
 
-async def _render(url: str, pin: str, profile: Path, shot: Path) -> tuple[dict[str, Any], list[str]]:
+async def _render(
+    url: str, pin: str, profile: Path, shot: Path
+) -> tuple[dict[str, Any], list[str]]:
     browser = Browser(profile, pin)
     try:
         await browser.open()
@@ -183,8 +209,11 @@ async def _render(url: str, pin: str, profile: Path, shot: Path) -> tuple[dict[s
         view: dict[str, Any] = {}
         while time.monotonic() < deadline:
             view = await browser.eval(RENDERED) or {}
-            done_cards = [c for c in view.get("cards", [])
-                          if c["img"] and c["img"]["done"] and c["img"]["w"] > 0]
+            done_cards = [
+                c
+                for c in view.get("cards", [])
+                if c["img"] and c["img"]["done"] and c["img"]["w"] > 0
+            ]
             if len(view.get("stages", [])) >= 3 and done_cards and view.get("rejections"):
                 break
             await asyncio.sleep(0.5)
@@ -200,15 +229,19 @@ async def _render(url: str, pin: str, profile: Path, shot: Path) -> tuple[dict[s
 def _get_json(api: Endpoint, path: str) -> Any:
     import urllib.request
 
-    req = urllib.request.Request(api.url.rstrip("/") + path,
-                                 headers={"Authorization": f"Bearer {api.token()}"})
+    req = urllib.request.Request(
+        api.url.rstrip("/") + path, headers={"Authorization": f"Bearer {api.token()}"}
+    )
     with urllib.request.urlopen(req, context=api.ssl_context(), timeout=30) as r:
         return json.loads(r.read())
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (infra/setup-system.sh)")
-def test_page_renders_stages_images_and_rejections(pipeline: Pipeline, api: Endpoint,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian chromium is not installed (infra/setup-system.sh)"
+)
+def test_page_renders_stages_images_and_rejections(
+    pipeline: Pipeline, api: Endpoint, tmp_path: Path
+) -> None:
     res = pipeline.publish(sample_items(repeat=0, corrupt=1, seed=int(time.time())))
     ids = [i for i, _ in res.delivered]
     assert len(ids) == 6 and res.summary.failed == 0

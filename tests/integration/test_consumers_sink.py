@@ -76,20 +76,22 @@ class Env:
     def env_vars(self, group: str, **extra: str) -> dict[str, str]:
         c = self.base.cassandra
         env = dict(os.environ)
-        env.update({
-            "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": self.base.kafka.bootstrap_servers,
-            # JSON: infra.settings declares contact_points without NoDecode, so a
-            # comma-separated value fails in the env source before its validator runs.
-            "PIPELINE_CASSANDRA__CONTACT_POINTS": json.dumps(list(c.contact_points)),
-            "PIPELINE_CASSANDRA__PORT": str(c.port),
-            "PIPELINE_CASSANDRA__LOCAL_DATACENTER": c.local_datacenter,
-            "PIPELINE_CASSANDRA__KEYSPACE": self.keyspace,
-            "PIPELINE_SINK__GROUP_ID": group,
-            "PIPELINE_SINK__PREDICTIONS_TOPIC": self.topic(topics.PREDICTIONS),
-            "PIPELINE_SINK__DLQ_TOPICS": ",".join(self.topic(t) for t in STAGE_DLQS),
-            "PIPELINE_SINK__DEAD_LETTER_TOPIC": self.topic(topics.SINK_DLQ),
-            "PIPELINE_SINK__HEALTH_INTERVAL_S": "2",
-        })
+        env.update(
+            {
+                "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": self.base.kafka.bootstrap_servers,
+                # JSON: infra.settings declares contact_points without NoDecode, so a
+                # comma-separated value fails in the env source before its validator runs.
+                "PIPELINE_CASSANDRA__CONTACT_POINTS": json.dumps(list(c.contact_points)),
+                "PIPELINE_CASSANDRA__PORT": str(c.port),
+                "PIPELINE_CASSANDRA__LOCAL_DATACENTER": c.local_datacenter,
+                "PIPELINE_CASSANDRA__KEYSPACE": self.keyspace,
+                "PIPELINE_SINK__GROUP_ID": group,
+                "PIPELINE_SINK__PREDICTIONS_TOPIC": self.topic(topics.PREDICTIONS),
+                "PIPELINE_SINK__DLQ_TOPICS": ",".join(self.topic(t) for t in STAGE_DLQS),
+                "PIPELINE_SINK__DEAD_LETTER_TOPIC": self.topic(topics.SINK_DLQ),
+                "PIPELINE_SINK__HEALTH_INTERVAL_S": "2",
+            }
+        )
         env.update(extra)
         return env
 
@@ -104,7 +106,9 @@ def env(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any) -> Ite
     tag = uuid.uuid4().hex[:10]
     prefix, keyspace = f"t{tag}.", f"consumers_{tag}"
     wanted = {topics.PREDICTIONS, topics.SINK_DLQ, *STAGE_DLQS}
-    specs = [s for s in topics.topic_registry(pipeline_settings.kafka.partitions) if s.name in wanted]
+    specs = [
+        s for s in topics.topic_registry(pipeline_settings.kafka.partitions) if s.name in wanted
+    ]
     provision_topics(pipeline_settings, specs, prefix=prefix)
     provision_keyspace(pipeline_settings, keyspace)
     cluster, session = connect(pipeline_settings.cassandra)
@@ -121,15 +125,29 @@ def env(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any) -> Ite
 
 
 # -- producing ---------------------------------------------------------------------------
-def prediction(image_id: str, processed_at_ms: int, label: str = "tabby", score: float = 0.75,
-               class_index: int = 281) -> dict[str, Any]:
+def prediction(
+    image_id: str,
+    processed_at_ms: int,
+    label: str = "tabby",
+    score: float = 0.75,
+    class_index: int = 281,
+) -> dict[str, Any]:
     return {
-        "image_id": image_id, "source": "test", "content_type": "image/jpeg",
-        "produced_at_ms": processed_at_ms - 500, "raw_topic": topics.RAW, "raw_partition": 0,
-        "raw_offset": 0, "model_name": "efficientnet_lite0", "model_version": "1",
-        "top_k": [{"class_index": class_index, "label": label, "score": score},
-                  {"class_index": 1, "label": "goldfish", "score": 0.125}],
-        "processed_at_ms": processed_at_ms, "trace": {"decode": processed_at_ms - 300},
+        "image_id": image_id,
+        "source": "test",
+        "content_type": "image/jpeg",
+        "produced_at_ms": processed_at_ms - 500,
+        "raw_topic": topics.RAW,
+        "raw_partition": 0,
+        "raw_offset": 0,
+        "model_name": "efficientnet_lite0",
+        "model_version": "1",
+        "top_k": [
+            {"class_index": class_index, "label": label, "score": score},
+            {"class_index": 1, "label": "goldfish", "score": 0.125},
+        ],
+        "processed_at_ms": processed_at_ms,
+        "trace": {"decode": processed_at_ms - 300},
     }
 
 
@@ -150,8 +168,13 @@ class Publisher:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: list[Any]) -> None:
         while True:
             try:
-                self.p.produce(self.env.topic(topic), key=key, value=value, headers=headers,
-                               on_delivery=self._cb)
+                self.p.produce(
+                    self.env.topic(topic),
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    on_delivery=self._cb,
+                )
                 break
             except BufferError:
                 self.p.poll(0.1)
@@ -161,13 +184,21 @@ class Publisher:
         value, headers = codec.encode(codec.PREDICTION, rec)
         self.send(topics.PREDICTIONS, rec["image_id"].encode(), value, headers)
 
-    def dead_letter(self, image_id: str, stage_dlq: str, reason: str,
-                    failed_at_ms: int | None = None) -> None:
+    def dead_letter(
+        self, image_id: str, stage_dlq: str, reason: str, failed_at_ms: int | None = None
+    ) -> None:
         stage = next(s.name for s in topics.STAGES if s.dlq == stage_dlq)
         value, headers = dead_letter.dead_letter(
-            image_id=image_id, stage=stage, reason=reason, error=ValueError(reason),
-            origin_topic=topics.RAW, origin_partition=0, origin_offset=0, payload=b"raw",
-            source="test")
+            image_id=image_id,
+            stage=stage,
+            reason=reason,
+            error=ValueError(reason),
+            origin_topic=topics.RAW,
+            origin_partition=0,
+            origin_offset=0,
+            payload=b"raw",
+            source="test",
+        )
         if failed_at_ms is not None:  # a chosen failure time (the encoder stamps now)
             rec = dead_letter.read_dead_letter(value, headers) | {"failed_at_ms": failed_at_ms}
             value, _ = codec.encode(codec.DEAD_LETTER, rec)
@@ -238,8 +269,11 @@ def read_topic(env: Env, topic: str, expect: int) -> list[Any]:
 
     from infra.kafka_clients import consumer_config
 
-    c = Consumer(consumer_config(env.base.kafka, f"reader-{uuid.uuid4().hex[:8]}",
-                                 {"enable.auto.commit": False}))
+    c = Consumer(
+        consumer_config(
+            env.base.kafka, f"reader-{uuid.uuid4().hex[:8]}", {"enable.auto.commit": False}
+        )
+    )
     c.subscribe([env.topic(topic)])
     got: list[Any] = []
     deadline = time.monotonic() + 60
@@ -289,8 +323,11 @@ def test_every_record_lands_once_and_replay_changes_nothing(env: Env) -> None:
 
     group = f"g-{tag}"
     with SinkThread(env.settings(group, concurrency=32)) as run:
-        wait_for(lambda: run.done() >= total and run.sink.open_records == 0, WAIT_S,
-                 "the sink to settle every record")
+        wait_for(
+            lambda: run.done() >= total and run.sink.open_records == 0,
+            WAIT_S,
+            "the sink to settle every record",
+        )
         wait_for(lambda: group_lag(env, group) == 0, 30, "committed offsets at the end")
     assert run.sink.counters.records == total
 
@@ -300,50 +337,68 @@ def test_every_record_lands_once_and_replay_changes_nothing(env: Env) -> None:
     assert first[f"{tag}-flip"]["label"] == "newer" and first[f"{tag}-flip"]["score"] == 0.9
     assert first[image_ids[3]]["top_k"] == [[281, "label3", 0.75], [1, "goldfish", 0.125]]
     assert first[image_ids[3]]["processed_at"] == t0 + 3
-    rej = queries.fetch_rejections(env.session, [*rejected, f"{tag}-garbled"], keyspace=env.keyspace)
+    rej = queries.fetch_rejections(
+        env.session, [*rejected, f"{tag}-garbled"], keyspace=env.keyspace
+    )
     assert sorted(rej) == sorted([*rejected, f"{tag}-garbled"])
     assert rej[rejected[1]]["reason"] == "reason1" and rej[rejected[1]]["stage"] == "infer"
     assert rej[f"{tag}-garbled"]["stage"] == "sink"
     # The one-status rule held in Cassandra: exactly one of the two rows per id.
     assert f"{tag}-r-wins" not in first
     statuses = queries.fetch_rejections(
-        env.session, [f"{tag}-p-wins", f"{tag}-r-wins", f"{tag}-tie"], keyspace=env.keyspace)
+        env.session, [f"{tag}-p-wins", f"{tag}-r-wins", f"{tag}-tie"], keyspace=env.keyspace
+    )
     assert sorted(statuses) == [f"{tag}-r-wins"]
     # The refused records are in the sink's DLQ, with their origin, and each has one row.
-    dlq = [dead_letter.read_dead_letter(m.value(), m.headers())
-           for m in read_topic(env, topics.SINK_DLQ, 3)]
+    dlq = [
+        dead_letter.read_dead_letter(m.value(), m.headers())
+        for m in read_topic(env, topics.SINK_DLQ, 3)
+    ]
     dlq = [d for d in dlq if d["origin_topic"] == env.topic(topics.PREDICTIONS)]
     assert len(dlq) == 3
     safe = {d["image_id"] for d in dlq} - {f"{tag}-garbled"}
     no_key = next(i for i in safe if i.startswith("no-key:"))
     hashed = next(i for i in safe if i.startswith("key-sha256:"))
     assert no_key.startswith(f"no-key:{env.topic(topics.PREDICTIONS)}/")
-    rows = {i: env.session.execute(
-        f"SELECT image_id, stage, raw_key FROM {env.keyspace}.rejections WHERE image_id = %s",
-        (i,)).one() for i in safe}
+    rows = {
+        i: env.session.execute(
+            f"SELECT image_id, stage, raw_key FROM {env.keyspace}.rejections WHERE image_id = %s",
+            (i,),
+        ).one()
+        for i in safe
+    }
     assert all(rows.values()) and rows[no_key].raw_key is None
     assert rows[hashed].raw_key == repr(bad_key)[2:-1] and rows[hashed].stage == "sink"
     # The by-label index: the stale "older" entry is filtered by verification.
-    assert [r["image_id"] for r in queries.by_label(env.session, "older", keyspace=env.keyspace)] == []
+    assert [
+        r["image_id"] for r in queries.by_label(env.session, "older", keyspace=env.keyspace)
+    ] == []
     newer = queries.by_label(env.session, "newer", keyspace=env.keyspace)
     assert [r["image_id"] for r in newer] == [f"{tag}-flip"]
 
     # Replay everything from offset 0 with a new group: same rows, no value regressed.
     replay = f"g-{tag}-replay"
     with SinkThread(env.settings(replay, concurrency=64)) as run2:
-        wait_for(lambda: run2.done() >= total and run2.sink.open_records == 0, WAIT_S,
-                 "the replay to settle every record")
+        wait_for(
+            lambda: run2.done() >= total and run2.sink.open_records == 0,
+            WAIT_S,
+            "the replay to settle every record",
+        )
     again = stored(env, all_ids)
     strip = ("stored_at",)
     assert {k: {c: v for c, v in r.items() if c not in strip} for k, r in again.items()} == {
-        k: {c: v for c, v in r.items() if c not in strip} for k, r in first.items()}
+        k: {c: v for c, v in r.items() if c not in strip} for k, r in first.items()
+    }
     ks = env.keyspace
-    mine = {i for i in queries.all_ids(env.session, "predictions", keyspace=ks) if i.startswith(tag)}
+    mine = {
+        i for i in queries.all_ids(env.session, "predictions", keyspace=ks) if i.startswith(tag)
+    }
     assert mine == set(all_ids)
 
 
-def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(env: Env,
-                                                                     cassandra_cluster: Any) -> None:
+def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(
+    env: Env, cassandra_cluster: Any
+) -> None:
     tag = f"b{uuid.uuid4().hex[:6]}"
     image_ids = ids(tag, 3000)
     t0 = int(time.time() * 1000)
@@ -355,8 +410,11 @@ def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(env: Env,
             wait_for(lambda: run.sink.rows_written >= 600, WAIT_S, "the sink to be mid-stream")
             cassandra_cluster.kill_node(victim)
             publish_predictions(env, image_ids[1500:], t0 + 1500)
-            wait_for(lambda: run.done() >= len(image_ids) and run.sink.open_records == 0,
-                     WAIT_S, "every record written with a node down")
+            wait_for(
+                lambda: run.done() >= len(image_ids) and run.sink.open_records == 0,
+                WAIT_S,
+                "every record written with a node down",
+            )
             wait_for(lambda: group_lag(env, group) == 0, 30, "committed offsets")
         got = stored(env, image_ids)
         assert len(got) == len(image_ids), f"missing {sorted(set(image_ids) - set(got))[:5]}"
@@ -366,7 +424,11 @@ def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(env: Env,
         id_file.write_text("\n".join(image_ids))
         out = subprocess.run(
             [sys.executable, "-m", "consumers", "query", "--json", "--ids-from", str(id_file)],
-            cwd=REPO, env=env.env_vars(group), capture_output=True, text=True, timeout=300,
+            cwd=REPO,
+            env=env.env_vars(group),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         result = json.loads(out.stdout)
@@ -374,7 +436,12 @@ def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(env: Env,
         assert result["predictions"][image_ids[10]]["label"] == "label3"
         stats = subprocess.run(
             [sys.executable, "-m", "consumers", "query", "--json", "--stats"],
-            cwd=REPO, env=env.env_vars(group), capture_output=True, text=True, timeout=300)
+            cwd=REPO,
+            env=env.env_vars(group),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert stats.returncode == 0, stats.stderr[-2000:]
         assert json.loads(stats.stdout)["predictions"] >= len(image_ids)
     finally:
@@ -384,7 +451,9 @@ def test_sink_keeps_writing_at_quorum_with_a_cassandra_node_killed(env: Env,
 def _sink_proc(env: Env, group: str, log_path: Path, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "consumers", "sink", "--group", group],
-        cwd=REPO, env=env.env_vars(group, **extra), stdout=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env.env_vars(group, **extra),
+        stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
     )
 
@@ -397,8 +466,12 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(env: Env, tmp_path: Path) 
     first = _sink_proc(env, group, tmp_path / "sink1.log", PIPELINE_SINK__CONCURRENCY="16")
     try:
         # Mid-batch: some offsets committed, many records still to go.
-        wait_for(lambda: 0 < group_lag(env, group) < len(image_ids) - 200, WAIT_S,
-                 "the first sink to commit part of the topic", every_s=0.1)
+        wait_for(
+            lambda: 0 < group_lag(env, group) < len(image_ids) - 200,
+            WAIT_S,
+            "the first sink to commit part of the topic",
+            every_s=0.1,
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
@@ -420,10 +493,15 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(env: Env, tmp_path: Path) 
 
 def test_sink_refuses_consistency_that_cannot_overlap(env: Env, tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "consumers", "sink"], cwd=REPO,
-        env=env.env_vars(f"g-refuse-{uuid.uuid4().hex[:6]}",
-                         PIPELINE_CASSANDRA__WRITE_CONSISTENCY="ONE"),
-        capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "consumers", "sink"],
+        cwd=REPO,
+        env=env.env_vars(
+            f"g-refuse-{uuid.uuid4().hex[:6]}", PIPELINE_CASSANDRA__WRITE_CONSISTENCY="ONE"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "refuses to start" in out.stderr and "<= RF 3" in out.stderr, out.stderr[-2000:]
 
@@ -440,8 +518,11 @@ def test_second_sink_joining_mid_stream_rebalances_without_loss(env: Env) -> Non
         with SinkThread(env.settings(group, concurrency=16)) as b:
             # Cooperative rebalance: a drains and commits what it gives up, b takes over
             # (the sticky assignor decides which topics' partitions move).
-            wait_for(lambda: b.sink.assigned and len(a.sink.assigned) < 4 * 6, WAIT_S,
-                     "the second sink to take over partitions")
+            wait_for(
+                lambda: b.sink.assigned and len(a.sink.assigned) < 4 * 6,
+                WAIT_S,
+                "the second sink to take over partitions",
+            )
             assert not (a.sink.assigned & b.sink.assigned), "a partition held by both members"
             # More work on every topic, so both members get some of it.
             publish_predictions(env, image_ids[2000:], t0 + 2000)
@@ -449,9 +530,15 @@ def test_second_sink_joining_mid_stream_rebalances_without_loss(env: Env) -> Non
             for i, image_id in enumerate(rejected):
                 pub.dead_letter(image_id, STAGE_DLQS[i % 3], reason="late")
             pub.flush()
-            wait_for(lambda: a.done() + b.done() >= len(image_ids) + len(rejected)
-                     and a.sink.open_records == 0 and b.sink.open_records == 0, WAIT_S,
-                     "both sinks to settle every record")
+            wait_for(
+                lambda: (
+                    a.done() + b.done() >= len(image_ids) + len(rejected)
+                    and a.sink.open_records == 0
+                    and b.sink.open_records == 0
+                ),
+                WAIT_S,
+                "both sinks to settle every record",
+            )
             wait_for(lambda: group_lag(env, group) == 0, WAIT_S, "the group to commit")
     assert a.sink.counters.records > 0 and b.sink.counters.records > 0
     got = stored(env, image_ids)
@@ -468,8 +555,10 @@ def test_provisioning_adds_raw_key_to_an_older_rejections_table(env: Env) -> Non
     from schemas import cql
 
     keyspace = f"older_{uuid.uuid4().hex[:10]}"
-    old = [s.replace(",\n  raw_key           text", "") if ".rejections" in s else s
-           for s in cql.table_ddl(keyspace)]
+    old = [
+        s.replace(",\n  raw_key           text", "") if ".rejections" in s else s
+        for s in cql.table_ddl(keyspace)
+    ]
     assert not any("raw_key" in s for s in old)
     try:
         provision_keyspace(env.base, keyspace, table_ddl=[])  # the keyspace alone

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 __all__ = ["env"]  # the module-scoped fixture, shared with the sink tests
 
 RECORDS = int(os.environ.get("CONSUMERS_BENCH_RECORDS", "20000"))
-CONCURRENCY = [int(c) for c in os.environ.get("CONSUMERS_BENCH_CONCURRENCY", "16,64,128").split(",")]
+CONCURRENCY = [
+    int(c) for c in os.environ.get("CONSUMERS_BENCH_CONCURRENCY", "16,64,128").split(",")
+]
 RESULTS: dict[int, float] = {}
 
 
@@ -34,8 +36,11 @@ def published(env: Env) -> list[str]:
 @pytest.mark.parametrize("concurrency", CONCURRENCY)
 def test_rows_per_second(env: Env, published: list[str], concurrency: int) -> None:
     group = f"bench-{concurrency}-{uuid.uuid4().hex[:6]}"
-    with SinkThread(env.settings(group, concurrency=concurrency, max_pending_records=10_000,
-                                 health_interval_s=5.0)) as run:
+    with SinkThread(
+        env.settings(
+            group, concurrency=concurrency, max_pending_records=10_000, health_interval_s=5.0
+        )
+    ) as run:
         deadline = time.monotonic() + WAIT_S * 5
         first = None
         while time.monotonic() < deadline:
@@ -50,8 +55,10 @@ def test_rows_per_second(env: Env, published: list[str], concurrency: int) -> No
     rate = (rows - first[1]) / (end - first[0])
     RESULTS[concurrency] = rate
     load = os.getloadavg()[0]
-    print(f"\nsink concurrency {concurrency:4d}: {rate:7.0f} rows/s "
-          f"({rate / 2:6.0f} predictions/s), {rows} rows, load average {load:.1f}")
+    print(
+        f"\nsink concurrency {concurrency:4d}: {rate:7.0f} rows/s "
+        f"({rate / 2:6.0f} predictions/s), {rows} rows, load average {load:.1f}"
+    )
     assert group_lag(env, group) == 0, "offsets not committed on shutdown"
     if len(RESULTS) == len(CONCURRENCY):
         best = max(RESULTS, key=RESULTS.__getitem__)

@@ -43,13 +43,16 @@ def _seed(session: Any, ks: str) -> dict[str, Any]:
     """Rows with known answers; returns what each read must give."""
     ins_p = session.prepare(
         f"INSERT INTO {ks}.predictions (image_id, label, score, model_name, model_version,"
-        " source, processed_at) VALUES (?, ?, ?, 'm', '1', 'test', ?) USING TIMESTAMP ?")
+        " source, processed_at) VALUES (?, ?, ?, 'm', '1', 'test', ?) USING TIMESTAMP ?"
+    )
     ins_l = session.prepare(
         f"INSERT INTO {ks}.predictions_by_label (label, image_id, score, model_name,"
-        " model_version, source) VALUES (?, ?, ?, 'm', '1', 'test') USING TIMESTAMP ?")
+        " model_version, source) VALUES (?, ?, ?, 'm', '1', 'test') USING TIMESTAMP ?"
+    )
     ins_r = session.prepare(
         f"INSERT INTO {ks}.rejections (image_id, stage, reason, message, rejected_at)"
-        " VALUES (?, 'decode', 'corrupt', 'bad bytes', ?) USING TIMESTAMP ?")
+        " VALUES (?, 'decode', 'corrupt', 'bad bytes', ?) USING TIMESTAMP ?"
+    )
     status: dict[str, tuple[str, str]] = {}
     ts = 1_700_000_000_000_000
     for li, label in enumerate(LABELS):
@@ -67,9 +70,12 @@ def _seed(session: Any, ks: str) -> dict[str, Any]:
     # Label pages are checked against `predictions` only: a shadowed id keeps its page
     # entry while its (older) prediction row exists.
     by_label = {lb: sorted(i for i in status if i.startswith(f"p-{lb}-")) for lb in LABELS}
-    return {"status": status, "by_label": by_label,
-            "predictions": sum(len(v) for v in by_label.values()) - SHADOWED,
-            "rejections": REJECTED + SHADOWED}
+    return {
+        "status": status,
+        "by_label": by_label,
+        "predictions": sum(len(v) for v in by_label.values()) - SHADOWED,
+        "rejections": REJECTED + SHADOWED,
+    }
 
 
 class ReadLoop:
@@ -131,15 +137,19 @@ class ReadLoop:
             for kind in ("all", "point", "label", "stats"):
                 ms = [m for p, k, m in self.samples if p == phase and kind in ("all", k)]
                 if ms:
-                    lines.append(f"{phase:<8}{kind:<7}{len(ms):>6}{percentile(ms, 50):>9.1f}"
-                                 f"{percentile(ms, 99):>9.1f}{max(ms):>9.1f}")
+                    lines.append(
+                        f"{phase:<8}{kind:<7}{len(ms):>6}{percentile(ms, 50):>9.1f}"
+                        f"{percentile(ms, 99):>9.1f}{max(ms):>9.1f}"
+                    )
         lines.append(f"reads {len(self.samples)}, failed {len(self.failures)}")
         return "\n".join(lines)
 
 
 @pytest.mark.cassandra
 def test_reads_ride_through_a_killed_and_restarted_cassandra_node(
-    cassandra_cluster: Any, pipeline_settings: Any, unique_name: str,
+    cassandra_cluster: Any,
+    pipeline_settings: Any,
+    unique_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ks = f"reads_{unique_name}"
@@ -157,8 +167,12 @@ def test_reads_ride_through_a_killed_and_restarted_cassandra_node(
         cassandra_cluster.kill_node(victim)
         killed = True
         t_kill = time.monotonic()
-        loop.run_until("during", lambda: loop.count("during") >= PHASE_READS
-                       and time.monotonic() - t_kill >= DOWN_AT_LEAST_S)
+        loop.run_until(
+            "during",
+            lambda: (
+                loop.count("during") >= PHASE_READS and time.monotonic() - t_kill >= DOWN_AT_LEAST_S
+            ),
+        )
         start_error: list[BaseException] = []
 
         def restart() -> None:
@@ -190,7 +204,9 @@ def test_reads_ride_through_a_killed_and_restarted_cassandra_node(
 
 @pytest.mark.cluster
 def test_the_demo_wait_rides_through_a_killed_broker(
-    env: Any, kafka_cluster: Any, unique_name: str,  # noqa: F811 - the imported fixture
+    env: Any,  # noqa: F811 - the imported fixture
+    kafka_cluster: Any,
+    unique_name: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="infra.kafka_retry")
@@ -217,16 +233,25 @@ def test_the_demo_wait_rides_through_a_killed_broker(
     try:
         with SinkThread(env.settings(group)):
             acc, counts = wait_accounted(
-                env.session, env.keyspace, image_ids, kafka=env.base.kafka,
-                counted={"published": pred_topic}, before=before, timeout_s=150,
-                progress=on_progress, every_s=0.25)
+                env.session,
+                env.keyspace,
+                image_ids,
+                kafka=env.base.kafka,
+                counted={"published": pred_topic},
+                before=before,
+                timeout_s=150,
+                progress=on_progress,
+                every_s=0.25,
+            )
     finally:
         if killed_at:
             kafka_cluster.start_node(victim)
     assert kafka_cluster.wait_full_isr([pred_topic], deadline_s=120) == {}
     retries = sum(1 for r in caplog.records if "retrying" in r.getMessage())
-    print(f"\nwait finished {time.monotonic() - killed_at[0]:.1f}s after killing {victim}: "
-          f"{counts}; lag polls {len(lags)}; Kafka calls retried {retries} times")
+    print(
+        f"\nwait finished {time.monotonic() - killed_at[0]:.1f}s after killing {victim}: "
+        f"{counts}; lag polls {len(lags)}; Kafka calls retried {retries} times"
+    )
     assert acc.complete(), f"{len(acc.missing)} images unaccounted, e.g. {sorted(acc.missing)[:3]}"
     assert len(acc.stored) == len(image_ids) and not acc.rejected and not acc.both
     assert counts["published"] == len(image_ids)

@@ -28,7 +28,12 @@ def test_status_shows_six_nodes_up(kafka_cluster, cassandra_cluster, cluster_bac
     env = dict(os.environ, PIPELINE_RUN_DIR=str(cluster_backend.cluster.run_dir))
     out = subprocess.run(
         [sys.executable, "-m", "infra", "status", "--json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     status = json.loads(out.stdout)
     names = {n["name"]: n for n in status["nodes"]}
@@ -77,8 +82,9 @@ def test_provision_refuses_a_topic_with_the_wrong_shape(
     with pytest.raises(ProvisionError, match=f"{unique_name} exists with 2 partitions"):
         provision_topics(pipeline_settings, [TopicSpec(unique_name, partitions=3)])
     with pytest.raises(ProvisionError, match="replication factor"):
-        provision_topics(pipeline_settings, [TopicSpec(unique_name, partitions=2,
-                                                    replication_factor=2)])
+        provision_topics(
+            pipeline_settings, [TopicSpec(unique_name, partitions=2, replication_factor=2)]
+        )
     kafka_cluster.delete_topics([unique_name])
 
 
@@ -133,7 +139,8 @@ def test_provision_refuses_a_keyspace_with_the_wrong_rf(
     try:
         session.execute(
             f"CREATE KEYSPACE {unique_name} WITH replication = "
-            "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}", timeout=60,
+            "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}",
+            timeout=60,
         )
         with pytest.raises(ProvisionError, match=f"keyspace {unique_name} exists"):
             provision_keyspace(pipeline_settings, unique_name, table_ddl=[])

@@ -25,10 +25,14 @@ def test_kafka_survives_a_killed_broker_and_takes_it_back(
 
     kafka_cluster.kill_node("kafka-2")
     try:
-        producer = Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-            "delivery.timeout.ms": 90_000,
-        })
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "delivery.timeout.ms": 90_000,
+            }
+        )
         errors: list[str] = []
         delivered: list[int] = []
 
@@ -39,8 +43,9 @@ def test_kafka_survives_a_killed_broker_and_takes_it_back(
                 delivered.append(msg.partition())
 
         for i in range(MESSAGES):
-            producer.produce(topic, key=str(i).encode(), value=f"v{i}".encode(),
-                             on_delivery=on_delivery)
+            producer.produce(
+                topic, key=str(i).encode(), value=f"v{i}".encode(), on_delivery=on_delivery
+            )
             producer.poll(0)
         assert producer.flush(120) == 0
         assert errors == []
@@ -51,10 +56,14 @@ def test_kafka_survives_a_killed_broker_and_takes_it_back(
     short = kafka_cluster.wait_full_isr([topic], deadline_s=120)
     assert short == {}, f"kafka-2 did not rejoin the ISR: {short}"
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"{unique_name}-g",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{unique_name}-g",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     seen: set[bytes] = set()
     deadline = time.monotonic() + 60
@@ -79,10 +88,12 @@ def test_cassandra_quorum_with_a_killed_node_and_rejoin(
     table = f"CREATE TABLE IF NOT EXISTS {ks}.kv (k text PRIMARY KEY, v int)"
     provision_keyspace(pipeline_settings, ks, table_ddl=[table])
     session = cassandra_session(pipeline_settings)
-    write = SimpleStatement(f"INSERT INTO {ks}.kv (k, v) VALUES (%s, %s)",
-                            consistency_level=ConsistencyLevel.QUORUM)
-    read = SimpleStatement(f"SELECT v FROM {ks}.kv WHERE k = %s",
-                           consistency_level=ConsistencyLevel.QUORUM)
+    write = SimpleStatement(
+        f"INSERT INTO {ks}.kv (k, v) VALUES (%s, %s)", consistency_level=ConsistencyLevel.QUORUM
+    )
+    read = SimpleStatement(
+        f"SELECT v FROM {ks}.kv WHERE k = %s", consistency_level=ConsistencyLevel.QUORUM
+    )
     try:
         cassandra_cluster.kill_node("cassandra-3")
         try:
@@ -98,8 +109,9 @@ def test_cassandra_quorum_with_a_killed_node_and_rejoin(
         # session: the old one's driver backs off exponentially before reconnecting.
         fresh = cassandra_session(pipeline_settings)
         try:
-            read_all = SimpleStatement(f"SELECT v FROM {ks}.kv WHERE k = %s",
-                                       consistency_level=ConsistencyLevel.ALL)
+            read_all = SimpleStatement(
+                f"SELECT v FROM {ks}.kv WHERE k = %s", consistency_level=ConsistencyLevel.ALL
+            )
             rows = [fresh.execute(read_all, (f"k{i}",), timeout=30).one() for i in range(20)]
         finally:
             fresh.cluster.shutdown()

@@ -26,17 +26,23 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 
 def _kcat_block() -> str:
     text = DOC.read_text()
-    m = re.search(r"<!-- kcat-publish.*?-->\s*```sh\n(.*?)```\s*<!-- /kcat-publish -->", text, re.DOTALL)
+    m = re.search(
+        r"<!-- kcat-publish.*?-->\s*```sh\n(.*?)```\s*<!-- /kcat-publish -->", text, re.DOTALL
+    )
     assert m, "docs/contracts.md lost its kcat-publish block"
     return m.group(1)
 
 
 def _consumer(kafka: Any) -> Consumer:
-    return Consumer(consumer_config(kafka, f"test-contracts-{uuid.uuid4().hex}", {"enable.auto.commit": False}))
+    return Consumer(
+        consumer_config(kafka, f"test-contracts-{uuid.uuid4().hex}", {"enable.auto.commit": False})
+    )
 
 
 @pytest.mark.kafka
-def test_kcat_command_from_the_docs_publishes_a_valid_raw_record(kafka_cluster, pipeline_settings, tmp_path) -> None:
+def test_kcat_command_from_the_docs_publishes_a_valid_raw_record(
+    kafka_cluster, pipeline_settings, tmp_path
+) -> None:
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.fail("kcat not installed: `apt-get install -y kafkacat` (make setup does it)")
@@ -52,8 +58,13 @@ def test_kcat_command_from_the_docs_publishes_a_valid_raw_record(kafka_cluster, 
         start = partition_end_offsets(kafka, topics.RAW, timeout_s=30)  # kafka_retry
         before_ms = int(time.time() * 1000)
         env = {**os.environ, "BOOTSTRAP": bootstrap, "ID": image_id, "FILE": str(photo)}
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", _kcat_block()], env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _kcat_block()],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         c.assign([TopicPartition(topics.RAW, p, o) for p, o in start.items()])
         deadline = time.monotonic() + 60
@@ -86,18 +97,26 @@ def test_ddl_applies_on_the_real_cluster(cassandra_cluster, pipeline_settings) -
             session.execute(cql.keyspace_ddl(ks, 3, settings.local_datacenter), timeout=60)
             for stmt in cql.table_ddl(ks):
                 session.execute(stmt, timeout=60)
-        rows = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))
+        rows = session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,)
+        )
         assert sorted(r.table_name for r in rows) == sorted(cql.TABLES)
-        repl = session.execute(
-            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
-        ).one().replication
+        repl = (
+            session.execute(
+                "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
+            )
+            .one()
+            .replication
+        )
         assert repl[settings.local_datacenter] == "3"
         for table, stmt in zip(cql.TABLES, cql.table_ddl(ks), strict=True):
             cols = session.execute(
                 "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
                 (ks, table),
             )
-            declared = set(re.findall(r"^\s+(\w+)\s+\w", stmt.split("(", 1)[1], re.MULTILINE)) - {"PRIMARY"}
+            declared = set(re.findall(r"^\s+(\w+)\s+\w", stmt.split("(", 1)[1], re.MULTILINE)) - {
+                "PRIMARY"
+            }
             assert {r.column_name for r in cols} == declared, table
     finally:
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)

@@ -49,7 +49,10 @@ def end_offsets(settings: ProducerSettings, topic: str = topics.RAW) -> dict[int
 
 
 def read_back(
-    settings: ProducerSettings, start: dict[int, int], ids: set[str], topic: str = topics.RAW,
+    settings: ProducerSettings,
+    start: dict[int, int],
+    ids: set[str],
+    topic: str = topics.RAW,
     timeout_s: float = 120.0,
 ) -> list[Any]:
     """Every record of `topic` between `start` and the current end whose key is in `ids`."""
@@ -83,7 +86,9 @@ def test_every_published_image_is_one_record_with_key_value_and_headers(settings
     items += [*synthetic_items(2, (96, 64), seed + 2, fmt="WEBP")]
     # Sample variants and corrupt files (published as they are), skipping the fixed originals.
     items += list(sample_items(repeat=2, corrupt=4, seed=seed))[5:]
-    items.append(Item(next(synthetic_items(1, (32, 32), seed + 3)).data, "supplied", image_id=f"it-{tag}"))
+    items.append(
+        Item(next(synthetic_items(1, (32, 32), seed + 3)).data, "supplied", image_id=f"it-{tag}")
+    )
     start = end_offsets(settings)
     result = publish_items(items, settings)
     s = result.summary

@@ -50,8 +50,9 @@ class Api:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def get(self, path: str, token: str | None = "default", method: str = "GET"
-            ) -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self, path: str, token: str | None = "default", method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request(self.url.rstrip("/") + path, method=method)
         tok = self.token if token == "default" else token
         if tok is not None:
@@ -89,20 +90,38 @@ def _fill(session: Any, ks: str, tag: str, raw_topic: str, raw_offset: int) -> d
         f"INSERT INTO {ks}.predictions (image_id, label, class_index, score, top_k, model_name, "
         "model_version, source, content_type, raw_topic, raw_partition, raw_offset, produced_at, "
         "processed_at, stored_at, stage_ms) VALUES (?, ?, ?, ?, ?, 'm', '1', ?, 'image/jpeg', ?, "
-        "0, ?, ?, ?, ?, ?)")
+        "0, ?, ?, ?, ?, ?)"
+    )
     ins_l = session.prepare(
         f"INSERT INTO {ks}.predictions_by_label (label, image_id, score, model_name, "
-        "model_version, source, produced_at) VALUES (?, ?, ?, 'm', '1', ?, ?)")
+        "model_version, source, produced_at) VALUES (?, ?, ?, 'm', '1', ?, ?)"
+    )
     ins_r = session.prepare(
         f"INSERT INTO {ks}.rejections (image_id, stage, reason, error_class, message, retriable, "
         "source, origin_topic, origin_partition, origin_offset, produced_at, rejected_at, "
         "stored_at) VALUES (?, 'decode', ?, 'E', 'bad bytes', false, 'test', 'images.raw', 0, "
-        "?, ?, ?, ?)")
+        "?, ?, ?, ?)"
+    )
 
     def pred(image_id: str, label: str, i: int, offset: int) -> None:
         top = [(281, label, 0.9), (282, "other", 0.05)]
-        session.execute(ins_p, (image_id, label, 281, 0.9, top, f"src/{i}", raw_topic, offset,
-                                now, now + 5, now + 9, {"decode": 2, "infer": 30}))
+        session.execute(
+            ins_p,
+            (
+                image_id,
+                label,
+                281,
+                0.9,
+                top,
+                f"src/{i}",
+                raw_topic,
+                offset,
+                now,
+                now + 5,
+                now + 9,
+                {"decode": 2, "infer": 30},
+            ),
+        )
         session.execute(ins_l, (label, image_id, 0.9, f"src/{i}", now))
 
     cats = sorted(f"{tag}-cat-{i:02d}" for i in range(CATS))
@@ -119,13 +138,22 @@ def _fill(session: Any, ks: str, tag: str, raw_topic: str, raw_offset: int) -> d
     rejected = {f"{tag}-rej-{i}": ("undecodable" if i < 3 else "too-large") for i in range(5)}
     for i, (image_id, reason) in enumerate(rejected.items()):
         session.execute(ins_r, (image_id, reason, i, now, now + i, now + i))
-    return {"cats": cats, "espresso": espresso, "rejected": rejected, "thumb_id": thumb_id,
-            "gone_id": espresso[1]}
+    return {
+        "cats": cats,
+        "espresso": espresso,
+        "rejected": rejected,
+        "thumb_id": thumb_id,
+        "gone_id": espresso[1],
+    }
 
 
 @pytest.fixture(scope="module")
-def api(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(
+    kafka_cluster: Any,
+    cassandra_cluster: Any,
+    cluster_backend: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
     from confluent_kafka import Producer
 
     from consumers.api.tls import client_context
@@ -140,8 +168,12 @@ def api(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any,
     kafka_cluster.create_topic(raw_topic, partitions=1)
     producer = Producer(producer_config(settings.kafka))
     delivered: list[Any] = []
-    producer.produce(raw_topic, key=f"{tag}-thumb".encode(), value=_jpeg(),
-                     on_delivery=lambda err, msg: delivered.append((err, msg)))
+    producer.produce(
+        raw_topic,
+        key=f"{tag}-thumb".encode(),
+        value=_jpeg(),
+        on_delivery=lambda err, msg: delivered.append((err, msg)),
+    )
     producer.flush(30)
     assert delivered and delivered[0][0] is None, delivered
     offset = delivered[0][1].offset()
@@ -164,8 +196,13 @@ def api(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any,
     }
     log = run_dir / "api.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "consumers", "api"], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "api"],
+            cwd=REPO,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         endpoint = run_dir / "api" / "endpoint.json"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -176,8 +213,15 @@ def api(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any,
         info = json.loads(endpoint.read_text())
         ca = Path(info["ca_cert"])
         assert (ca.stat().st_mode & 0o777) == 0o600
-        yield Api(url=info["url"], token=token, ctx=client_context(ca), keyspace=ks,
-                  proc=proc, log=log, **rows)
+        yield Api(
+            url=info["url"],
+            token=token,
+            ctx=client_context(ca),
+            keyspace=ks,
+            proc=proc,
+            log=log,
+            **rows,
+        )
     finally:
         proc.terminate()
         try:
@@ -197,7 +241,9 @@ def test_no_token_and_wrong_token_are_401_with_json(api: Api) -> None:
     body = api.json("/v1/stats", 401, token=None)
     assert body["error"] == "unauthorized"
     assert api.json("/v1/stats", 401, token="x" * 64)["error"] == "unauthorized"
-    assert api.json(f"/v1/images/{api.cats[0]}", 401, token=api.token[:-1])["error"] == "unauthorized"
+    assert (
+        api.json(f"/v1/images/{api.cats[0]}", 401, token=api.token[:-1])["error"] == "unauthorized"
+    )
     code, headers, _ = api.get("/v1/stats", token=None)
     assert code == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")
 
@@ -205,8 +251,13 @@ def test_no_token_and_wrong_token_are_401_with_json(api: Api) -> None:
 def test_healthz_openapi_and_page_need_no_token(api: Api) -> None:
     assert api.json("/healthz", token=None)["status"] == "ok"
     spec = api.json("/openapi.json", token=None)
-    assert {"/v1/images/{image_id}", "/v1/labels/{label}", "/v1/rejections", "/v1/stats",
-            "/healthz"} <= set(spec["paths"])
+    assert {
+        "/v1/images/{image_id}",
+        "/v1/labels/{label}",
+        "/v1/rejections",
+        "/v1/stats",
+        "/healthz",
+    } <= set(spec["paths"])
     code, headers, body = api.get("/", token=None)
     assert code == 200 and b"/static/page.js" in body
     assert "script-src 'self'" in headers.get("Content-Security-Policy", "")
@@ -217,8 +268,9 @@ def test_https_only_and_only_our_ca_is_trusted(api: Api) -> None:
     host, port = urllib.parse.urlsplit(api.url).hostname, urllib.parse.urlsplit(api.url).port
     assert host and port
     with pytest.raises(urllib.error.URLError):  # the system CAs do not know our CA
-        urllib.request.urlopen(api.url + "healthz", context=ssl.create_default_context(),
-                               timeout=10)
+        urllib.request.urlopen(
+            api.url + "healthz", context=ssl.create_default_context(), timeout=10
+        )
     with socket.create_connection((host, port), timeout=10) as s:  # plain HTTP gets no answer
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         s.settimeout(10)
@@ -241,10 +293,16 @@ def test_image_prediction_rejection_and_missing(api: Api) -> None:
     assert api.json("/v1/images/never-stored-id", 404)["error"] == "not_found"
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/images/bad%20id", "/v1/images/" + "a" * 201, "/v1/images/%00", "/v1/images/%E2%98%83",
-    "/v1/images/x?unknown=1",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/images/bad%20id",
+        "/v1/images/" + "a" * 201,
+        "/v1/images/%00",
+        "/v1/images/%E2%98%83",
+        "/v1/images/x?unknown=1",
+    ],
+)
 def test_malformed_image_ids_are_400(api: Api, path: str) -> None:
     body = api.json(path, 400)
     assert body["error"] in ("bad_image_id", "unknown_parameter") and body["message"]
@@ -290,20 +348,23 @@ def test_label_pages_cover_every_image_once_in_order(api: Api) -> None:
     assert [r["image_id"] for r in first["items"]] == api.cats and first["next_page"] is None
 
 
-@pytest.mark.parametrize(("path", "status", "error"), [
-    ("/v1/labels/no%20such%20label", 404, "unknown_label"),
-    ("/v1/labels/tabby%20cat?limit=-1", 400, "bad_limit"),
-    ("/v1/labels/tabby%20cat?limit=0", 400, "bad_limit"),
-    ("/v1/labels/tabby%20cat?limit=100000", 400, "bad_limit"),
-    ("/v1/labels/tabby%20cat?limit=ten", 400, "bad_limit"),
-    ("/v1/labels/tabby%20cat?page=%%%", 400, "bad_page_token"),
-    ("/v1/labels/tabby%20cat?page=bm90LWpzb24", 400, "bad_page_token"),
-    ("/v1/labels/tabby%20cat?limit=1&limit=2", 400, "repeated_parameter"),
-    ("/v1/labels/" + "x" * 300, 400, "bad_label"),
-    ("/v1/labels/a%01b", 400, "bad_label"),
-    ("/v1/stats?" + "q=" + "a" * 5000, 414, "uri_too_long"),
-    ("/v1/nowhere", 404, "not_found"),
-])
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        ("/v1/labels/no%20such%20label", 404, "unknown_label"),
+        ("/v1/labels/tabby%20cat?limit=-1", 400, "bad_limit"),
+        ("/v1/labels/tabby%20cat?limit=0", 400, "bad_limit"),
+        ("/v1/labels/tabby%20cat?limit=100000", 400, "bad_limit"),
+        ("/v1/labels/tabby%20cat?limit=ten", 400, "bad_limit"),
+        ("/v1/labels/tabby%20cat?page=%%%", 400, "bad_page_token"),
+        ("/v1/labels/tabby%20cat?page=bm90LWpzb24", 400, "bad_page_token"),
+        ("/v1/labels/tabby%20cat?limit=1&limit=2", 400, "repeated_parameter"),
+        ("/v1/labels/" + "x" * 300, 400, "bad_label"),
+        ("/v1/labels/a%01b", 400, "bad_label"),
+        ("/v1/stats?" + "q=" + "a" * 5000, 414, "uri_too_long"),
+        ("/v1/nowhere", 404, "not_found"),
+    ],
+)
 def test_bad_input_is_a_4xx_with_a_json_error(api: Api, path: str, status: int, error: str) -> None:
     body = api.json(path, status)
     assert body["error"] == error and "Traceback" not in json.dumps(body)

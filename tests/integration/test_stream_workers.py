@@ -213,8 +213,13 @@ class Results:
         self.consumer.close()
 
 
-def read_results(pipe: Pipeline, group: str, ids: set[str], timeout: float,
-                 progress: Callable[[], None] | None = None) -> Results:
+def read_results(
+    pipe: Pipeline,
+    group: str,
+    ids: set[str],
+    timeout: float,
+    progress: Callable[[], None] | None = None,
+) -> Results:
     """Read the pipeline's outputs until every id has one (or timeout), then close."""
     results = Results(pipe, group)
     try:
@@ -390,7 +395,9 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     items.append((None, photo("chelsea.png")))  # no key: breaks the raw contract
     pipeline.produce(items)
 
-    results = read_results(pipeline, f"{unique_name}-read", set(good) | set(bad) | {""}, timeout=240)
+    results = read_results(
+        pipeline, f"{unique_name}-read", set(good) | set(bad) | {""}, timeout=240
+    )
     for key, (data, reason) in bad.items():
         assert key not in results.predictions
         letter = results.dead[key][0]

@@ -18,9 +18,15 @@ NOW = datetime(2026, 12, 1, 15, 0, 0, tzinfo=UTC)
 
 
 def _manifest(**kw) -> Manifest:
-    base = dict(backup_id="backup-x", tag="backup-x", keyspace="vision", created_at="",
-                created_at_ms=0, nodes=["cassandra-1", "cassandra-2", "cassandra-3"],
-                schema={"keyspace": "", "tables": {"predictions": "", "rejections": ""}})
+    base = dict(
+        backup_id="backup-x",
+        tag="backup-x",
+        keyspace="vision",
+        created_at="",
+        created_at_ms=0,
+        nodes=["cassandra-1", "cassandra-2", "cassandra-3"],
+        schema={"keyspace": "", "tables": {"predictions": "", "rejections": ""}},
+    )
     base.update(kw)
     return Manifest(**base)
 
@@ -77,7 +83,9 @@ def test_restore_refuses_a_changed_topology():
 def test_short_counts_is_a_lower_bound():
     m = _manifest(row_counts={"predictions": 10, "rejections": 2})
     assert short_counts(m, {"predictions": 12, "rejections": 2}) == []
-    assert short_counts(m, {"predictions": 9, "rejections": 2}) == ["predictions: 9 rows, backup recorded 10"]
+    assert short_counts(m, {"predictions": 9, "rejections": 2}) == [
+        "predictions: 9 rows, backup recorded 10"
+    ]
 
 
 def test_retention_warnings():
@@ -90,7 +98,9 @@ def test_retention_warnings():
 
 
 def test_if_not_exists():
-    assert if_not_exists("CREATE TABLE ks.t (k int PRIMARY KEY)").startswith("CREATE TABLE IF NOT EXISTS ks.t")
+    assert if_not_exists("CREATE TABLE ks.t (k int PRIMARY KEY)").startswith(
+        "CREATE TABLE IF NOT EXISTS ks.t"
+    )
     assert if_not_exists("CREATE KEYSPACE ks WITH x").startswith("CREATE KEYSPACE IF NOT EXISTS ks")
     assert if_not_exists("CREATE TABLE IF NOT EXISTS ks.t") == "CREATE TABLE IF NOT EXISTS ks.t"
 
@@ -111,5 +121,7 @@ Status=Up/Down
 UN  127.0.0.3  273.86 KiB  16      100.0%            b07aab81-12a2-44e4-b341-7c6d3f766cf6  rack1
 DN  127.0.0.2  306.44 KiB  16      100.0%            79eaf951-53eb-4cac-b9fc-552e4a4d01ed  rack1
 """
-    assert host_ids(out) == {"127.0.0.3": ("UN", "b07aab81-12a2-44e4-b341-7c6d3f766cf6"),
-                             "127.0.0.2": ("DN", "79eaf951-53eb-4cac-b9fc-552e4a4d01ed")}
+    assert host_ids(out) == {
+        "127.0.0.3": ("UN", "b07aab81-12a2-44e4-b341-7c6d3f766cf6"),
+        "127.0.0.2": ("DN", "79eaf951-53eb-4cac-b9fc-552e4a4d01ed"),
+    }

@@ -26,14 +26,34 @@ def _backup(root: Path, bid: str = "backup-20261201T150000Z") -> tuple[Path, Man
     for node in ("cassandra-1", "cassandra-2"):
         t = d / node / "vision" / "predictions"
         t.mkdir(parents=True)
-        for name, body in (("oa-1-big-Data.db", b"data-" + node.encode() * 50), ("oa-1-big-TOC.txt", b"toc")):
+        for name, body in (
+            ("oa-1-big-Data.db", b"data-" + node.encode() * 50),
+            ("oa-1-big-TOC.txt", b"toc"),
+        ):
             (t / name).write_bytes(body)
-            files.append(FileEntry(node, "predictions", f"{node}/vision/predictions/{name}",
-                                   len(body), sha256_of(t / name)))
-    m = Manifest(backup_id=bid, tag=bid, keyspace="vision", created_at="2026-12-01T15:00:00+00:00",
-                 created_at_ms=1_796_137_200_000, nodes=["cassandra-1", "cassandra-2"],
-                 schema={"keyspace": "CREATE KEYSPACE vision ...", "tables": {"predictions": "CREATE TABLE ..."}},
-                 files=files, row_counts={"predictions": 7})
+            files.append(
+                FileEntry(
+                    node,
+                    "predictions",
+                    f"{node}/vision/predictions/{name}",
+                    len(body),
+                    sha256_of(t / name),
+                )
+            )
+    m = Manifest(
+        backup_id=bid,
+        tag=bid,
+        keyspace="vision",
+        created_at="2026-12-01T15:00:00+00:00",
+        created_at_ms=1_796_137_200_000,
+        nodes=["cassandra-1", "cassandra-2"],
+        schema={
+            "keyspace": "CREATE KEYSPACE vision ...",
+            "tables": {"predictions": "CREATE TABLE ..."},
+        },
+        files=files,
+        row_counts={"predictions": 7},
+    )
     write_manifest(d, m)
     return d, m
 
@@ -91,8 +111,11 @@ def test_list_shows_complete_and_incomplete_oldest_first(tmp_path):
     (tmp_path / "backup-20261201T170000Z").mkdir()
     (tmp_path / "backup-20261201T180000Z.partial").mkdir()  # in progress: not listed
     rows = list_backups(tmp_path)
-    assert [r[0] for r in rows] == ["backup-20261201T150000Z", "backup-20261201T160000Z",
-                                    "backup-20261201T170000Z"]
+    assert [r[0] for r in rows] == [
+        "backup-20261201T150000Z",
+        "backup-20261201T160000Z",
+        "backup-20261201T170000Z",
+    ]
     assert rows[2][1] is None and "incomplete" in rows[2][2]
 
 

@@ -50,12 +50,25 @@ def test_throughput_and_ratio() -> None:
 
 def test_stage_breakdown_hops() -> None:
     rows = [
-        {"produced_at": 0, "stored_at": 100, "stage_ms": {"decode": 10, "infer": 60, "postprocess": 70}},
-        {"produced_at": 0, "stored_at": 200, "stage_ms": {"decode": 20, "infer": 120, "postprocess": 150}},
+        {
+            "produced_at": 0,
+            "stored_at": 100,
+            "stage_ms": {"decode": 10, "infer": 60, "postprocess": 70},
+        },
+        {
+            "produced_at": 0,
+            "stored_at": 200,
+            "stage_ms": {"decode": 20, "infer": 120, "postprocess": 150},
+        },
         {"produced_at": 0, "stored_at": 50, "stage_ms": {}},  # no trace: only counted end to end
     ]
     b = stage_breakdown(rows, ["decode", "infer", "postprocess"])
-    assert list(b) == ["produced->decode", "decode->infer", "infer->postprocess", "postprocess->stored"]
+    assert list(b) == [
+        "produced->decode",
+        "decode->infer",
+        "infer->postprocess",
+        "postprocess->stored",
+    ]
     assert b["produced->decode"]["count"] == 2
     assert b["decode->infer"]["mean_ms"] == 75.0
     assert b["postprocess->stored"]["p50_ms"] == 30.0

@@ -93,7 +93,7 @@ def test_workers_and_sink_run_under_the_supervisor(services):
     assert worker[:4] == ["python", "-m", "stream_app", "workers"]
     sink = services["sink"]["command"]
     assert sink[:3] == ["python", "-m", "infra.supervisor"]
-    assert sink[sink.index("--") + 1:] == ["python", "-m", "consumers", "sink"]
+    assert sink[sink.index("--") + 1 :] == ["python", "-m", "consumers", "sink"]
     for name in ("stream-worker", "sink"):
         svc = services[name]
         assert svc["init"] is True, "tini as pid 1 forwards signals and reaps"

@@ -48,8 +48,12 @@ def test_simple_strategy():
 
 
 def test_keyspace_without_replicas_in_local_dc_is_refused():
-    o = check_overlap({"class": "NetworkTopologyStrategy", "dc2": "3"}, "datacenter1",
-                      "LOCAL_QUORUM", "LOCAL_QUORUM")
+    o = check_overlap(
+        {"class": "NetworkTopologyStrategy", "dc2": "3"},
+        "datacenter1",
+        "LOCAL_QUORUM",
+        "LOCAL_QUORUM",
+    )
     assert not o.ok and "no replicas in the local datacenter" in o.reason
 
 

@@ -25,20 +25,31 @@ class FakeSession:
     """Serves `rows` in pages of the statement's fetch_size; `failures` maps a paging
     state (None = first page) to how many times that page fails first."""
 
-    def __init__(self, rows: list[Any], failures: dict[Any, int] | None = None,
-                 error: type[Exception] = OperationTimedOut) -> None:
+    def __init__(
+        self,
+        rows: list[Any],
+        failures: dict[Any, int] | None = None,
+        error: type[Exception] = OperationTimedOut,
+    ) -> None:
         self.rows = rows
         self.failures = dict(failures or {})
         self.error = error
         self.requests: list[tuple[Any, Any]] = []
-        self.cluster = SimpleNamespace(profile_manager=SimpleNamespace(
-            profiles={cassandra_session.READ_PROFILE: object()}))
+        self.cluster = SimpleNamespace(
+            profile_manager=SimpleNamespace(profiles={cassandra_session.READ_PROFILE: object()})
+        )
 
     def prepare(self, text: str) -> FakePrepared:
         return FakePrepared(text)
 
-    def execute(self, stmt: FakePrepared, params: Any = None, *, execution_profile: Any,
-                paging_state: Any = None) -> Any:
+    def execute(
+        self,
+        stmt: FakePrepared,
+        params: Any = None,
+        *,
+        execution_profile: Any,
+        paging_state: Any = None,
+    ) -> Any:
         assert stmt.is_idempotent, "every read must be idempotent"
         assert execution_profile == cassandra_session.READ_PROFILE
         self.requests.append((paging_state, params))
@@ -47,8 +58,9 @@ class FakeSession:
             raise self.error("timed out")
         start = paging_state or 0
         end = start + (stmt.fetch_size or len(self.rows))
-        return SimpleNamespace(current_rows=self.rows[start:end],
-                               paging_state=end if end < len(self.rows) else None)
+        return SimpleNamespace(
+            current_rows=self.rows[start:end], paging_state=end if end < len(self.rows) else None
+        )
 
 
 def row(**kw: Any) -> SimpleNamespace:
@@ -89,21 +101,38 @@ def test_count_rows_scans_every_page_under_the_read_profile() -> None:
 
 
 def test_resolve_one_status_per_image_newer_write_wins() -> None:
-    preds = {"a": {"label": "cat", "write_time": 200}, "b": {"label": "cup", "write_time": 100},
-             "t": {"label": "dog", "write_time": 50}}
-    rejs = {"b": {"reason": "bad", "write_time": 300}, "a": {"reason": "old", "write_time": 150},
-            "c": {"reason": "x", "write_time": 1}, "t": {"reason": "tie", "write_time": 50}}
+    preds = {
+        "a": {"label": "cat", "write_time": 200},
+        "b": {"label": "cup", "write_time": 100},
+        "t": {"label": "dog", "write_time": 50},
+    }
+    rejs = {
+        "b": {"reason": "bad", "write_time": 300},
+        "a": {"reason": "old", "write_time": 150},
+        "c": {"reason": "x", "write_time": 1},
+        "t": {"reason": "tie", "write_time": 50},
+    }
     out = queries.resolve(["a", "b", "c", "d", "t", "a"], preds, rejs)
-    assert set(out.predictions) == {"a", "t"}   # a newer as a prediction; a tie: prediction
-    assert set(out.rejections) == {"b", "c"}    # b's rejection is newer
+    assert set(out.predictions) == {"a", "t"}  # a newer as a prediction; a tie: prediction
+    assert set(out.rejections) == {"b", "c"}  # b's rejection is newer
     assert out.missing == ["d"]
     assert out.shadowed == {"a", "b", "t"}
     assert not set(out.predictions) & set(out.rejections)
 
 
 def test_by_label_skips_stale_index_rows_and_keeps_fetching_until_full(monkeypatch) -> None:
-    hits = [row(label="cat", image_id=f"i{n:02}", score=0.9, model_name="m", model_version="1",
-                source="s", produced_at=None) for n in range(30)]
+    hits = [
+        row(
+            label="cat",
+            image_id=f"i{n:02}",
+            score=0.9,
+            model_name="m",
+            model_version="1",
+            source="s",
+            produced_at=None,
+        )
+        for n in range(30)
+    ]
     session = FakeSession(hits)
     # Every third image has another label now; i01 has no prediction any more.
     current = {f"i{n:02}": {"label": "dog" if n % 3 == 0 else "cat"} for n in range(30)}
@@ -125,22 +154,55 @@ def test_by_label_skips_stale_index_rows_and_keeps_fetching_until_full(monkeypat
 
 
 def test_by_label_stops_when_the_label_has_no_more_rows(monkeypatch) -> None:
-    session = FakeSession([row(label="cat", image_id="a", score=1.0, model_name="m",
-                               model_version="1", source="s", produced_at=None)])
+    session = FakeSession(
+        [
+            row(
+                label="cat",
+                image_id="a",
+                score=1.0,
+                model_name="m",
+                model_version="1",
+                source="s",
+                produced_at=None,
+            )
+        ]
+    )
     monkeypatch.setattr(queries, "fetch_predictions", lambda *_a, **_k: {})
     assert queries.by_label(session, "cat", keyspace="ks", limit=5) == []
 
 
 def test_stats_counts_each_image_once() -> None:
-    preds = [{"image_id": "a", "label": "cat", "score": 0.9, "model_name": "m",
-              "processed_at": 2, "write_time": 200},
-             {"image_id": "b", "label": "cup", "score": 0.8, "model_name": "m",
-              "processed_at": 3, "write_time": 100},
-             {"image_id": "c", "label": "cat", "score": 0.7, "model_name": "m",
-              "processed_at": 1, "write_time": 100}]
-    rejs = [{"image_id": "b", "stage": "decode", "reason": "corrupt", "write_time": 300},
-            {"image_id": "a", "stage": "decode", "reason": "corrupt", "write_time": 100},
-            {"image_id": "z", "stage": "infer", "reason": "nan", "write_time": 5}]
+    preds = [
+        {
+            "image_id": "a",
+            "label": "cat",
+            "score": 0.9,
+            "model_name": "m",
+            "processed_at": 2,
+            "write_time": 200,
+        },
+        {
+            "image_id": "b",
+            "label": "cup",
+            "score": 0.8,
+            "model_name": "m",
+            "processed_at": 3,
+            "write_time": 100,
+        },
+        {
+            "image_id": "c",
+            "label": "cat",
+            "score": 0.7,
+            "model_name": "m",
+            "processed_at": 1,
+            "write_time": 100,
+        },
+    ]
+    rejs = [
+        {"image_id": "b", "stage": "decode", "reason": "corrupt", "write_time": 300},
+        {"image_id": "a", "stage": "decode", "reason": "corrupt", "write_time": 100},
+        {"image_id": "z", "stage": "infer", "reason": "nan", "write_time": 5},
+    ]
     st = queries.summarize(preds, rejs, newest=5)
     assert st["predictions"] == 2 and st["rejections"] == 2
     assert st["by_label"] == {"cat": 2}
@@ -201,7 +263,8 @@ def test_point_reads_that_fail_retriably_are_asked_again(monkeypatch) -> None:
     with pytest.raises(OperationTimedOut):
         queries.fetch_rejections(session, ["a"], keyspace="ks")
     calls.clear()
-    monkeypatch.setattr(concurrent, "execute_concurrent_with_args",
-                        lambda *_a, **_k: [(False, ValueError("bad"))])
+    monkeypatch.setattr(
+        concurrent, "execute_concurrent_with_args", lambda *_a, **_k: [(False, ValueError("bad"))]
+    )
     with pytest.raises(ValueError):
         queries.fetch_rejections(session, ["a"], keyspace="ks")

@@ -57,7 +57,10 @@ def test_prediction_maps_to_both_tables_with_processed_at_as_write_time():
     assert main.timestamp_us == by_label.timestamp_us == 1_700_000_005_000 * 1000
     # One status per image: the same request deletes its rejection at its own time.
     assert (drop.statement, drop.params, drop.timestamp_us) == (
-        DELETE_REJECTION, ("img-1",), main.timestamp_us)
+        DELETE_REJECTION,
+        ("img-1",),
+        main.timestamp_us,
+    )
     p = main.params
     assert p[:4] == ("img-1", "golden retriever", 207, 0.875)
     assert p[4] == [(207, "golden retriever", 0.875), (208, "Labrador retriever", 0.0625)]
@@ -68,10 +71,12 @@ def test_prediction_maps_to_both_tables_with_processed_at_as_write_time():
 
 
 def test_newer_record_gets_a_larger_timestamp():
-    old = map_record(kafka(topics.PREDICTIONS, *codec.encode("Prediction", prediction(
-        processed_at_ms=1000))))
-    new = map_record(kafka(topics.PREDICTIONS, *codec.encode("Prediction", prediction(
-        processed_at_ms=2000))))
+    old = map_record(
+        kafka(topics.PREDICTIONS, *codec.encode("Prediction", prediction(processed_at_ms=1000)))
+    )
+    new = map_record(
+        kafka(topics.PREDICTIONS, *codec.encode("Prediction", prediction(processed_at_ms=2000)))
+    )
     assert old.writes[0].timestamp_us == 1_000_000 < new.writes[0].timestamp_us == 2_000_000
 
 
@@ -85,9 +90,16 @@ def test_prediction_v1_without_trace_still_maps():
 
 def test_dead_letter_maps_to_a_rejection_with_failed_at_as_write_time():
     value, headers = dead_letter.dead_letter(
-        image_id="img-2", stage="decode", reason="truncated", error=ValueError("bad jpeg"),
-        origin_topic=topics.RAW, origin_partition=1, origin_offset=17, payload=b"\xff\xd8",
-        source="cam", produced_at_ms=1_600_000_000_000,
+        image_id="img-2",
+        stage="decode",
+        reason="truncated",
+        error=ValueError("bad jpeg"),
+        origin_topic=topics.RAW,
+        origin_partition=1,
+        origin_offset=17,
+        payload=b"\xff\xd8",
+        source="cam",
+        produced_at_ms=1_600_000_000_000,
     )
     failed_at = dead_letter.read_dead_letter(value, headers)["failed_at_ms"]
     m = map_record(kafka(topics.DECODE_DLQ, value, headers, key=b"img-2"))
@@ -98,7 +110,10 @@ def test_dead_letter_maps_to_a_rejection_with_failed_at_as_write_time():
     assert w.params[6:13] == ("cam", topics.RAW, 1, 17, 1_600_000_000_000, failed_at, None)
     # ... and deletes the prediction 1 us before it (a tie goes to the prediction).
     assert (drop.statement, drop.params, drop.timestamp_us) == (
-        DELETE_PREDICTION, ("img-2",), failed_at * 1000 - 1)
+        DELETE_PREDICTION,
+        ("img-2",),
+        failed_at * 1000 - 1,
+    )
 
 
 def test_undecodable_prediction_with_a_key_becomes_a_rejection_and_a_dead_letter():
@@ -117,7 +132,10 @@ def test_undecodable_prediction_with_a_key_becomes_a_rejection_and_a_dead_letter
     dl = dead_letter.read_dead_letter(value, dl_headers)
     assert dl["payload"] == b"\x01garbage" and dl["stage"] == "sink"
     assert (dl["origin_topic"], dl["origin_partition"], dl["origin_offset"]) == (
-        topics.PREDICTIONS, 3, 9)
+        topics.PREDICTIONS,
+        3,
+        9,
+    )
     assert dl["image_id"] == "img-3"
 
 
@@ -138,11 +156,14 @@ def test_undecodable_record_without_a_key_still_gets_one_row_under_its_origin():
     assert map_record(kafka(topics.PREDICTIONS, b"junk", [], key=None)).writes == m.writes
 
 
-@pytest.mark.parametrize("key, raw", [
-    (b"\xff\xfe-not-utf8", "\\xff\\xfe-not-utf8"),
-    (b"has space", "has space"),
-    (b"x" * 300, None),  # too long: kept cut, with its length
-])
+@pytest.mark.parametrize(
+    "key, raw",
+    [
+        (b"\xff\xfe-not-utf8", "\\xff\\xfe-not-utf8"),
+        (b"has space", "has space"),
+        (b"x" * 300, None),  # too long: kept cut, with its length
+    ],
+)
 def test_a_key_that_is_no_valid_id_gets_a_hashed_row_id_and_keeps_its_raw_form(key, raw):
     m = map_record(kafka(topics.DECODE_DLQ, b"not avro", [], key=key))
     w = m.writes[0]
@@ -153,14 +174,21 @@ def test_a_key_that_is_no_valid_id_gets_a_hashed_row_id_and_keeps_its_raw_form(k
 
 def test_different_bad_keys_never_share_a_row():
     # A lossy decode would map both to "\ufffd"; the safe id keeps them apart.
-    ids = {map_record(kafka(topics.PREDICTIONS, b"junk", [], key=k)).image_id
-           for k in (b"\xff", b"\xfe", b"\xff\xfe")}
+    ids = {
+        map_record(kafka(topics.PREDICTIONS, b"junk", [], key=k)).image_id
+        for k in (b"\xff", b"\xfe", b"\xff\xfe")
+    }
     assert len(ids) == 3
 
 
 def test_keyless_undecodable_dead_letter_uses_the_origin_its_stage_named():
-    headers = [("origin-topic", topics.RAW.encode()), ("origin-partition", b"4"),
-               ("origin-offset", b"77"), ("stage", b"decode"), ("error-reason", b"bad-key")]
+    headers = [
+        ("origin-topic", topics.RAW.encode()),
+        ("origin-partition", b"4"),
+        ("origin-offset", b"77"),
+        ("stage", b"decode"),
+        ("error-reason", b"bad-key"),
+    ]
     m = map_record(kafka(topics.DECODE_DLQ, b"not avro", headers, key=None))
     assert m.image_id == f"no-key:{topics.RAW}/4/77"
     assert m.writes[0].params[1:3] == ("decode", "bad-key")
@@ -171,8 +199,14 @@ def test_keyless_undecodable_dead_letter_uses_the_origin_its_stage_named():
 
 def test_dead_letter_with_an_invalid_image_id_is_stored_under_a_safe_id():
     value, headers = dead_letter.dead_letter(
-        image_id="bad id " * 50, stage="decode", reason="r", origin_topic=topics.RAW,
-        origin_partition=0, origin_offset=1, payload=b"")
+        image_id="bad id " * 50,
+        stage="decode",
+        reason="r",
+        origin_topic=topics.RAW,
+        origin_partition=0,
+        origin_offset=1,
+        payload=b"",
+    )
     m = map_record(kafka(topics.DECODE_DLQ, value, headers, key=None))
     assert m.kind == "rejection" and m.image_id.startswith("key-sha256:")
 
@@ -191,8 +225,14 @@ def test_a_newer_schema_version_stops_instead_of_rejecting():
     with pytest.raises(UnknownSchemaVersion, match="upgrade the sink"):
         map_record(kafka(topics.PREDICTIONS, value, h))
     dl_value, dl_headers = dead_letter.dead_letter(
-        image_id="x", stage="infer", reason="r", origin_topic="t", origin_partition=0,
-        origin_offset=0, payload=b"")
+        image_id="x",
+        stage="infer",
+        reason="r",
+        origin_topic="t",
+        origin_partition=0,
+        origin_offset=0,
+        payload=b"",
+    )
     newer_dl = str(max(codec.versions("DeadLetter")) + 1).encode()
     dl_h = [(k, newer_dl if k == codec.H_SCHEMA_VERSION else v) for k, v in dl_headers]
     with pytest.raises(UnknownSchemaVersion):
@@ -219,13 +259,20 @@ def test_out_of_range_times_are_refused_and_a_record_without_any_time_is_still_a
 
 def test_fallback_row_is_small_whatever_the_record_held():
     value, headers = codec.encode("Prediction", prediction())
-    rec = kafka(topics.PREDICTIONS, value, headers + [("source", ("s" * 100_000).encode())],
-                key=b"\xff" * 5000)
+    rec = kafka(
+        topics.PREDICTIONS,
+        value,
+        headers + [("source", ("s" * 100_000).encode())],
+        key=b"\xff" * 5000,
+    )
     m = map_record(rec)
     w, drop = fallback_writes(m, rec, RuntimeError("x" * 100_000))
     assert w.statement == REJECTION and drop.statement == DELETE_PREDICTION
-    assert w.params[0] == m.image_id and w.params[1:4] == ("sink", "cassandra-refused",
-                                                           "RuntimeError")
+    assert w.params[0] == m.image_id and w.params[1:4] == (
+        "sink",
+        "cassandra-refused",
+        "RuntimeError",
+    )
     assert sum(len(v) for v in w.params if isinstance(v, str)) < 3000
     assert w.timestamp_us == KAFKA_TS * 1000
 
@@ -264,15 +311,24 @@ def test_write_failure_dead_letter_keeps_the_error():
     assert req.image_id == "img-1" and not req.retriable
 
 
-@pytest.mark.parametrize("name", [PREDICTION, PREDICTION_BY_LABEL, REJECTION, DELETE_REJECTION,
-                                  DELETE_PREDICTION])
+@pytest.mark.parametrize(
+    "name", [PREDICTION, PREDICTION_BY_LABEL, REJECTION, DELETE_REJECTION, DELETE_PREDICTION]
+)
 def test_every_statement_binds_exactly_the_mapped_values(name):
     value, headers = codec.encode("Prediction", prediction())
     dl_value, dl_headers = dead_letter.dead_letter(
-        image_id="x", stage="infer", reason="r", origin_topic="t", origin_partition=0,
-        origin_offset=0, payload=b"")
+        image_id="x",
+        stage="infer",
+        reason="r",
+        origin_topic="t",
+        origin_partition=0,
+        origin_offset=0,
+        payload=b"",
+    )
     writes = {w.statement: w for w in map_record(kafka(topics.PREDICTIONS, value, headers)).writes}
-    writes |= {w.statement: w for w in map_record(kafka(topics.INFER_DLQ, dl_value, dl_headers)).writes}
+    writes |= {
+        w.statement: w for w in map_record(kafka(topics.INFER_DLQ, dl_value, dl_headers)).writes
+    }
     cql = write_statements("ks_unit")[name]
     assert cql.count("?") == len(writes[name].bind_values())
     if writes[name].is_delete:
@@ -296,11 +352,18 @@ class Cells:
         self.tomb: dict[tuple[str, str], int] = {}
 
     def apply(self, writes):
-        table = {PREDICTION: "p", PREDICTION_BY_LABEL: "l", REJECTION: "r",
-                 DELETE_REJECTION: "r", DELETE_PREDICTION: "p"}
+        table = {
+            PREDICTION: "p",
+            PREDICTION_BY_LABEL: "l",
+            REJECTION: "r",
+            DELETE_REJECTION: "r",
+            DELETE_PREDICTION: "p",
+        }
         for w in writes:
-            key = (table[w.statement], w.params[1] if w.statement == PREDICTION_BY_LABEL
-                   else w.params[0])
+            key = (
+                table[w.statement],
+                w.params[1] if w.statement == PREDICTION_BY_LABEL else w.params[0],
+            )
             store = self.tomb if w.is_delete else self.data
             store[key] = max(store.get(key, -1), w.timestamp_us)
 
@@ -310,23 +373,32 @@ class Cells:
 
 
 def _pred_writes(ms):
-    return map_record(kafka(topics.PREDICTIONS, *codec.encode(
-        "Prediction", prediction(processed_at_ms=ms)))).writes
+    return map_record(
+        kafka(topics.PREDICTIONS, *codec.encode("Prediction", prediction(processed_at_ms=ms)))
+    ).writes
 
 
 def _rej_writes(ms, monkeypatch):
     monkeypatch.setattr(dead_letter, "now_ms", lambda: ms)
     value, headers = dead_letter.dead_letter(
-        image_id="img-1", stage="infer", reason="r", origin_topic="t", origin_partition=0,
-        origin_offset=0, payload=b"")
+        image_id="img-1",
+        stage="infer",
+        reason="r",
+        origin_topic="t",
+        origin_partition=0,
+        origin_offset=0,
+        payload=b"",
+    )
     return map_record(kafka(topics.INFER_DLQ, value, headers)).writes
 
 
-@pytest.mark.parametrize("pred_ms, rej_ms, winner", [
-    (2000, 1000, "p"), (1000, 2000, "r"), (1500, 1500, "p")])
+@pytest.mark.parametrize(
+    "pred_ms, rej_ms, winner", [(2000, 1000, "p"), (1000, 2000, "r"), (1500, 1500, "p")]
+)
 @pytest.mark.parametrize("order", ["pred-first", "rej-first", "replayed"])
 def test_one_status_per_image_the_newer_write_wins_in_any_order(
-        pred_ms, rej_ms, winner, order, monkeypatch):
+    pred_ms, rej_ms, winner, order, monkeypatch
+):
     p, r = _pred_writes(pred_ms), _rej_writes(rej_ms, monkeypatch)
     sequence = {"pred-first": [p, r], "rej-first": [r, p], "replayed": [r, p, r, p, r]}[order]
     cells = Cells()
@@ -343,7 +415,8 @@ def test_every_added_column_is_in_the_ddl_and_written():
         body = tables.split(f"vision.{table} (", 1)[1].split(")", 1)[0]
         assert re.search(rf"^\s*{column}\s+{cql_type}\s*$", body, re.M), column
         assert ddl.add_column_ddl("ks", table, column, cql_type) == (
-            f"ALTER TABLE ks.{table} ADD {column} {cql_type}")
+            f"ALTER TABLE ks.{table} ADD {column} {cql_type}"
+        )
     assert "raw_key" in write_statements("ks")[REJECTION]
     with pytest.raises(ValueError):
         ddl.add_column_ddl("ks", "rejections", "evil", "text")

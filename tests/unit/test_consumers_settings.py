@@ -7,8 +7,12 @@ from schemas import topics
 
 def test_defaults_are_the_registry_topics():
     s = SinkSettings()
-    assert s.sink.topics() == [topics.PREDICTIONS, topics.DECODE_DLQ, topics.INFER_DLQ,
-                               topics.POSTPROCESS_DLQ]
+    assert s.sink.topics() == [
+        topics.PREDICTIONS,
+        topics.DECODE_DLQ,
+        topics.INFER_DLQ,
+        topics.POSTPROCESS_DLQ,
+    ]
     assert s.sink.dead_letter_topic == topics.SINK_DLQ
     assert s.cassandra.write_consistency == s.cassandra.read_consistency == "LOCAL_QUORUM"
 

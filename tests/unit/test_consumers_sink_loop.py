@@ -41,14 +41,29 @@ class Msg:
         self._t, self._p, self._o = topic, partition, offset
         self._k, self._v, self._h, self._ts = key, value, headers, ts
 
-    def topic(self): return self._t
-    def partition(self): return self._p
-    def offset(self): return self._o
-    def key(self): return self._k
-    def value(self): return self._v
-    def headers(self): return self._h
-    def timestamp(self): return (1, self._ts)
-    def error(self): return None
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def headers(self):
+        return self._h
+
+    def timestamp(self):
+        return (1, self._ts)
+
+    def error(self):
+        return None
 
 
 class FakeConsumer:
@@ -79,11 +94,20 @@ class FakeConsumer:
             time.sleep(min(timeout, 0.005))
         return out
 
-    def assignment(self): return list(self.assigned)
-    def pause(self, tps): pass
-    def resume(self, tps): pass
-    def position(self, tps): return tps
-    def get_watermark_offsets(self, tp, cached=False): return (0, 0)
+    def assignment(self):
+        return list(self.assigned)
+
+    def pause(self, tps):
+        pass
+
+    def resume(self, tps):
+        pass
+
+    def position(self, tps):
+        return tps
+
+    def get_watermark_offsets(self, tp, cached=False):
+        return (0, 0)
 
     def store_offsets(self, offsets):
         self.stored.append({(o.topic, o.partition): o.offset for o in offsets})
@@ -161,8 +185,10 @@ class FakeSession:
     def execute(self, query, params=None):
         if "system_schema.keyspaces" in query:
             return [Row({"class": "NetworkTopologyStrategy", "datacenter1": "3"})]
-        return [Col(t, "image_id", "text") for t in ("predictions", "predictions_by_label",
-                                                        "rejections")] + self.extra_columns
+        return [
+            Col(t, "image_id", "text")
+            for t in ("predictions", "predictions_by_label", "rejections")
+        ] + self.extra_columns
 
     def prepare(self, cql):
         return Prepared(cql)
@@ -210,25 +236,40 @@ class FakeCluster:
 
 
 def pred_msg(offset, image_id, partition=0, version=None):
-    rec = {"image_id": image_id, "produced_at_ms": 1, "raw_topic": "r", "raw_partition": 0,
-           "raw_offset": 0, "model_name": "m", "model_version": "1",
-           "top_k": [{"class_index": 1, "label": "cat", "score": 0.5}],
-           "processed_at_ms": 1000 + offset}
+    rec = {
+        "image_id": image_id,
+        "produced_at_ms": 1,
+        "raw_topic": "r",
+        "raw_partition": 0,
+        "raw_offset": 0,
+        "model_name": "m",
+        "model_version": "1",
+        "top_k": [{"class_index": 1, "label": "cat", "score": 0.5}],
+        "processed_at_ms": 1000 + offset,
+    }
     value, headers = codec.encode(codec.PREDICTION, rec)
     if version is not None:
-        headers = [(k, str(version).encode() if k == codec.H_SCHEMA_VERSION else v)
-                   for k, v in headers]
+        headers = [
+            (k, str(version).encode() if k == codec.H_SCHEMA_VERSION else v) for k, v in headers
+        ]
     return Msg(P, partition, offset, image_id.encode(), value, headers)
 
 
 def dlq_msg(offset, image_id, failed_at_ms, key=None):
     value, headers = dead_letter.dead_letter(
-        image_id=image_id, stage="infer", reason="oom", origin_topic=topics.RAW,
-        origin_partition=0, origin_offset=offset, payload=b"")
+        image_id=image_id,
+        stage="infer",
+        reason="oom",
+        origin_topic=topics.RAW,
+        origin_partition=0,
+        origin_offset=offset,
+        payload=b"",
+    )
     dl = dead_letter.read_dead_letter(value, headers) | {"failed_at_ms": failed_at_ms}
     value, headers = codec.encode(codec.DEAD_LETTER, dl)
-    return Msg(topics.INFER_DLQ, 0, offset, image_id.encode() if key is None else key, value,
-               headers)
+    return Msg(
+        topics.INFER_DLQ, 0, offset, image_id.encode() if key is None else key, value, headers
+    )
 
 
 class Harness:
@@ -238,11 +279,18 @@ class Harness:
         self.session = FakeSession(failures)
         # One row per request: the fake session answers per image (the writer's batching
         # has its own tests in test_consumers_writer.py; integration tests use both).
-        section = SinkSection(**({"concurrency": 64, "write_batch_rows": 1,
-                                  "health_interval_s": 0.05,
-                                  "drain_timeout_s": 5.0,
-                                  "retry": RetrySettings(initial_backoff_s=0.01,
-                                                         max_backoff_s=0.02)} | sink))
+        section = SinkSection(
+            **(
+                {
+                    "concurrency": 64,
+                    "write_batch_rows": 1,
+                    "health_interval_s": 0.05,
+                    "drain_timeout_s": 5.0,
+                    "retry": RetrySettings(initial_backoff_s=0.01, max_backoff_s=0.02),
+                }
+                | sink
+            )
+        )
         clients = SinkClients(
             cassandra=lambda _s: (FakeCluster(), self.session),
             consumer=lambda _conf: self.consumer,
@@ -294,8 +342,10 @@ def test_a_records_rows_and_its_one_status_delete_go_in_one_request():
         (main, by_label, drop) = h.session.held_statements()
         assert "INTO vision.predictions " in main[0] and "predictions_by_label" in by_label[0]
         # The image's rejection goes at the prediction's own timestamp.
-        assert drop == ("DELETE FROM vision.rejections USING TIMESTAMP ? WHERE image_id = ?",
-                        (main[1][-1], "img-0"))
+        assert drop == (
+            "DELETE FROM vision.rejections USING TIMESTAMP ? WHERE image_id = ?",
+            (main[1][-1], "img-0"),
+        )
         time.sleep(0.05)
         assert h.consumer.last_stored((P, 0)) is None
         h.session.answer(lambda _i: True)
@@ -308,8 +358,10 @@ def test_a_rejection_deletes_the_prediction_1us_before_its_own_time():
         wait_for(lambda: h.held() == 1, what="one request")
         (row, drop) = h.session.held_statements()
         assert "INTO vision.rejections" in row[0] and row[1][-1] == 5_000_000
-        assert drop == ("DELETE FROM vision.predictions USING TIMESTAMP ? WHERE image_id = ?",
-                        (4_999_999, "img-r"))
+        assert drop == (
+            "DELETE FROM vision.predictions USING TIMESTAMP ? WHERE image_id = ?",
+            (4_999_999, "img-r"),
+        )
         h.session.answer(lambda _i: True)
         wait_for(lambda: h.consumer.last_stored((topics.INFER_DLQ, 0)) == 1, what="stored")
 
@@ -317,6 +369,7 @@ def test_a_rejection_deletes_the_prediction_1us_before_its_own_time():
 def test_retriable_error_is_retried_and_then_stored():
     failures = {"img-0": [Unavailable("down", 6, 2, 1)]}
     with Harness([pred_msg(0, "img-0")], failures=failures) as h:
+
         def answered_all() -> bool:
             h.session.answer(lambda _i: True)  # the first answer fails, the retry succeeds
             return h.sink.rows_written == 2
@@ -331,6 +384,7 @@ def answer_until(h, pred, what):
     def step() -> bool:
         h.session.answer(lambda _i: True)
         return pred()
+
     wait_for(step, what=what)
 
 
@@ -346,7 +400,7 @@ def test_refused_write_still_leaves_a_rejection_row_and_a_dead_letter_before_its
         assert row[1][:4] == ("img-0", "sink", "cassandra-refused", "InvalidRequest")
         assert h.producer.sent == [] and h.consumer.last_stored((P, 0)) is None
         answer_until(h, lambda: h.consumer.last_stored((P, 0)) == 2, "both stored")
-    (topic, key, value, headers), = h.producer.sent
+    ((topic, key, value, headers),) = h.producer.sent
     dl = dead_letter.read_dead_letter(value, headers)
     assert topic == topics.SINK_DLQ and key == b"img-0"
     assert dl["reason"] == "cassandra-refused" and dl["error_class"] == "InvalidRequest"
@@ -357,12 +411,23 @@ def test_refused_write_still_leaves_a_rejection_row_and_a_dead_letter_before_its
 CL = ConsistencyLevel.LOCAL_QUORUM
 
 
-@pytest.mark.parametrize("err", [
-    WriteFailure("replica failed", consistency=CL, required_responses=2, received_responses=1,
-                 failures=1, error_code_map={}, write_type=0),
-    ServerError(0, "java.lang.AssertionError", None),
-    Unavailable("down", CL, 2, 1),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "err",
+    [
+        WriteFailure(
+            "replica failed",
+            consistency=CL,
+            required_responses=2,
+            received_responses=1,
+            failures=1,
+            error_code_map={},
+            write_type=0,
+        ),
+        ServerError(0, "java.lang.AssertionError", None),
+        Unavailable("down", CL, 2, 1),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_transient_errors_hold_the_offset_until_written_and_never_dead_letter(err):
     failures = {"img-0": [err] * 5}
     with Harness([pred_msg(0, "img-0"), pred_msg(1, "img-1")], failures=failures) as h:
@@ -374,8 +439,7 @@ def test_transient_errors_hold_the_offset_until_written_and_never_dead_letter(er
 
 def test_records_without_a_usable_key_get_one_row_under_a_safe_id():
     junk = [(codec.H_SCHEMA_NAME, b"Prediction"), (codec.H_SCHEMA_VERSION, b"2")]
-    msgs = [Msg(P, 0, 0, b"\xff\xfebad", b"\x05junk", junk),
-            Msg(P, 0, 1, None, b"\x05junk", junk)]
+    msgs = [Msg(P, 0, 0, b"\xff\xfebad", b"\x05junk", junk), Msg(P, 0, 1, None, b"\x05junk", junk)]
     with Harness(msgs) as h:
         answer_until(h, lambda: h.consumer.last_stored((P, 0)) == 2, "both stored")
     rows = {v[0]: v for cql, v in h.session.answered if "INTO vision.rejections" in cql}
@@ -401,8 +465,9 @@ def test_a_newer_schema_version_stops_the_sink_before_it():
 def test_a_dead_letter_that_fails_to_send_is_retried_before_the_offset_moves():
     from confluent_kafka import KafkaError
 
-    producer = FakeProducer(fail=[KafkaError(KafkaError._MSG_TIMED_OUT)] * 2,
-                            refuse=[BufferError("queue full")])
+    producer = FakeProducer(
+        fail=[KafkaError(KafkaError._MSG_TIMED_OUT)] * 2, refuse=[BufferError("queue full")]
+    )
     bad = Msg(P, 0, 0, b"img-x", b"\x05junk", [])
     with Harness([bad], producer=producer) as h:
         answer_until(h, lambda: h.producer.attempts >= 2, "the first failed delivery")
@@ -421,7 +486,7 @@ def test_a_dead_letter_too_large_for_its_topic_goes_again_with_the_payload_cut()
     bad = Msg(P, 0, 0, b"img-x", b"\x05" * (TRUNCATED_PAYLOAD_BYTES * 2), [])
     with Harness([bad], producer=producer) as h:
         answer_until(h, lambda: h.consumer.last_stored((P, 0)) == 1, "stored")
-    (_t, _k, value, headers), = h.producer.sent
+    ((_t, _k, value, headers),) = h.producer.sent
     assert len(dead_letter.read_dead_letter(value, headers)["payload"]) == TRUNCATED_PAYLOAD_BYTES
     assert ("payload-original-bytes", str(TRUNCATED_PAYLOAD_BYTES * 2).encode()) in headers
 
@@ -436,8 +501,9 @@ def test_a_keyspace_without_the_raw_key_column_is_refused_at_start():
 
 
 def test_undecodable_prediction_writes_a_rejection_and_a_dead_letter():
-    bad = Msg(P, 0, 0, b"img-x", b"\x05junk", [("schema-name", b"Prediction"),
-                                              ("schema-version", b"2")])
+    bad = Msg(
+        P, 0, 0, b"img-x", b"\x05junk", [("schema-name", b"Prediction"), ("schema-version", b"2")]
+    )
     with Harness([bad]) as h:
         wait_for(lambda: h.held() == 1, what="the rejection write")
         (cql, values), _drop = h.session.held_statements()
@@ -479,8 +545,9 @@ def test_window_limits_requests_in_flight():
 def test_missing_keyspace_stops_the_sink_instead_of_dead_lettering_everything():
     from consumers.sink import SinkFatalError
 
-    gone = InvalidRequest('Error from server: code=2200 [Invalid query] message="keyspace '
-                          'vision does not exist"')
+    gone = InvalidRequest(
+        'Error from server: code=2200 [Invalid query] message="keyspace vision does not exist"'
+    )
     msgs = [pred_msg(i, f"img-{i}") for i in range(3)]
     h = Harness(msgs, failures={"img-1": [gone, gone]})
     with pytest.raises(SinkFatalError), h:

@@ -88,11 +88,16 @@ def make_batch(bound, consistency):
 
 
 def make(session, concurrency=4, clock=None, batch_rows=1, batch_bytes=20_000):
-    return AsyncWriter(session, {"w": FakePrepared(), DELETE_REJECTION: FakePrepared()},
-                       concurrency=concurrency,
-                       retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0),
-                       clock=clock or Clock(), batch_rows=batch_rows, batch_bytes=batch_bytes,
-                       make_batch=make_batch)
+    return AsyncWriter(
+        session,
+        {"w": FakePrepared(), DELETE_REJECTION: FakePrepared()},
+        concurrency=concurrency,
+        retry=RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0),
+        clock=clock or Clock(),
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        make_batch=make_batch,
+    )
 
 
 def sizes(session):
@@ -124,9 +129,16 @@ def test_window_bounds_requests_in_flight():
 
 def test_retriable_errors_are_retried_with_backoff_then_succeed():
     cl = ConsistencyLevel.LOCAL_QUORUM
-    s = FakeSession({"k1": [Unavailable("down", cl, 2, 1),
-                            WriteTimeout("slow", consistency=cl, required_responses=2,
-                                         received_responses=1, write_type=0)]})
+    s = FakeSession(
+        {
+            "k1": [
+                Unavailable("down", cl, 2, 1),
+                WriteTimeout(
+                    "slow", consistency=cl, required_responses=2, received_responses=1, write_type=0
+                ),
+            ]
+        }
+    )
     clock = Clock()
     w = make(s, clock=clock)
     w.submit(write("k1"), owner="a")
@@ -152,10 +164,16 @@ def test_non_retriable_error_fails_at_once_and_keeps_the_cause():
 # What each transient error looks like when the driver raises it.
 TRANSIENT = [
     Unavailable("down", CL, 2, 1),
-    WriteTimeout("slow", consistency=CL, required_responses=2, received_responses=1,
-                 write_type=0),
-    WriteFailure("replica error", consistency=CL, required_responses=2, received_responses=1,
-                 failures=1, error_code_map={}, write_type=0),
+    WriteTimeout("slow", consistency=CL, required_responses=2, received_responses=1, write_type=0),
+    WriteFailure(
+        "replica error",
+        consistency=CL,
+        required_responses=2,
+        received_responses=1,
+        failures=1,
+        error_code_map={},
+        write_type=0,
+    ),
     ServerError(0, "java.lang.RuntimeException", None),
     OperationTimedOut("client timeout"),
     NoHostAvailable("none", {}),
@@ -182,13 +200,17 @@ def test_each_transient_error_is_retried_forever_and_never_reported(err):
     assert [(o, f) for o, _, f in done] == [("x", None)] and s.calls == 61
 
 
-@pytest.mark.parametrize("err, fatal", [
-    (InvalidRequest("Key length of 70000 is longer than maximum of 65535"), False),
-    (InvalidRequest("Batch too large"), False),
-    (InvalidRequest("keyspace vision does not exist"), True),
-    (InvalidRequest("unconfigured table rejections"), True),
-    (Unauthorized("no MODIFY permission"), True),
-], ids=["key-too-long", "batch-too-large", "no-keyspace", "no-table", "unauthorized"])
+@pytest.mark.parametrize(
+    "err, fatal",
+    [
+        (InvalidRequest("Key length of 70000 is longer than maximum of 65535"), False),
+        (InvalidRequest("Batch too large"), False),
+        (InvalidRequest("keyspace vision does not exist"), True),
+        (InvalidRequest("unconfigured table rejections"), True),
+        (Unauthorized("no MODIFY permission"), True),
+    ],
+    ids=["key-too-long", "batch-too-large", "no-keyspace", "no-table", "unauthorized"],
+)
 def test_refused_and_fatal_errors_are_told_apart(err, fatal):
     assert not is_retriable(err) and is_fatal(err) is fatal
     s, clock = FakeSession({"k": [err]}), Clock()
@@ -227,7 +249,10 @@ def test_a_records_statements_go_in_one_request_and_are_each_reported():
     assert sizes(s) == [3]  # one batch of 3, even with batch_rows=1
     done = run_until_idle(w, s, clock)
     assert [(o, wr.statement) for o, wr, f in done if f is None] == [
-        ("rec", "w"), ("rec", "w"), ("rec", DELETE_REJECTION)]
+        ("rec", "w"),
+        ("rec", "w"),
+        ("rec", DELETE_REJECTION),
+    ]
     assert w.stats.rows_written == 2  # the delete is not a row
 
 

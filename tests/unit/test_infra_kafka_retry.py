@@ -40,11 +40,18 @@ def kexc(code: int, text: str = "boom") -> KafkaException:
     return KafkaException(KafkaError(code, text))
 
 
-@pytest.mark.parametrize("code", [
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError.REQUEST_TIMED_OUT,
+    ],
+)
 def test_leader_and_coordinator_moves_are_retried_until_success(code: int) -> None:
     clock = FakeClock()
     fn, calls = failing([kexc(code), kexc(code)])
@@ -97,8 +104,13 @@ def test_deadline_ends_retries_with_the_last_error() -> None:
     errors = [kexc(KafkaError.NOT_LEADER_FOR_PARTITION, f"try {i}") for i in range(1000)]
     fn, calls = failing(errors)
     with pytest.raises(KafkaCallFailed) as info:
-        call(fn, "end offsets", deadline=Deadline(5.0, clock), sleep=clock.sleep,
-             backoff=Backoff(first_s=0.1, max_s=1.0))
+        call(
+            fn,
+            "end offsets",
+            deadline=Deadline(5.0, clock),
+            sleep=clock.sleep,
+            backoff=Backoff(first_s=0.1, max_s=1.0),
+        )
     exc = info.value
     assert exc.retriable and exc.attempts == calls["n"] > 3
     assert clock.now - 100.0 <= 5.0  # never sleeps past the deadline
@@ -108,7 +120,14 @@ def test_deadline_ends_retries_with_the_last_error() -> None:
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:
     b = Backoff(first_s=0.1, max_s=1.0, factor=2.0)
-    assert [b.delay(n, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5, 9)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert [b.delay(n, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5, 9)] == [
+        0.1,
+        0.2,
+        0.4,
+        0.8,
+        1.0,
+        1.0,
+    ]
     assert b.delay(3, rand=lambda: 0.0) == pytest.approx(0.2)
 
 

@@ -74,12 +74,14 @@ def test_cluster_id_is_16_bytes_base64url_without_padding():
 
 def test_server_properties_for_a_three_node_kraft_quorum(tmp_path):
     cluster = nodes("kafka", 3)
-    props = _props(kafka_node.render_server_properties(
-        cluster[1], cluster, tmp_path, kafka_node.KafkaTuning()))
+    props = _props(
+        kafka_node.render_server_properties(cluster[1], cluster, tmp_path, kafka_node.KafkaTuning())
+    )
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "2"
     assert props["controller.quorum.voters"] == (
-        "1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194")
+        "1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
+    )
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19193"
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19093"
     assert "0.0.0.0" not in props["advertised.listeners"]
@@ -100,15 +102,23 @@ def test_server_properties_for_a_three_node_kraft_quorum(tmp_path):
 
 def test_single_node_kafka_lowers_replication_to_fit(tmp_path):
     one = nodes("kafka", 1)
-    props = _props(kafka_node.render_server_properties(one[0], one, tmp_path,
-                                                       kafka_node.KafkaTuning()))
+    props = _props(
+        kafka_node.render_server_properties(one[0], one, tmp_path, kafka_node.KafkaTuning())
+    )
     assert props["default.replication.factor"] == "1"
     assert props["min.insync.replicas"] == "1"
 
 
 def test_kafka_command_line(tmp_path):
-    cmd = kafka_node.server_command(Path("/jdk/bin/java"), tmp_path / "lib", tmp_path / "s.props",
-                                    tmp_path / "log4j2.properties", tmp_path, tmp_path, 512)
+    cmd = kafka_node.server_command(
+        Path("/jdk/bin/java"),
+        tmp_path / "lib",
+        tmp_path / "s.props",
+        tmp_path / "log4j2.properties",
+        tmp_path,
+        tmp_path,
+        512,
+    )
     assert cmd[0] == "/jdk/bin/java" and cmd[-2:] == ["kafka.Kafka", str(tmp_path / "s.props")]
     assert {"-Xmx512m", "-XX:+UseG1GC", "-XX:ParallelGCThreads=1"} <= set(cmd)
     assert f"-Dlog4j2.configurationFile={tmp_path / 'log4j2.properties'}" in cmd
@@ -126,10 +136,13 @@ def test_log_tail_shows_the_server_log_then_jvm_output_since_the_last_start(tmp_
     d = c.dirs(node_by_name("cassandra-1"))
     d.create()
     d.server_log.write_text("INFO a\nERROR b\n")
-    d.log_file.write_text("==== t0 starting\nold crash\n==== t1 starting\nWARNING: x\n"
-                          "Error: Could not find or load main class\n")
+    d.log_file.write_text(
+        "==== t0 starting\nold crash\n==== t1 starting\nWARNING: x\n"
+        "Error: Could not find or load main class\n"
+    )
     assert c.log_tail("cassandra-1") == (
-        "INFO a\nERROR b\n--- stdout/stderr:\nError: Could not find or load main class")
+        "INFO a\nERROR b\n--- stdout/stderr:\nError: Could not find or load main class"
+    )
 
 
 # ---- Cassandra config -----------------------------------------------------------------
@@ -137,12 +150,16 @@ def test_log_tail_shows_the_server_log_then_jvm_output_since_the_last_start(tmp_
 
 def test_cassandra_yaml_is_valid_yaml_with_per_node_addresses(tmp_path):
     node = node_by_name("cassandra-2")
-    conf = yaml.safe_load(cassandra_node.render_yaml(node, nodes("cassandra", 3), tmp_path,
-                                                     cassandra_node.CassandraTuning()))
+    conf = yaml.safe_load(
+        cassandra_node.render_yaml(
+            node, nodes("cassandra", 3), tmp_path, cassandra_node.CassandraTuning()
+        )
+    )
     assert conf["listen_address"] == conf["rpc_address"] == "127.0.0.2"
     assert conf["native_transport_port"] == 9042 and conf["storage_port"] == 7000
     assert conf["seed_provider"][0]["parameters"][0]["seeds"] == (
-        "127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000")
+        "127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000"
+    )
     assert conf["endpoint_snitch"] == "SimpleSnitch"
     assert conf["partitioner"].endswith("Murmur3Partitioner")
     assert conf["storage_compatibility_mode"] == "NONE"
@@ -156,8 +173,12 @@ def test_cassandra_jvm_options_for_java17(tmp_path):
     (tmp_path / "jamm-0.4.0.jar").touch()
     node = node_by_name("cassandra-3")
     opts = cassandra_node.jvm_options(
-        node, lib=tmp_path, conf_dir=tmp_path / "conf", storage=tmp_path / "d",
-        logs_dir=tmp_path / "l", tmp_dir=tmp_path / "t",
+        node,
+        lib=tmp_path,
+        conf_dir=tmp_path / "conf",
+        storage=tmp_path / "d",
+        logs_dir=tmp_path / "l",
+        tmp_dir=tmp_path / "t",
         tuning=cassandra_node.CassandraTuning(),
     )
     assert f"-javaagent:{tmp_path / 'jamm-0.4.0.jar'}" in opts
@@ -188,8 +209,10 @@ def test_pom_lists_the_server_and_its_extras():
 
     pom = ET.fromstring(maven.render_pom(maven.KAFKA_ARTIFACTS))
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    deps = [(d.find("m:groupId", ns).text, d.find("m:artifactId", ns).text)
-            for d in pom.iterfind(".//m:dependency", ns)]
+    deps = [
+        (d.find("m:groupId", ns).text, d.find("m:artifactId", ns).text)
+        for d in pom.iterfind(".//m:dependency", ns)
+    ]
     assert ("org.apache.kafka", "kafka_2.13") in deps
     assert ("org.apache.logging.log4j", "log4j-slf4j-impl") in deps
 
@@ -198,7 +221,8 @@ def test_versions_are_kafka_4_and_cassandra_5_0():
     assert maven.KAFKA_ARTIFACTS.main.version.startswith("4.")
     assert maven.CASSANDRA_ARTIFACTS.main.version.startswith("5.0.")
     assert maven.lib_dir(maven.KAFKA_ARTIFACTS, Path("/c")) == Path(
-        f"/c/kafka-{maven.KAFKA_ARTIFACTS.main.version}/lib")
+        f"/c/kafka-{maven.KAFKA_ARTIFACTS.main.version}/lib"
+    )
 
 
 def test_exactly_one_slf4j_binding_is_required(tmp_path):
@@ -229,12 +253,15 @@ def test_missing_maven_is_one_clear_error(tmp_path, monkeypatch):
 # ---- Java ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "major"), [
-    ('openjdk version "17.0.15" 2025-04-15', 17),
-    ('openjdk version "25" 2025-09-16', 25),
-    ('java version "1.8.0_392"', 8),
-    ("garbage", None),
-])
+@pytest.mark.parametrize(
+    ("text", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('openjdk version "25" 2025-09-16', 25),
+        ('java version "1.8.0_392"', 8),
+        ("garbage", None),
+    ],
+)
 def test_java_version_parsing(text, major):
     assert parse_major(text) == major
 
@@ -242,7 +269,7 @@ def test_java_version_parsing(text, major):
 def test_wrong_java_is_refused(tmp_path):
     fake = tmp_path / "jdk" / "bin"
     fake.mkdir(parents=True)
-    (fake / "java").write_text('#!/bin/sh\necho \'openjdk version "25" 2025-09-16\' >&2\n')
+    (fake / "java").write_text("#!/bin/sh\necho 'openjdk version \"25\" 2025-09-16' >&2\n")
     (fake / "java").chmod(0o755)
     with pytest.raises(InfraError, match=r"Java 17 not found.*Java 25"):
         find_java_home({"PIPELINE_JAVA_HOME": str(tmp_path / "jdk")})
@@ -261,8 +288,7 @@ def test_port_checks_name_the_node_and_port():
         assert not ports.port_free("127.0.0.1", port)
         assert ports.port_open("127.0.0.1", port)
         node = node_by_name("kafka-1")
-        busy = type(node)(node.name, node.kind, node.index, node.host, port,
-                          {"broker": port})
+        busy = type(node)(node.name, node.kind, node.index, node.host, port, {"broker": port})
         with pytest.raises(InfraError, match=rf"127\.0\.0\.1:{port} \(broker\) needed by kafka-1"):
             ports.check_ports_free(busy)
     assert ports.port_free("127.0.0.1", port)
@@ -276,8 +302,9 @@ def test_only_our_java_processes_count_as_ours(tmp_path):
 
 
 def test_a_spawned_child_is_judged_by_its_exit_status(tmp_path):
-    pid = procs.spawn(["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path,
-                      env=dict(os.environ))
+    pid = procs.spawn(
+        ["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path, env=dict(os.environ)
+    )
     try:
         assert procs.child_running(pid) is True
         assert not procs.is_ours(pid, str(tmp_path))  # not java: the /proc check says no
@@ -329,7 +356,13 @@ def test_status_of_an_empty_run_dir_is_all_down(tmp_path):
     status = LocalCluster(tmp_path).status()
     json.dumps(status)
     assert [n["name"] for n in status["nodes"]] == [
-        "kafka-1", "kafka-2", "kafka-3", "cassandra-1", "cassandra-2", "cassandra-3"]
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "cassandra-1",
+        "cassandra-2",
+        "cassandra-3",
+    ]
     assert {(n["state"], n["pid"]) for n in status["nodes"]} == {("down", None)}
     assert status["kafka"] == {"brokers": 0} and status["cassandra"] == {"up_nodes": 0}
 
@@ -369,14 +402,22 @@ def test_keyspace_replication_check():
     assert not replication_matches({"class": nts, "datacenter1": "1"}, "datacenter1", 3)
     assert not replication_matches(
         {"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "3"},
-        "datacenter1", 3)
+        "datacenter1",
+        3,
+    )
 
 
 def test_provision_report_summary():
-    r = ProvisionReport(created_topics=["a"], existing_topics=["b", "c"], keyspace="vision",
-                        keyspace_created=True, tables=3)
-    assert r.summary() == ("topics: 1 created, 2 present; keyspace vision: created, "
-                           "3 table statements applied")
+    r = ProvisionReport(
+        created_topics=["a"],
+        existing_topics=["b", "c"],
+        keyspace="vision",
+        keyspace_created=True,
+        tables=3,
+    )
+    assert r.summary() == (
+        "topics: 1 created, 2 present; keyspace vision: created, 3 table statements applied"
+    )
 
 
 def test_a_node_that_dies_during_start_is_named_with_its_log_tail(tmp_path, monkeypatch):
@@ -399,15 +440,17 @@ def test_unresolvable_artifacts_are_one_clear_error(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mvn").write_text(
-        "#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not resolve dependencies'\n"
-        "exit 1\n")
+        "#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not resolve dependencies'\nexit 1\n"
+    )
     (bin_dir / "mvn").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(InfraError) as e:
         maven.ensure(maven.CASSANDRA_ARTIFACTS, Path("/jdk"), tmp_path / "cache")
     first, *rest = str(e.value).splitlines()
-    assert first == ("cassandra: cannot resolve org.apache.cassandra:cassandra-all:"
-                     f"{maven.CASSANDRA_ARTIFACTS.main.version} from Maven (exit 1)")
+    assert first == (
+        "cassandra: cannot resolve org.apache.cassandra:cassandra-all:"
+        f"{maven.CASSANDRA_ARTIFACTS.main.version} from Maven (exit 1)"
+    )
     assert "Could not resolve dependencies" in rest[0]
     assert not (tmp_path / "cache" / maven.CASSANDRA_ARTIFACTS.key / maven.MARKER).exists()
 

@@ -99,7 +99,7 @@ def test_pipeline_specs_run_everything_supervised():
     assert w.web_ports == [7000, 7001, 7002]
     sink = specs["sink-1"].argv
     assert sink[1:3] == ["-m", "infra.supervisor"]
-    assert sink[sink.index("--") + 1:] == [sys.executable, "-m", "consumers", "sink"]
+    assert sink[sink.index("--") + 1 :] == [sys.executable, "-m", "consumers", "sink"]
     # Each sink's metrics port follows the workers' web ports: no two pipelines clash.
     two = pipeline_specs(workers=3, sinks=2, web_port_base=7000)
     assert [s.env.get("PIPELINE_METRICS__PORT") for s in two[1:]] == ["7003", "7004"]
@@ -114,7 +114,10 @@ def test_a_killed_child_is_replaced_by_its_supervisor(tmp_path):
     assert svc.kill_child("s") == first[0]
     again = svc.wait_child_replaced("s", first[0], 1, timeout_s=20)
     assert svc.pid("s") == sup, "the supervisor itself kept running"
-    assert "[c] ready" in _wait("the restarted child's output", lambda: svc.tail("s").count("[c] ready") >= 2 and svc.tail("s"))
+    assert "[c] ready" in _wait(
+        "the restarted child's output",
+        lambda: svc.tail("s").count("[c] ready") >= 2 and svc.tail("s"),
+    )
     svc.stop("s", timeout_s=10)
     assert svc.pid("s") is None
     assert not any(Path(f"/proc/{p}").exists() for p in again)

@@ -74,7 +74,10 @@ def test_a_dead_child_is_restarted_and_its_output_passed_through(code, caplog):
 
 def test_gives_up_loudly_after_n_crashes_in_a_row(caplog):
     specs = [
-        ChildSpec("bad", py("import sys; print('loading'); print('boom: broker unreachable'); sys.exit(76)")),
+        ChildSpec(
+            "bad",
+            py("import sys; print('loading'); print('boom: broker unreachable'); sys.exit(76)"),
+        ),
         ChildSpec("good", py("import time; print('up', flush=True); time.sleep(60)")),
     ]
     t0 = time.monotonic()

@@ -23,8 +23,11 @@ from stream_app.records import InRecord
 def _samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     if isinstance(text, bytes):
         text = text.decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 SNAPSHOT = {
@@ -32,13 +35,32 @@ SNAPSHOT = {
     "app_id": "torchstream",
     "model": {"name": "efficientnet-lite0", "version": "1"},
     "stages": [
-        {"stage": "decode", "source": "p.images.raw", "records_in": 10, "records_out": 8,
-         "dead_letters": 2, "dead_letter_reasons": {"not-an-image": 2}, "batches": 3,
-         "failed_batches": 0, "lag": {"0": 5, "1": None, "10": 0},
-         "seconds_since_last_batch": 2.0, "oldest_unacked_age_s": 1.5, "stalled": True},
-        {"stage": "infer", "source": "p.images.decoded", "records_in": 0, "records_out": 0,
-         "dead_letters": 0, "dead_letter_reasons": {}, "batches": 0, "failed_batches": 0,
-         "lag": {}, "seconds_since_last_batch": None},
+        {
+            "stage": "decode",
+            "source": "p.images.raw",
+            "records_in": 10,
+            "records_out": 8,
+            "dead_letters": 2,
+            "dead_letter_reasons": {"not-an-image": 2},
+            "batches": 3,
+            "failed_batches": 0,
+            "lag": {"0": 5, "1": None, "10": 0},
+            "seconds_since_last_batch": 2.0,
+            "oldest_unacked_age_s": 1.5,
+            "stalled": True,
+        },
+        {
+            "stage": "infer",
+            "source": "p.images.decoded",
+            "records_in": 0,
+            "records_out": 0,
+            "dead_letters": 0,
+            "dead_letter_reasons": {},
+            "batches": 0,
+            "failed_batches": 0,
+            "lag": {},
+            "seconds_since_last_batch": None,
+        },
     ],
 }
 
@@ -46,12 +68,28 @@ SNAPSHOT = {
 def test_stage_metrics_from_a_health_snapshot() -> None:
     reg = stream_metrics.build_registry(lambda: SNAPSHOT, prefix="p.")
     s = _samples(generate_latest(reg))
-    assert s[("torchstream_stage_records_in_total",
-              (("stage", "decode"), ("topic", "p.images.raw")))] == 10
-    assert s[("torchstream_stage_records_out_total",
-              (("stage", "decode"), ("topic", "p.images.decoded")))] == 8
-    assert s[("torchstream_stage_dead_letters_total",
-              (("reason", "not-an-image"), ("stage", "decode"), ("topic", "p.images.decode.dlq")))] == 2
+    assert (
+        s[("torchstream_stage_records_in_total", (("stage", "decode"), ("topic", "p.images.raw")))]
+        == 10
+    )
+    assert (
+        s[
+            (
+                "torchstream_stage_records_out_total",
+                (("stage", "decode"), ("topic", "p.images.decoded")),
+            )
+        ]
+        == 8
+    )
+    assert (
+        s[
+            (
+                "torchstream_stage_dead_letters_total",
+                (("reason", "not-an-image"), ("stage", "decode"), ("topic", "p.images.decode.dlq")),
+            )
+        ]
+        == 2
+    )
     lag = {k[1]: v for k, v in s.items() if k[0] == "torchstream_consumer_lag_records"}
     # an unknown lag (None) is left out rather than reported as 0
     assert lag == {
@@ -63,12 +101,30 @@ def test_stage_metrics_from_a_health_snapshot() -> None:
     assert s[("torchstream_stage_stalled", (("stage", "decode"),))] == 1
     # a snapshot without the liveness fields: no made-up values
     assert ("torchstream_stage_stalled", (("stage", "infer"),)) not in s
-    assert s[("torchstream_stage_records_in_total",
-              (("stage", "infer"), ("topic", "p.images.decoded")))] == 0
+    assert (
+        s[
+            (
+                "torchstream_stage_records_in_total",
+                (("stage", "infer"), ("topic", "p.images.decoded")),
+            )
+        ]
+        == 0
+    )
     assert any(k[0] == "process_resident_memory_bytes" for k in s)
     assert any(k[0] == "process_cpu_seconds_total" for k in s)
-    assert s[("torchstream_worker_info", (("app_id", "torchstream"),
-                                          ("model", "efficientnet-lite0"), ("model_version", "1")))] == 1
+    assert (
+        s[
+            (
+                "torchstream_worker_info",
+                (
+                    ("app_id", "torchstream"),
+                    ("model", "efficientnet-lite0"),
+                    ("model_version", "1"),
+                ),
+            )
+        ]
+        == 1
+    )
 
 
 def test_stage_metrics_last_batch_time() -> None:
@@ -145,8 +201,12 @@ class _Metadata:
 class FakeKafkaConsumer:
     """The metrics' own consumer: metadata, committed offsets, watermarks."""
 
-    def __init__(self, committed: dict[tuple[str, int], int], ends: dict[tuple[str, int], int],
-                 down: bool = False) -> None:
+    def __init__(
+        self,
+        committed: dict[tuple[str, int], int],
+        ends: dict[tuple[str, int], int],
+        down: bool = False,
+    ) -> None:
         self._committed, self._ends, self.down = committed, ends, down
         self.calls = 0
         self.closed = False
@@ -160,8 +220,12 @@ class FakeKafkaConsumer:
     def committed(self, tps: list[Any], timeout: float) -> list[Any]:
         from confluent_kafka import TopicPartition
 
-        return [TopicPartition(tp.topic, tp.partition, self._committed.get(
-            (tp.topic, tp.partition), -1001)) for tp in tps]
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self._committed.get((tp.topic, tp.partition), -1001)
+            )
+            for tp in tps
+        ]
 
     def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
         assert not cached  # the view asks the broker
@@ -179,11 +243,19 @@ class _Settings:
 class FakeSink:
     def __init__(self) -> None:
         self.counters = SinkCounters(records=12, predictions=9, rejections=2, dead_lettered=1)
-        self._writer = _Writer(WriterStats(rows_written=20, requests=7, retries=4, failed=1,
-                                           errors_by_class={"WriteTimeout": 4}))
-        self._open = {("images.predictions", 0): {5: _Pending(_Rec(100_000)),
-                                                   6: _Pending(_Rec(0))},
-                      ("images.predictions", 1): {9: _Pending(_Rec(94_000))}}
+        self._writer = _Writer(
+            WriterStats(
+                rows_written=20,
+                requests=7,
+                retries=4,
+                failed=1,
+                errors_by_class={"WriteTimeout": 4},
+            )
+        )
+        self._open = {
+            ("images.predictions", 0): {5: _Pending(_Rec(100_000)), 6: _Pending(_Rec(0))},
+            ("images.predictions", 1): {9: _Pending(_Rec(94_000))},
+        }
         self._open_count = 3
         self._cluster = _Cluster()
         self.settings = _Settings()
@@ -193,8 +265,10 @@ class FakeSink:
 
 def _fake_consumer() -> FakeKafkaConsumer:
     # partition 0: committed 10 of 10; partition 1: nothing committed yet (from low = 2)
-    return FakeKafkaConsumer({("images.predictions", 0): 10},
-                             {("images.predictions", 0): 10, ("images.predictions", 1): 6})
+    return FakeKafkaConsumer(
+        {("images.predictions", 0): 10},
+        {("images.predictions", 0): 10, ("images.predictions", 1): 6},
+    )
 
 
 def test_sink_collector_reads_the_sink() -> None:
@@ -203,8 +277,11 @@ def test_sink_collector_reads_the_sink() -> None:
     kafka.refresh()
     reg = sink_metrics.build_registry(sink, kafka)
     collector = sink_metrics.SinkCollector(sink, kafka, clock=lambda: 100.0)
-    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
-         for m in collector.collect() for x in m.samples}
+    s = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for m in collector.collect()
+        for x in m.samples
+    }
     assert s[("torchstream_sink_records_consumed_total", ())] == 12
     assert s[("torchstream_sink_info", (("group_id", "vision-sink"),))] == 1
     assert s[("torchstream_sink_records_settled_total", (("kind", "prediction"),))] == 9
@@ -215,10 +292,24 @@ def test_sink_collector_reads_the_sink() -> None:
     assert s[("torchstream_sink_writes_stopped", ())] == 0
     assert s[("torchstream_sink_open_records", ())] == 3
     assert s[("torchstream_sink_oldest_unacked_age_seconds", ())] == pytest.approx(6.0)
-    assert s[("torchstream_consumer_lag_records", (("partition", "0"), ("stage", "sink"),
-                                                   ("topic", "images.predictions")))] == 0
-    assert s[("torchstream_consumer_lag_records", (("partition", "1"), ("stage", "sink"),
-                                                   ("topic", "images.predictions")))] == 4
+    assert (
+        s[
+            (
+                "torchstream_consumer_lag_records",
+                (("partition", "0"), ("stage", "sink"), ("topic", "images.predictions")),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "torchstream_consumer_lag_records",
+                (("partition", "1"), ("stage", "sink"), ("topic", "images.predictions")),
+            )
+        ]
+        == 4
+    )
     assert s[("torchstream_kafka_brokers_up", ())] == 3
     assert s[("torchstream_cassandra_nodes_up", ())] == 2
     assert s[("torchstream_cassandra_nodes_known", ())] == 3
@@ -279,16 +370,19 @@ def test_track_request_counts_rows_by_table_and_latency() -> None:
     rejections = rows("rejections")
     errs = _sink_sample("torchstream_cassandra_write_duration_seconds_count", outcome="error")
     ok, failed = _Future(), _Future()
-    sink_metrics.track_request(ok, ["prediction", "prediction_by_label", "delete_rejection",
-                                    "prediction"])
+    sink_metrics.track_request(
+        ok, ["prediction", "prediction_by_label", "delete_rejection", "prediction"]
+    )
     sink_metrics.track_request(failed, ["rejection"])
     ok.callbacks[0][0]([])
     failed.callbacks[0][1](RuntimeError("timeout"))
     after = (rows("predictions"), rows("predictions_by_label"), rows("rejections", "delete"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
     assert rows("rejections") == rejections  # the failed request wrote nothing
-    assert _sink_sample("torchstream_cassandra_write_duration_seconds_count",
-                        outcome="error") == errs + 1
+    assert (
+        _sink_sample("torchstream_cassandra_write_duration_seconds_count", outcome="error")
+        == errs + 1
+    )
 
 
 def _free_port() -> int:
@@ -308,8 +402,10 @@ def test_sink_endpoint_serves_and_a_taken_port_does_not_stop_the_sink() -> None:
 
     server = sink_metrics.serve_sink_metrics(FakeSink(), settings, make_consumer=make)
     assert server is not None
-    lag_key = ("torchstream_consumer_lag_records",
-               (("partition", "1"), ("stage", "sink"), ("topic", "images.predictions")))
+    lag_key = (
+        "torchstream_consumer_lag_records",
+        (("partition", "1"), ("stage", "sink"), ("topic", "images.predictions")),
+    )
     try:
         deadline = time.monotonic() + 10
         while True:  # the background refresh fills in the Kafka view

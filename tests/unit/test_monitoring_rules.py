@@ -66,17 +66,27 @@ def test_promtool_rule_unit_tests_catch_a_wrong_expectation(tmp_path: Path) -> N
 def test_every_alert_of_the_issue_has_a_rule_and_a_test() -> None:
     rules = monitor.ALERT_RULES.read_text()
     tests = (MONITORING / "tests" / "alerts_test.yml").read_text()
-    for name in ("StageStalled", "DeadLetterRateHigh", "ConsumerLagGrowing", "SinkCannotWrite",
-                 "KafkaBrokersDown", "CassandraNodesDown", "ServiceDown"):
+    for name in (
+        "StageStalled",
+        "DeadLetterRateHigh",
+        "ConsumerLagGrowing",
+        "SinkCannotWrite",
+        "KafkaBrokersDown",
+        "CassandraNodesDown",
+        "ServiceDown",
+    ):
         assert f"alert: {name}\n" in rules, name
         assert f"alertname: {name}\n" in tests, name
 
 
 def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    targets = monitor.write_scrape_targets(tmp_path, [
-        monitor.ScrapeTarget(monitor.JOB_WORKER, "worker-1", "127.0.0.1:6067"),
-        monitor.ScrapeTarget(monitor.JOB_SINK, "sink-1", "127.0.0.1:9464"),
-    ])
+    targets = monitor.write_scrape_targets(
+        tmp_path,
+        [
+            monitor.ScrapeTarget(monitor.JOB_WORKER, "worker-1", "127.0.0.1:6067"),
+            monitor.ScrapeTarget(monitor.JOB_SINK, "sink-1", "127.0.0.1:9464"),
+        ],
+    )
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps(monitor.prometheus_config(targets, monitor.ALERT_RULES, 2.0)))
     res = _run([_promtool(), "check", "config", str(config)])
@@ -87,23 +97,43 @@ def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     ]
 
 
-def _spec(tmp_path: Path, name: str, argv: list[str], env: dict[str, str] | None = None,
-          web_ports: list[int] | None = None) -> None:
+def _spec(
+    tmp_path: Path,
+    name: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    web_ports: list[int] | None = None,
+) -> None:
     d = tmp_path / "services"
     d.mkdir(exist_ok=True)
-    (d / f"{name}.json").write_text(json.dumps({"name": name, "argv": argv, "env": env or {},
-                                                "web_ports": web_ports or []}))
+    (d / f"{name}.json").write_text(
+        json.dumps({"name": name, "argv": argv, "env": env or {}, "web_ports": web_ports or []})
+    )
 
 
 def test_scrape_targets_from_recorded_service_specs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv(monitor.SINK_METRICS_PORT_ENV, raising=False)
     py = "/x/python"
-    _spec(tmp_path, "stream-workers", [py, "-m", "stream_app", "workers", "-n", "2",
-                                       "--web-port", "31001"], web_ports=[31001, 31002])
+    _spec(
+        tmp_path,
+        "stream-workers",
+        [py, "-m", "stream_app", "workers", "-n", "2", "--web-port", "31001"],
+        web_ports=[31001, 31002],
+    )
     _spec(tmp_path, "worker-9", [py, "-m", "stream_app", "worker", "--web-port", "31009"])
     _spec(tmp_path, "worker-x", [py, "-m", "stream_app", "worker"])
-    supervised = [py, "-m", "infra.supervisor", "--name", "sink-1", "--", py, "-m", "consumers",
-                  "sink"]
+    supervised = [
+        py,
+        "-m",
+        "infra.supervisor",
+        "--name",
+        "sink-1",
+        "--",
+        py,
+        "-m",
+        "consumers",
+        "sink",
+    ]
     _spec(tmp_path, "sink-1", supervised)
     _spec(tmp_path, "sink-2", [py, "-m", "consumers", "sink"], {"PIPELINE_METRICS__PORT": "31005"})
     _spec(tmp_path, "producer", [py, "-m", "producers", "images", "x"])

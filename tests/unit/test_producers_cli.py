@@ -108,9 +108,24 @@ def test_sigterm_flushes_and_reports_interrupted(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producers", "synthetic", "--count", "100000", "--size", "32x32",
-         "--rate", "200", "--json"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "producers",
+            "synthetic",
+            "--count",
+            "100000",
+            "--size",
+            "32x32",
+            "--rate",
+            "200",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # Ready = it reported progress with deliveries (a probe, not a fixed sleep).

@@ -36,8 +36,17 @@ class FakeError:
 
 
 class FakeMsg:
-    def __init__(self, topic: str, key: bytes, value: bytes, headers: list, partition: int, offset: int):
-        self._t, self._k, self._v, self._h, self._p, self._o = topic, key, value, headers, partition, offset
+    def __init__(
+        self, topic: str, key: bytes, value: bytes, headers: list, partition: int, offset: int
+    ):
+        self._t, self._k, self._v, self._h, self._p, self._o = (
+            topic,
+            key,
+            value,
+            headers,
+            partition,
+            offset,
+        )
 
     def topic(self) -> str:
         return self._t
@@ -80,7 +89,9 @@ class FakeProducer:
         self.purged = 0
         self._offset = 0
 
-    def produce(self, topic: str, value: bytes = b"", key: bytes = b"", headers=None, on_delivery=None) -> None:
+    def produce(
+        self, topic: str, value: bytes = b"", key: bytes = b"", headers=None, on_delivery=None
+    ) -> None:
         if len(self.queue) >= self.capacity:
             self.buffer_errors += 1
             raise BufferError("Local: Queue full")
@@ -117,6 +128,7 @@ class FakeProducer:
     def __len__(self) -> int:
         return len(self.queue)
 
+
 # -- tests --
 
 
@@ -142,7 +154,9 @@ def test_every_record_has_id_key_unchanged_value_and_raw_headers() -> None:
     assert [m.topic() for m in p.produced] == [topics.RAW, topics.RAW]
     assert [m.key() for m in p.produced] == [content_id(JPEG).encode(), b"cam-1/0001"]
     assert [m.value() for m in p.produced] == [JPEG, PNG]
-    for m, (ctype, src) in zip(p.produced, [("image/jpeg", "a.jpg"), ("image/png", "b")], strict=True):
+    for m, (ctype, src) in zip(
+        p.produced, [("image/jpeg", "a.jpg"), ("image/png", "b")], strict=True
+    ):
         raw = parse_raw(m.key(), m.value(), m.headers())
         assert (raw.content_type, raw.source) == (ctype, src)
         assert [k for k, _ in m.headers()] == ["content-type", "source", "produced-at"]
@@ -175,7 +189,12 @@ def test_buffer_error_is_backpressure_not_loss() -> None:
 
 def test_failed_deliveries_are_counted_with_reason() -> None:
     bad = content_id(PNG).encode()
-    fake = FakeProducer({}, fail=lambda k: FakeError("_MSG_TIMED_OUT", "Local: Message timed out") if k == bad else None)
+    fake = FakeProducer(
+        {},
+        fail=lambda k: (
+            FakeError("_MSG_TIMED_OUT", "Local: Message timed out") if k == bad else None
+        ),
+    )
     result, _ = run([Item(JPEG, "ok.jpg"), Item(PNG, "bad.png")], fake)
     s = result.summary
     assert (s.delivered, s.failed) == (1, 1)

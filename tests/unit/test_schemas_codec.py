@@ -136,7 +136,11 @@ def test_v2_bytes_differ_from_v1_bytes() -> None:
     v2, _ = encode(codec.PREDICTION, prediction_v2())
     assert v2.startswith(v1) and len(v2) > len(v1)
     with pytest.raises(SchemaError) as err:
-        decode(codec.PREDICTION, v2, {codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "1"})
+        decode(
+            codec.PREDICTION,
+            v2,
+            {codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "1"},
+        )
     assert err.value.reason == "undecodable" and "trailing" in str(err.value)
 
 
@@ -165,8 +169,14 @@ def _avsc(name: str, version: int) -> dict:
         ({}, "wrong-schema"),
         ({codec.H_SCHEMA_NAME: codec.INFERENCE, codec.H_SCHEMA_VERSION: "1"}, "wrong-schema"),
         ({codec.H_SCHEMA_NAME: codec.PREDICTION}, "bad-schema-version"),
-        ({codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "two"}, "bad-schema-version"),
-        ({codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "99"}, "unknown-schema-version"),
+        (
+            {codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "two"},
+            "bad-schema-version",
+        ),
+        (
+            {codec.H_SCHEMA_NAME: codec.PREDICTION, codec.H_SCHEMA_VERSION: "99"},
+            "unknown-schema-version",
+        ),
     ],
 )
 def test_decode_rejects_bad_headers_with_reason(headers: dict, reason: str) -> None:

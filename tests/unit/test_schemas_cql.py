@@ -18,7 +18,8 @@ CQL_TYPES = re.compile(
 )
 TABLE_RE = re.compile(
     r"^CREATE TABLE IF NOT EXISTS (?P<ks>\w+)\.(?P<table>\w+) \((?P<body>.*)\)"
-    r"(?: WITH (?P<options>.*))?$", re.DOTALL
+    r"(?: WITH (?P<options>.*))?$",
+    re.DOTALL,
 )
 
 
@@ -105,12 +106,33 @@ def test_tables_hold_what_the_records_carry() -> None:
     """Every fact the sink must store has a column (lineage, timing, failure reason)."""
     tables = {t: cols for _, t, cols, _ in map(parse_table, cql.table_ddl("vision"))}
     pred = tables[cql.PREDICTIONS_TABLE]
-    for col in ("label", "score", "top_k", "model_name", "model_version", "source",
-                "raw_topic", "raw_partition", "raw_offset", "produced_at", "processed_at", "stage_ms"):
+    for col in (
+        "label",
+        "score",
+        "top_k",
+        "model_name",
+        "model_version",
+        "source",
+        "raw_topic",
+        "raw_partition",
+        "raw_offset",
+        "produced_at",
+        "processed_at",
+        "stage_ms",
+    ):
         assert col in pred, col
     rej = tables[cql.REJECTIONS_TABLE]
-    for col in ("stage", "reason", "error_class", "message", "origin_topic",
-                "origin_partition", "origin_offset", "produced_at", "rejected_at"):
+    for col in (
+        "stage",
+        "reason",
+        "error_class",
+        "message",
+        "origin_topic",
+        "origin_partition",
+        "origin_offset",
+        "produced_at",
+        "rejected_at",
+    ):
         assert col in rej, col
     assert pred["raw_offset"] == rej["origin_offset"] == "bigint"
 

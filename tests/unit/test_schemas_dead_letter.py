@@ -73,9 +73,15 @@ def test_headers_carry_schema_and_failure_facts() -> None:
 
 
 def test_explicit_class_and_message_without_exception() -> None:
-    value, headers = _dl(error=None, error_class="ModelTimeout", message="took 31 s", retriable=True)
+    value, headers = _dl(
+        error=None, error_class="ModelTimeout", message="took 31 s", retriable=True
+    )
     rec = read_dead_letter(value, headers)
-    assert (rec["error_class"], rec["error_message"], rec["retriable"]) == ("ModelTimeout", "took 31 s", True)
+    assert (rec["error_class"], rec["error_message"], rec["retriable"]) == (
+        "ModelTimeout",
+        "took 31 s",
+        True,
+    )
 
 
 def test_defaults_without_error_use_reason() -> None:

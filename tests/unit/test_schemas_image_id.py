@@ -19,20 +19,36 @@ def test_derived_id_is_deterministic_and_content_sensitive() -> None:
     assert image_id_for(b"abc") == image_id_for(b"abc")
     assert image_id_for(b"abc") != image_id_for(b"abd")
     # Known vector, so a change of hash function cannot slip through.
-    assert image_id_for(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert (
+        image_id_for(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
 
 
 def test_derived_id_is_a_valid_id() -> None:
     assert validate_image_id(image_id_for(b"")) == image_id_for(b"")
 
 
-@pytest.mark.parametrize("supplied", ["cam-7/2024-05-01T10:00:00Z", "a", "x" * 200, "u@h+1=2.jpg", "A_b-c"])
+@pytest.mark.parametrize(
+    "supplied", ["cam-7/2024-05-01T10:00:00Z", "a", "x" * 200, "u@h+1=2.jpg", "A_b-c"]
+)
 def test_supplied_id_is_used_verbatim(supplied: str) -> None:
     assert image_id_for(b"whatever", supplied) == supplied
 
 
 @pytest.mark.parametrize(
-    "supplied", ["", "abc\n", "x" * 201, "has space", "tab\t", "new\nline", "caméra", "semi;colon", "quote'", "é"]
+    "supplied",
+    [
+        "",
+        "abc\n",
+        "x" * 201,
+        "has space",
+        "tab\t",
+        "new\nline",
+        "caméra",
+        "semi;colon",
+        "quote'",
+        "é",
+    ],
 )
 def test_invalid_supplied_id_is_rejected(supplied: str) -> None:
     with pytest.raises(InvalidImageId) as err:

@@ -88,7 +88,12 @@ def test_parse_raw_round_trip() -> None:
 
 def test_parse_raw_accepts_str_key_and_str_headers() -> None:
     rec = parse_raw("img-2", b"v", [("produced-at", "17"), ("content-type", "image/gif")])
-    assert (rec.image_id, rec.produced_at_ms, rec.content_type, rec.source) == ("img-2", 17, "image/gif", "")
+    assert (rec.image_id, rec.produced_at_ms, rec.content_type, rec.source) == (
+        "img-2",
+        17,
+        "image/gif",
+        "",
+    )
 
 
 def test_parse_raw_falls_back_to_record_timestamp() -> None:

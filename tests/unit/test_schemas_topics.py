@@ -103,14 +103,16 @@ def test_kafka_settings_size_every_topic_from_one_place() -> None:
     from infra.settings import KafkaSettings, PipelineSettings
 
     big = 20 * 1024 * 1024
-    kafka = KafkaSettings(max_message_bytes=big, partitions=3, replication_factor=2,
-                          min_insync_replicas=1)
+    kafka = KafkaSettings(
+        max_message_bytes=big, partitions=3, replication_factor=2, min_insync_replicas=1
+    )
     by_name = {t.name: t for t in kafka.topics()}
     assert by_name["images.raw"].max_message_bytes == big
     # A dead letter carries the original payload: its topic holds the largest input.
     assert by_name["images.decode.dlq"].max_message_bytes > big
-    assert {(t.partitions, t.replication_factor, t.min_insync_replicas)
-            for t in by_name.values()} == {(3, 2, 1)}
+    assert {
+        (t.partitions, t.replication_factor, t.min_insync_replicas) for t in by_name.values()
+    } == {(3, 2, 1)}
     # Provisioning creates exactly these (PIPELINE_KAFKA__MAX_MESSAGE_BYTES reaches topics).
     provisioned = {t.name: t for t in registry_topics(PipelineSettings(kafka=kafka))}
     assert provisioned["images.raw"].configs()["max.message.bytes"] == str(big)

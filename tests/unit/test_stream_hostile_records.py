@@ -149,8 +149,10 @@ def test_a_batch_step_that_raises_is_bisected_down_to_the_record() -> None:
             return [self.dead(r, reason="fine", error=ValueError("x")) for r in batch]
 
     stage = Picky(STAGE_BY_NAME["postprocess"], ["a"], 1)
-    batch = [InRecord("images.inferred", 0, i, k, b"", []) for i, k in enumerate(
-        [b"a", b"b", b"bad", b"c", b"d"])]
+    batch = [
+        InRecord("images.inferred", 0, i, k, b"", [])
+        for i, k in enumerate([b"a", b"b", b"bad", b"c", b"d"])
+    ]
     outs = stage.process(batch)
     assert [o.reason for o in outs] == ["fine", "fine", "internal-error", "fine", "fine"]
     assert Picky.calls <= 1 + 2 * 3  # log2 splits, not one call per record
@@ -169,8 +171,9 @@ def test_a_good_image_keeps_its_prediction_path() -> None:
 
 
 def test_a_record_the_consumer_could_not_hand_over_becomes_its_dead_letter() -> None:
-    marker = InRecord(TOPIC, 2, 40, None, None, [], 1_700_000_000_123,
-                      refused="decompressed-too-large")
+    marker = InRecord(
+        TOPIC, 2, 40, None, None, [], 1_700_000_000_123, refused="decompressed-too-large"
+    )
     outs = decode_stage().process([raw(39, b"good"), marker, raw(41, b"good-2")])
     assert [o.dead for o in outs] == [False, True, False]
     dl = dead_fields(outs[1])
