@@ -51,10 +51,10 @@ backup: setup ## back up the result keyspace (every node, manifest, Kafka offset
 bench: setup ## benchmarks: model-only vs pipeline vs transport (bench/results/)
 	$(PY) -m bench
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff (lint and format drift) and mypy; fails on any finding
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
-	$(VENV)/bin/mypy schemas infra producers consumers stream_app
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy schemas infra producers consumers stream_app demo bench
 
 fmt: setup ## format the code
 	$(VENV)/bin/ruff format .
