@@ -115,6 +115,21 @@ def _high_watermarks(
     return out
 
 
+def _probe_high_watermarks(
+    settings: KafkaSettings, topics: list[str], timeout_s: float, deadline_s: float
+) -> dict[tuple[str, int], int]:
+    """High watermark of every partition of `topics`, asked by a consumer that never joins."""
+    c = Consumer(
+        consumer_config(
+            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
+        )
+    )
+    try:
+        return _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
+    finally:
+        c.close()
+
+
 def end_offsets(
     settings: KafkaSettings,
     topics: list[str],
@@ -122,15 +137,7 @@ def end_offsets(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> dict[str, int]:
     """Sum of high watermarks per topic (records ever written, minus none deleted)."""
-    c = Consumer(
-        consumer_config(
-            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
-        )
-    )
-    try:
-        highs = _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
-    finally:
-        c.close()
+    highs = _probe_high_watermarks(settings, topics, timeout_s, deadline_s)
     out = dict.fromkeys(topics, 0)
     for (t, _p), high in highs.items():
         out[t] += high
@@ -144,15 +151,7 @@ def partition_end_offsets(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> dict[int, int]:
     """High watermark of each partition of `topic` (for read-backs: where new records start)."""
-    c = Consumer(
-        consumer_config(
-            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
-        )
-    )
-    try:
-        highs = _high_watermarks(c, [topic], timeout_s, Deadline(deadline_s))
-    finally:
-        c.close()
+    highs = _probe_high_watermarks(settings, [topic], timeout_s, deadline_s)
     return {p: high for (_t, p), high in highs.items()}
 
 
