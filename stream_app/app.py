@@ -189,6 +189,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
                     raise RuntimeError(
                         f"{stage.name} produced {len(outs)} records for {len(records)} inputs"
                     )
+                stats.sends_started()
                 await send_outputs(send, records, outs, processor.refused, w.send_timeout_s)
             except Exception as exc:
                 stats.errors += 1

@@ -37,6 +37,7 @@ class StageStats:
     # partition the last fresh lag, and since when records have waited there behind a
     # committed offset that did not move (absent: nothing waits).
     inflight_since: float | None = None
+    sending: bool = False
     fresh_lag: dict[int, int | None] = field(default_factory=dict)
     waiting_since: dict[int, float] = field(default_factory=dict)
     _committed: dict[int, int] = field(default_factory=dict)
@@ -46,6 +47,12 @@ class StageStats:
 
     def batch_taken(self) -> None:
         self.inflight_since = time.monotonic()
+        self.sending = False
+
+    def sends_started(self) -> None:
+        """Processing is done; from here the send timeout bounds the batch, not the
+        watchdog (a broker election may take longer than the stall bound)."""
+        self.sending = True
 
     def lag_measured(self, lag: dict[int, tuple[int, int] | None], at: float | None = None) -> None:
         """Fresh (committed offset, log end offset) per assigned partition, asked now;
@@ -55,6 +62,11 @@ class StageStats:
         self.fresh_lag = {p: None if v is None else max(0, v[1] - v[0]) for p, v in lag.items()}
         for p, v in lag.items():
             if v is None:
+                # Unknown (the broker did not answer): judge nothing, observe anew. A probe
+                # failing through a broker outage must not read as a stall; sends that
+                # fail past send_timeout_s end the worker on their own.
+                self.waiting_since.pop(p, None)
+                self._committed.pop(p, None)
                 continue
             committed, end = v
             moved = self._committed.get(p) != committed
@@ -82,7 +94,8 @@ class StageStats:
         return sorted(p for p, t in self.waiting_since.items() if now - t > bound_s)
 
     def stalled(self, now: float, bound_s: float) -> bool:
-        if self.inflight_since is not None and now - self.inflight_since > bound_s:
+        held = self.inflight_since is not None and not self.sending
+        if held and now - self.inflight_since > bound_s:  # type: ignore[operator]
             return True
         return bool(self.stuck_partitions(now, bound_s))
 

@@ -215,3 +215,15 @@ def test_stall_is_judged_from_held_input_and_waiting_records() -> None:
     st.lag_measured({0: (8, 9)}, at=t + 300)
     st.lag_measured({}, at=t + 400)
     assert not st.stalled(t + 1000, 60)
+
+
+def test_an_unanswered_probe_or_a_batch_in_sending_is_never_a_stall() -> None:
+    st = StageStats("infer", "images.decoded")
+    t = st.started_at
+    st.lag_measured({0: (5, 8)}, at=t)
+    st.lag_measured({0: None}, at=t + 30)  # the broker did not answer
+    st.lag_measured({0: (5, 8)}, at=t + 65)
+    assert not st.stalled(t + 66, 60)  # observed anew at t + 65
+    st.batch_taken()
+    st.sends_started()  # bounded by send_timeout_s from here
+    assert not st.stalled(st.inflight_since + 100, 60)  # type: ignore[operator]
