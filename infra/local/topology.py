@@ -2,10 +2,17 @@
 
 Kafka nodes are combined broker+controller processes on 127.0.0.1 with distinct ports;
 Cassandra nodes use the same ports on distinct loopback addresses 127.0.0.N.
+
+`PIPELINE_INFRA_INSTANCE=k` (default 0) shifts a whole second set of clusters out of the
+way of the first: Kafka and JMX ports by 1000·k, Cassandra to 127.0.0.(3k+1..3k+3). Use it
+with its own run dir (PIPELINE_RUN_DIR) to run, say, a secure cluster beside a plaintext
+one; clients find it through PIPELINE_KAFKA__BOOTSTRAP_SERVERS and
+PIPELINE_CASSANDRA__CONTACT_POINTS (or the test backend, which asks this module).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 KAFKA = "kafka"
@@ -19,6 +26,16 @@ KAFKA_CONTROLLER_PORT_BASE = 19191  # kafka-1 -> 19192
 CASSANDRA_NATIVE_PORT = 9042
 CASSANDRA_STORAGE_PORT = 7000
 CASSANDRA_JMX_PORT_BASE = 7099  # cassandra-1 -> 7199, -2 -> 7299, -3 -> 7399
+INSTANCE_ENV = "PIPELINE_INFRA_INSTANCE"
+MAX_INSTANCE = 9
+
+
+def instance() -> int:
+    """Which set of clusters this process addresses (read at call time, not import)."""
+    raw = os.environ.get(INSTANCE_ENV, "").strip() or "0"
+    if not raw.isdigit() or int(raw) > MAX_INSTANCE:
+        raise ValueError(f"{INSTANCE_ENV}={raw!r}: use an integer 0..{MAX_INSTANCE}")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -36,8 +53,9 @@ class NodeSpec:
 
 
 def kafka_node(i: int) -> NodeSpec:
-    broker = KAFKA_BROKER_PORT_BASE + i
-    controller = KAFKA_CONTROLLER_PORT_BASE + i
+    shift = 1000 * instance()
+    broker = KAFKA_BROKER_PORT_BASE + shift + i
+    controller = KAFKA_CONTROLLER_PORT_BASE + shift + i
     return NodeSpec(
         name=f"kafka-{i}",
         kind=KAFKA,
@@ -49,16 +67,17 @@ def kafka_node(i: int) -> NodeSpec:
 
 
 def cassandra_node(i: int) -> NodeSpec:
+    k = instance()
     return NodeSpec(
         name=f"cassandra-{i}",
         kind=CASSANDRA,
         index=i,
-        host=f"127.0.0.{i}",
+        host=f"127.0.0.{3 * k + i}",
         port=CASSANDRA_NATIVE_PORT,
         ports={
             "native": CASSANDRA_NATIVE_PORT,
             "storage": CASSANDRA_STORAGE_PORT,
-            "jmx": CASSANDRA_JMX_PORT_BASE + 100 * i,
+            "jmx": CASSANDRA_JMX_PORT_BASE + 1000 * k + 100 * i,
         },
     )
 
