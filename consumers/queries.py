@@ -27,51 +27,15 @@ from typing import Any
 
 from infra.cassandra_session import read_profile_of
 from schemas import cql
+from schemas.rows import PredictionByLabelRow, PredictionRow, RejectionRow, columns
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = (
-    "image_id",
-    "label",
-    "class_index",
-    "score",
-    "top_k",
-    "model_name",
-    "model_version",
-    "source",
-    "content_type",
-    "raw_topic",
-    "raw_partition",
-    "raw_offset",
-    "produced_at",
-    "processed_at",
-    "stored_at",
-    "stage_ms",
-)
-BY_LABEL_COLUMNS = (
-    "label",
-    "image_id",
-    "score",
-    "model_name",
-    "model_version",
-    "source",
-    "produced_at",
-)
-REJECTION_COLUMNS = (
-    "image_id",
-    "stage",
-    "reason",
-    "error_class",
-    "message",
-    "retriable",
-    "source",
-    "origin_topic",
-    "origin_partition",
-    "origin_offset",
-    "produced_at",
-    "rejected_at",
-    "stored_at",
-)
+# Columns read, from the row classes (the DDL's order). The reads leave out `raw_key`
+# (rejections): results and the API kept their shape when that column was added.
+PREDICTION_COLUMNS = columns(PredictionRow)
+BY_LABEL_COLUMNS = columns(PredictionByLabelRow)
+REJECTION_COLUMNS = tuple(c for c in columns(RejectionRow) if c != "raw_key")
 # The cell whose WRITETIME (microseconds, the record's `USING TIMESTAMP`) dates a row.
 WRITE_TIME = "write_time"
 _DATED_BY = {cql.PREDICTIONS_TABLE: "label", cql.REJECTIONS_TABLE: "reason"}

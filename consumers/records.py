@@ -44,6 +44,7 @@ from schemas.image_id import (
     validate_row_id,
 )
 from schemas.raw import headers_dict
+from schemas.rows import PredictionByLabelRow, PredictionRow, RejectionRow, Row, bound_values
 
 SINK_STAGE = "sink"
 
@@ -54,6 +55,12 @@ REJECTION = "rejection"
 DELETE_REJECTION = "delete_rejection"
 DELETE_PREDICTION = "delete_prediction"
 DELETES = frozenset({DELETE_REJECTION, DELETE_PREDICTION})
+# The upsert statement of each row type.
+UPSERT_OF: dict[type[Row], str] = {
+    PredictionRow: PREDICTION,
+    PredictionByLabelRow: PREDICTION_BY_LABEL,
+    RejectionRow: REJECTION,
+}
 
 # Cassandra write timestamps are signed 64-bit microseconds.
 MAX_TIMESTAMP_US = 2**63 - 1
@@ -67,11 +74,19 @@ FALLBACK_FIELD_CHARS = 200
 
 @dataclass(frozen=True)
 class Write:
-    """One row upsert: which prepared statement, its parameters, the write timestamp (us)."""
+    """One row write: which prepared statement, its parameters, the write timestamp (us).
+
+    An upsert built by `upsert` keeps its typed `row` (read it by column name); `params`
+    are that row's bound values in column order. A delete's params are the image id."""
 
     statement: str
     params: tuple[Any, ...]
     timestamp_us: int
+    row: Row | None = None
+
+    @classmethod
+    def upsert(cls, row: Row, timestamp_us: int) -> Write:
+        return cls(UPSERT_OF[type(row)], bound_values(row), timestamp_us, row)
 
     @property
     def is_delete(self) -> bool:
@@ -216,11 +231,11 @@ def _delete(statement: str, image_id: str, timestamp_us: int) -> Write:
     return Write(statement, (image_id,), timestamp_us)
 
 
-def _with_delete_prediction(rejection: Write) -> tuple[Write, ...]:
+def _with_delete_prediction(row: RejectionRow, timestamp_us: int) -> tuple[Write, ...]:
     # 1 us older than the rejection: on a tie the prediction's own tombstone removes the
     # rejection and this one leaves the prediction, so exactly one row survives.
-    ts = max(0, rejection.timestamp_us - 1)
-    return (rejection, _delete(DELETE_PREDICTION, rejection.params[0], ts))
+    ts = max(0, timestamp_us - 1)
+    return (Write.upsert(row, timestamp_us), _delete(DELETE_PREDICTION, row.image_id, ts))
 
 
 def prediction_writes(pred: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ...]:
@@ -242,41 +257,37 @@ def prediction_writes(pred: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ..
     produced_at = _none_if_zero(pred.get("produced_at_ms"))
     processed_at = _none_if_zero(pred.get("processed_at_ms"))
     trace = {str(k): int(v) for k, v in (pred.get("trace") or {}).items()}
-    main = Write(
-        PREDICTION,
-        (
-            image_id,
-            top["label"],
-            int(top["class_index"]),
-            float(top["score"]),
-            top_k_rows,
-            pred.get("model_name", ""),
-            pred.get("model_version", ""),
-            pred.get("source", ""),
-            pred.get("content_type", ""),
-            pred.get("raw_topic", ""),
-            int(pred.get("raw_partition", -1)),
-            int(pred.get("raw_offset", -1)),
-            produced_at,
-            processed_at,
-            trace,
-        ),
-        ts,
+    main = PredictionRow(
+        image_id=image_id,
+        label=top["label"],
+        class_index=int(top["class_index"]),
+        score=float(top["score"]),
+        top_k=top_k_rows,
+        model_name=pred.get("model_name", ""),
+        model_version=pred.get("model_version", ""),
+        source=pred.get("source", ""),
+        content_type=pred.get("content_type", ""),
+        raw_topic=pred.get("raw_topic", ""),
+        raw_partition=int(pred.get("raw_partition", -1)),
+        raw_offset=int(pred.get("raw_offset", -1)),
+        produced_at=produced_at,
+        processed_at=processed_at,
+        stage_ms=trace,
     )
-    by_label = Write(
-        PREDICTION_BY_LABEL,
-        (
-            top["label"],
-            image_id,
-            float(top["score"]),
-            pred.get("model_name", ""),
-            pred.get("model_version", ""),
-            pred.get("source", ""),
-            produced_at,
-        ),
-        ts,
+    by_label = PredictionByLabelRow(
+        label=main.label,
+        image_id=image_id,
+        score=main.score,
+        model_name=main.model_name,
+        model_version=main.model_version,
+        source=main.source,
+        produced_at=produced_at,
     )
-    return (main, by_label, _delete(DELETE_REJECTION, image_id, ts))
+    return (
+        Write.upsert(main, ts),
+        Write.upsert(by_label, ts),
+        _delete(DELETE_REJECTION, image_id, ts),
+    )
 
 
 def rejection_writes(dl: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ...]:
@@ -294,27 +305,22 @@ def rejection_writes(dl: dict[str, Any], rec: KafkaRecord) -> tuple[Write, ...]:
         else key_image_id(rec, origin)
     )
     ts = _write_timestamp_us(dl.get("failed_at_ms", 0), rec)
-    return _with_delete_prediction(
-        Write(
-            REJECTION,
-            (
-                image_id,
-                dl.get("stage") or stage_of_topic(rec.topic),
-                dl.get("reason", ""),
-                dl.get("error_class", ""),
-                dl.get("error_message", ""),
-                bool(dl.get("retriable", False)),
-                dl.get("source", ""),
-                dl.get("origin_topic", ""),
-                int(dl.get("origin_partition", -1)),
-                int(dl.get("origin_offset", -1)),
-                _none_if_zero(dl.get("produced_at_ms")),
-                _none_if_zero(dl.get("failed_at_ms")) or rec.timestamp_ms or None,
-                raw_key_text(rec.key),
-            ),
-            ts,
-        )
+    row = RejectionRow(
+        image_id=image_id,
+        stage=dl.get("stage") or stage_of_topic(rec.topic),
+        reason=dl.get("reason", ""),
+        error_class=dl.get("error_class", ""),
+        message=dl.get("error_message", ""),
+        retriable=bool(dl.get("retriable", False)),
+        source=dl.get("source", ""),
+        origin_topic=dl.get("origin_topic", ""),
+        origin_partition=int(dl.get("origin_partition", -1)),
+        origin_offset=int(dl.get("origin_offset", -1)),
+        produced_at=_none_if_zero(dl.get("produced_at_ms")),
+        rejected_at=_none_if_zero(dl.get("failed_at_ms")) or rec.timestamp_ms or None,
+        raw_key=raw_key_text(rec.key),
     )
+    return _with_delete_prediction(row, ts)
 
 
 def stage_of_topic(topic: str) -> str:
@@ -344,27 +350,22 @@ def refused_rejection(
     def cut(text: str) -> str:
         return text if field_limit is None else text[:field_limit]
 
-    return _with_delete_prediction(
-        Write(
-            REJECTION,
-            (
-                image_id,
-                cut(stage),
-                cut(reason),
-                cut(error_class),
-                message[:limit],
-                False,
-                cut(headers_dict(rec.headers).get("source", "")),
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                None,
-                rec.timestamp_ms if _kafka_timestamp_us(rec) else None,
-                raw_key_text(rec.key),
-            ),
-            refusal_timestamp_us(rec),
-        )
+    row = RejectionRow(
+        image_id=image_id,
+        stage=cut(stage),
+        reason=cut(reason),
+        error_class=cut(error_class),
+        message=message[:limit],
+        retriable=False,
+        source=cut(headers_dict(rec.headers).get("source", "")),
+        origin_topic=rec.topic,
+        origin_partition=rec.partition,
+        origin_offset=rec.offset,
+        produced_at=None,
+        rejected_at=rec.timestamp_ms if _kafka_timestamp_us(rec) else None,
+        raw_key=raw_key_text(rec.key),
     )
+    return _with_delete_prediction(row, refusal_timestamp_us(rec))
 
 
 def _refused(
@@ -430,6 +431,11 @@ def _check_newer_version(exc: BaseException, name: str, rec: KafkaRecord) -> Non
         ) from exc
 
 
+def _image_id(write: Write) -> str:
+    assert isinstance(write.row, PredictionRow | RejectionRow)
+    return write.row.image_id
+
+
 def map_record(rec: KafkaRecord, predictions_topic: str = topics.PREDICTIONS) -> Mapped:
     """Map one consumed record; never raises for bad input (bad input is a result).
 
@@ -447,7 +453,7 @@ def map_record(rec: KafkaRecord, predictions_topic: str = topics.PREDICTIONS) ->
                 error_class=type(exc).__name__,
                 message=str(exc),
             )
-        return Mapped("prediction", writes[0].params[0], writes)
+        return Mapped("prediction", _image_id(writes[0]), writes)
     try:
         dl = dead_letter.read_dead_letter(rec.value, rec.headers)
         rows = rejection_writes(dl, rec)
@@ -462,7 +468,7 @@ def map_record(rec: KafkaRecord, predictions_topic: str = topics.PREDICTIONS) ->
             message=h.get(dead_letter.H_ERROR_MESSAGE) or str(exc),
             origin=dead_letter_origin(rec),
         )
-    return Mapped("rejection", rows[0].params[0], rows)
+    return Mapped("rejection", _image_id(rows[0]), rows)
 
 
 # The names schemas.dead_letter gives its own truncation, so readers look in one place.

@@ -1,7 +1,8 @@
 """The sink's CQL, one statement per row kind; each carries `USING TIMESTAMP ?`.
 
-Upserts end with it; the deletes that keep one status per image (consumers.records)
-start with it: `DELETE FROM t USING TIMESTAMP ? WHERE image_id = ?`.
+Upserts are built from the row classes in schemas.rows (columns in field order, a `?`
+per bound column) and end with `USING TIMESTAMP ?`; the deletes that keep one status per
+image (consumers.records) start with it: `DELETE FROM t USING TIMESTAMP ? WHERE image_id = ?`.
 
 `stored_at` is the coordinator's clock (`toTimestamp(now())`): the time the row was last
 written, which a replay moves forward without touching the data columns' timestamps.
@@ -9,52 +10,29 @@ written, which a replay moves forward without touching the data columns' timesta
 
 from __future__ import annotations
 
-import re
-
-from consumers.records import (
-    DELETE_PREDICTION,
-    DELETE_REJECTION,
-    PREDICTION,
-    PREDICTION_BY_LABEL,
-    REJECTION,
-)
+from consumers.records import DELETE_PREDICTION, DELETE_REJECTION, UPSERT_OF
 from schemas import cql
+from schemas.rows import Row, columns, server_value
 
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
-_WRITES = {
-    PREDICTION: (
-        "INSERT INTO {ks}."
-        + cql.PREDICTIONS_TABLE
-        + " (image_id, label, class_index, score, top_k,"
-        " model_name, model_version, source, content_type, raw_topic, raw_partition, raw_offset,"
-        " produced_at, processed_at, stage_ms, stored_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))"
-        " USING TIMESTAMP ?"
-    ),
-    PREDICTION_BY_LABEL: (
-        "INSERT INTO {ks}." + cql.PREDICTIONS_BY_LABEL_TABLE + " (label, image_id, score,"
-        " model_name, model_version, source, produced_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-    ),
-    REJECTION: (
-        "INSERT INTO {ks}." + cql.REJECTIONS_TABLE + " (image_id, stage, reason, error_class,"
-        " message, retriable, source, origin_topic, origin_partition, origin_offset,"
-        " produced_at, rejected_at, raw_key, stored_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?"
-    ),
-    DELETE_REJECTION: (
-        "DELETE FROM {ks}." + cql.REJECTIONS_TABLE + " USING TIMESTAMP ? WHERE image_id = ?"
-    ),
-    DELETE_PREDICTION: (
-        "DELETE FROM {ks}." + cql.PREDICTIONS_TABLE + " USING TIMESTAMP ? WHERE image_id = ?"
-    ),
-}
+def insert_cql(row_type: type[Row], keyspace: str) -> str:
+    """`INSERT INTO ks.table (every column) VALUES (? or the coordinator's value) USING TIMESTAMP ?`."""
+    cols = columns(row_type)
+    values = ", ".join(server_value(row_type, c) or "?" for c in cols)
+    return (
+        f"INSERT INTO {keyspace}.{row_type.TABLE} ({', '.join(cols)})"
+        f" VALUES ({values}) USING TIMESTAMP ?"
+    )
+
+
+def _delete_cql(keyspace: str, table: str) -> str:
+    return f"DELETE FROM {keyspace}.{table} USING TIMESTAMP ? WHERE image_id = ?"
 
 
 def write_statements(keyspace: str) -> dict[str, str]:
     """CQL text of every write, by statement name, for `keyspace`."""
-    if not _IDENT.match(keyspace):
-        raise ValueError(f"keyspace {keyspace!r} is not a valid Cassandra identifier")
-    ks = keyspace
-    return {name: text.format(ks=ks) for name, text in _WRITES.items()}
+    ks = cql.check_ident("keyspace", keyspace)
+    out = {name: insert_cql(row_type, ks) for row_type, name in UPSERT_OF.items()}
+    out[DELETE_REJECTION] = _delete_cql(ks, cql.REJECTIONS_TABLE)
+    out[DELETE_PREDICTION] = _delete_cql(ks, cql.PREDICTIONS_TABLE)
+    return out

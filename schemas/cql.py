@@ -19,7 +19,8 @@ _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _check_ident(kind: str, value: str) -> str:
+def check_ident(kind: str, value: str) -> str:
+    """`value` if it is a valid unquoted Cassandra identifier (e.g. a keyspace name)."""
     if not _IDENT.fullmatch(value):
         raise ValueError(f"{kind} {value!r} is not a valid Cassandra identifier")
     return value
@@ -33,7 +34,7 @@ def _statements(keyspace: str, replication_factor: int, datacenter: str) -> list
     if int(replication_factor) < 1:
         raise ValueError(f"replication_factor must be >= 1, got {replication_factor}")
     rendered = text.format(
-        keyspace=_check_ident("keyspace", keyspace),
+        keyspace=check_ident("keyspace", keyspace),
         datacenter=datacenter,
         replication_factor=int(replication_factor),
     )
@@ -56,4 +57,4 @@ def add_column_ddl(keyspace: str, table: str, column: str, cql_type: str) -> str
     """`ALTER TABLE ... ADD` for one of ADDED_COLUMNS."""
     if (table, column, cql_type) not in ADDED_COLUMNS:
         raise ValueError(f"{table}.{column} {cql_type} is not a known added column")
-    return f"ALTER TABLE {_check_ident('keyspace', keyspace)}.{table} ADD {column} {cql_type}"
+    return f"ALTER TABLE {check_ident('keyspace', keyspace)}.{table} ADD {column} {cql_type}"

@@ -17,7 +17,7 @@ from consumers.records import (
     write_failed_request,
 )
 from consumers.statements import write_statements
-from schemas import codec, dead_letter, topics
+from schemas import codec, dead_letter, rows, topics
 
 KAFKA_TS = 1_700_000_000_123
 
@@ -61,13 +61,20 @@ def test_prediction_maps_to_both_tables_with_processed_at_as_write_time():
         ("img-1",),
         main.timestamp_us,
     )
-    p = main.params
-    assert p[:4] == ("img-1", "golden retriever", 207, 0.875)
-    assert p[4] == [(207, "golden retriever", 0.875), (208, "Labrador retriever", 0.0625)]
-    assert p[9:12] == (topics.RAW, 2, 41)
-    assert p[12] == 1_700_000_000_000 and p[13] == 1_700_000_005_000
-    assert p[14] == {"decode": 1_700_000_001_000, "infer": 1_700_000_003_000}
-    assert by_label.params[:3] == ("golden retriever", "img-1", 0.875)
+    p = main.row
+    assert (p.image_id, p.label, p.class_index, p.score) == (
+        "img-1",
+        "golden retriever",
+        207,
+        0.875,
+    )
+    assert p.top_k == [(207, "golden retriever", 0.875), (208, "Labrador retriever", 0.0625)]
+    assert (p.raw_topic, p.raw_partition, p.raw_offset) == (topics.RAW, 2, 41)
+    assert p.produced_at == 1_700_000_000_000 and p.processed_at == 1_700_000_005_000
+    assert p.stage_ms == {"decode": 1_700_000_001_000, "infer": 1_700_000_003_000}
+    assert main.params == rows.bound_values(p)
+    b = by_label.row
+    assert (b.label, b.image_id, b.score) == ("golden retriever", "img-1", 0.875)
 
 
 def test_newer_record_gets_a_larger_timestamp():
@@ -85,7 +92,7 @@ def test_prediction_v1_without_trace_still_maps():
     del v1["trace"]
     value, headers = codec.encode("Prediction", v1, version=1)
     m = map_record(kafka(topics.PREDICTIONS, value, headers))
-    assert m.kind == "prediction" and m.writes[0].params[14] == {}
+    assert m.kind == "prediction" and m.writes[0].row.stage_ms == {}
 
 
 def test_dead_letter_maps_to_a_rejection_with_failed_at_as_write_time():
@@ -106,8 +113,21 @@ def test_dead_letter_maps_to_a_rejection_with_failed_at_as_write_time():
     assert m.kind == "rejection" and m.dead_letter is None
     w, drop = m.writes
     assert w.statement == REJECTION and w.timestamp_us == failed_at * 1000
-    assert w.params[:6] == ("img-2", "decode", "truncated", "ValueError", "bad jpeg", False)
-    assert w.params[6:13] == ("cam", topics.RAW, 1, 17, 1_600_000_000_000, failed_at, None)
+    assert w.row == rows.RejectionRow(
+        image_id="img-2",
+        stage="decode",
+        reason="truncated",
+        error_class="ValueError",
+        message="bad jpeg",
+        retriable=False,
+        source="cam",
+        origin_topic=topics.RAW,
+        origin_partition=1,
+        origin_offset=17,
+        produced_at=1_600_000_000_000,
+        rejected_at=failed_at,
+        raw_key=None,
+    )
     # ... and deletes the prediction 1 us before it (a tie goes to the prediction).
     assert (drop.statement, drop.params, drop.timestamp_us) == (
         DELETE_PREDICTION,
@@ -124,8 +144,12 @@ def test_undecodable_prediction_with_a_key_becomes_a_rejection_and_a_dead_letter
     w, drop = m.writes
     assert drop.statement == DELETE_PREDICTION and drop.timestamp_us == w.timestamp_us - 1
     assert w.statement == REJECTION and w.timestamp_us == KAFKA_TS * 1000  # fixed: replay-safe
-    assert w.params[:3] == ("img-3", "sink", "undecodable")
-    assert w.params[7:10] == (topics.PREDICTIONS, 3, 9)
+    assert (w.row.image_id, w.row.stage, w.row.reason) == ("img-3", "sink", "undecodable")
+    assert (w.row.origin_topic, w.row.origin_partition, w.row.origin_offset) == (
+        topics.PREDICTIONS,
+        3,
+        9,
+    )
     assert m.dead_letter is not None and m.dead_letter.reason == "undecodable"
     # The sink's dead letter keeps the original payload and where it came from.
     value, dl_headers = sink_dead_letter(rec, m.dead_letter)
@@ -144,13 +168,13 @@ def test_wrong_schema_header_is_refused_with_its_reason():
     bad_headers = [(k, v) for k, v in headers if k != codec.H_SCHEMA_NAME]
     m = map_record(kafka(topics.PREDICTIONS, value, bad_headers))
     assert m.kind == "refused" and m.dead_letter.reason == "wrong-schema"
-    assert m.writes[0].params[2] == "wrong-schema" and m.writes[0].params[0] == "img-1"
+    assert m.writes[0].row.reason == "wrong-schema" and m.writes[0].row.image_id == "img-1"
 
 
 def test_undecodable_record_without_a_key_still_gets_one_row_under_its_origin():
     m = map_record(kafka(topics.PREDICTIONS, b"junk", [], key=None))
     assert m.kind == "refused" and m.image_id == f"no-key:{topics.PREDICTIONS}/3/9"
-    assert m.writes[0].statement == REJECTION and m.writes[0].params[0] == m.image_id
+    assert m.writes[0].statement == REJECTION and m.writes[0].row.image_id == m.image_id
     assert m.dead_letter is not None and m.dead_letter.image_id == m.image_id
     # Replayed: the same row.
     assert map_record(kafka(topics.PREDICTIONS, b"junk", [], key=None)).writes == m.writes
@@ -166,10 +190,10 @@ def test_undecodable_record_without_a_key_still_gets_one_row_under_its_origin():
 )
 def test_a_key_that_is_no_valid_id_gets_a_hashed_row_id_and_keeps_its_raw_form(key, raw):
     m = map_record(kafka(topics.DECODE_DLQ, b"not avro", [], key=key))
-    w = m.writes[0]
-    assert w.params[0].startswith("key-sha256:") and len(w.params[0]) == len("key-sha256:") + 64
-    assert w.params[-1] == raw if raw is not None else w.params[-1].endswith("(300 bytes)")
-    assert m.dead_letter.image_id == w.params[0]
+    w = m.writes[0].row
+    assert w.image_id.startswith("key-sha256:") and len(w.image_id) == len("key-sha256:") + 64
+    assert w.raw_key == raw if raw is not None else w.raw_key.endswith("(300 bytes)")
+    assert m.dead_letter.image_id == w.image_id
 
 
 def test_different_bad_keys_never_share_a_row():
@@ -191,7 +215,7 @@ def test_keyless_undecodable_dead_letter_uses_the_origin_its_stage_named():
     ]
     m = map_record(kafka(topics.DECODE_DLQ, b"not avro", headers, key=None))
     assert m.image_id == f"no-key:{topics.RAW}/4/77"
-    assert m.writes[0].params[1:3] == ("decode", "bad-key")
+    assert (m.writes[0].row.stage, m.writes[0].row.reason) == ("decode", "bad-key")
     garbage = [("origin-topic", b"t"), ("origin-partition", b"x"), ("origin-offset", b"1")]
     m2 = map_record(kafka(topics.DECODE_DLQ, b"not avro", garbage, key=None))
     assert m2.image_id == f"no-key:{topics.DECODE_DLQ}/3/9"
@@ -268,7 +292,7 @@ def test_fallback_row_is_small_whatever_the_record_held():
     m = map_record(rec)
     w, drop = fallback_writes(m, rec, RuntimeError("x" * 100_000))
     assert w.statement == REJECTION and drop.statement == DELETE_PREDICTION
-    assert w.params[0] == m.image_id and w.params[1:4] == (
+    assert w.row.image_id == m.image_id and (w.row.stage, w.row.reason, w.row.error_class) == (
         "sink",
         "cassandra-refused",
         "RuntimeError",
@@ -290,17 +314,26 @@ def test_prediction_without_classes_is_refused():
     value, headers = codec.encode("Prediction", prediction(top_k=[]))
     m = map_record(kafka(topics.PREDICTIONS, value, headers))
     assert m.kind == "refused" and m.dead_letter.reason == "empty-top-k"
-    assert m.writes[0].params[:3] == ("img-1", "sink", "empty-top-k")
+    assert (r := m.writes[0].row).image_id == "img-1" and (r.stage, r.reason) == (
+        "sink",
+        "empty-top-k",
+    )
 
 
 def test_undecodable_dead_letter_uses_its_headers_and_topic():
     headers = [("stage", b"infer"), ("error-reason", b"oom"), ("error-class", b"RuntimeError")]
     m = map_record(kafka(topics.INFER_DLQ, b"not avro", headers, key=b"img-4"))
     w, _drop = m.writes
-    assert w.params[:4] == ("img-4", "infer", "oom", "RuntimeError")
-    bare = map_record(kafka(topics.POSTPROCESS_DLQ, b"x", [], key=b"img-5"))
-    assert bare.writes[0].params[1] == "postprocess"
-    assert bare.writes[0].params[2].startswith("undecodable-dead-letter")
+    r = w.row
+    assert (r.image_id, r.stage, r.reason, r.error_class) == (
+        "img-4",
+        "infer",
+        "oom",
+        "RuntimeError",
+    )
+    bare = map_record(kafka(topics.POSTPROCESS_DLQ, b"x", [], key=b"img-5")).writes[0].row
+    assert bare.stage == "postprocess"
+    assert bare.reason.startswith("undecodable-dead-letter")
 
 
 def test_write_failure_dead_letter_keeps_the_error():
@@ -362,7 +395,7 @@ class Cells:
         for w in writes:
             key = (
                 table[w.statement],
-                w.params[1] if w.statement == PREDICTION_BY_LABEL else w.params[0],
+                w.params[0] if w.is_delete else w.row.image_id,
             )
             store = self.tomb if w.is_delete else self.data
             store[key] = max(store.get(key, -1), w.timestamp_us)
@@ -420,3 +453,15 @@ def test_every_added_column_is_in_the_ddl_and_written():
     assert "raw_key" in write_statements("ks")[REJECTION]
     with pytest.raises(ValueError):
         ddl.add_column_ddl("ks", "rejections", "evil", "text")
+
+
+@pytest.mark.parametrize("row_type", rows.ROW_TYPES)
+def test_each_insert_names_the_row_columns_in_order_and_binds_each_value(row_type):
+    from consumers.records import UPSERT_OF
+
+    text = write_statements("ks")[UPSERT_OF[row_type]]
+    named = re.search(r"\(([^)]*)\) VALUES", text)
+    assert named and tuple(c.strip() for c in named[1].split(",")) == rows.columns(row_type)
+    # A `?` per bound column, plus the write timestamp.
+    assert text.count("?") == len(rows.bound_columns(row_type)) + 1
+    assert text.endswith("USING TIMESTAMP ?")

@@ -6,11 +6,12 @@ tests/integration/test_producers_contracts.py runs the same statements on the re
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
-from schemas import cql
+from schemas import cql, rows
 
 CQL_TYPES = re.compile(
     r"^(text|int|bigint|float|double|boolean|timestamp|blob|uuid|timeuuid"
@@ -135,6 +136,49 @@ def test_tables_hold_what_the_records_carry() -> None:
     ):
         assert col in rej, col
     assert pred["raw_offset"] == rej["origin_offset"] == "bigint"
+
+
+def _ddl_tables() -> dict[str, dict[str, str]]:
+    return {t: cols for _, t, cols, _ in map(parse_table, cql.table_ddl("vision"))}
+
+
+def _mismatch(row_type: type, ddl_columns: dict[str, str]) -> list[str]:
+    """Where the row class and the DDL differ: by position, name and CQL type."""
+    fields = [(n, t.replace(" ", "")) for n, t in rows.column_types(row_type).items()]
+    ddl = list(ddl_columns.items())
+    out = [
+        f"#{i}: field {f} vs DDL {d}"
+        for i, (f, d) in enumerate(zip(fields, ddl, strict=False))
+        if f != d
+    ]
+    if len(fields) != len(ddl):
+        out.append(f"{len(fields)} fields vs {len(ddl)} DDL columns")
+    return out
+
+
+def test_each_row_class_is_its_tables_columns_in_order_with_their_types() -> None:
+    tables = _ddl_tables()
+    assert sorted(r.TABLE for r in rows.ROW_TYPES) == sorted(cql.TABLES)
+    for row_type in rows.ROW_TYPES:
+        assert _mismatch(row_type, tables[row_type.TABLE]) == [], row_type.__name__
+
+
+def test_two_swapped_columns_are_caught() -> None:
+    # The same fields as RejectionRow with two text columns swapped (what would once
+    # have gone in silently): the comparison above must name both positions.
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(rows.RejectionRow)]
+    fields[2], fields[3] = fields[3], fields[2]  # reason <-> error_class
+    swapped = dataclasses.make_dataclass("Swapped", fields, frozen=True)
+    swapped.__module__ = rows.__name__  # its annotations resolve in schemas.rows
+    found = _mismatch(swapped, _ddl_tables()[cql.REJECTIONS_TABLE])
+    assert len(found) == 2 and found[0].startswith("#2:") and found[1].startswith("#3:")
+
+
+def test_coordinator_filled_columns_take_no_value() -> None:
+    for row_type in (rows.PredictionRow, rows.RejectionRow):
+        assert rows.server_value(row_type, "stored_at") == "toTimestamp(now())"
+        assert "stored_at" not in rows.bound_columns(row_type)
+        assert rows.server_value(row_type, "image_id") is None
 
 
 @pytest.mark.parametrize("bad", ["", "1abc", "vision-test", "vision;drop", "a" * 49, "vision\n"])
