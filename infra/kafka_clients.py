@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.security import mask
 from infra.settings import KafkaSettings
 
 # Durability first: every record acknowledged by the in-sync replicas, no duplicates
@@ -44,6 +45,19 @@ ADMIN_DEFAULTS: dict[str, Any] = {}
 
 def _connection(settings: KafkaSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    if settings.auth is not None:
+        # Secure mode: TLS verified against the CA (hostnames too), SCRAM as this
+        # service's principal; the password is read from its file only now.
+        conf.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": settings.auth.mechanism,
+                "sasl.username": settings.auth.principal,
+                "sasl.password": settings.auth.secret(),
+                "ssl.ca.location": str(settings.auth.ca_file),
+                "ssl.endpoint.identification.algorithm": "https",
+            }
+        )
     if settings.sasl_password is not None:
         conf["sasl.password"] = settings.sasl_password.get_secret_value()
     return conf
@@ -83,5 +97,6 @@ def admin_config(
 
 
 def masked(conf: dict[str, Any]) -> dict[str, Any]:
-    """A config safe to log."""
-    return {k: ("**********" if "password" in k or "secret" in k else v) for k, v in conf.items()}
+    """A config safe to log (infra.security.mask: the one masking rule)."""
+    out: dict[str, Any] = mask(conf)
+    return out

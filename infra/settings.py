@@ -8,11 +8,15 @@ the environment at import time.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from infra.cassandra_roles import ADMIN as CASSANDRA_ADMIN
+from infra.cassandra_roles import CassandraAuth, cassandra_auth
+from infra.security import KAFKA_ADMIN, KafkaAuth, SecuritySettings, mask
 from schemas.topics import TopicSpec, topic_registry
 
 # Defaults match the local clusters that `python -m infra up` starts.
@@ -44,6 +48,8 @@ class KafkaSettings(BaseModel):
     # Passthrough librdkafka settings, applied over our defaults (e.g. security).
     client_config: dict[str, str] = Field(default_factory=dict)
     sasl_password: SecretStr | None = None
+    # Filled from the security section by PipelineSettings (never from the environment).
+    auth: KafkaAuth | None = Field(default=None, exclude=True)
 
     @field_validator("min_insync_replicas")
     @classmethod
@@ -80,8 +86,13 @@ class CassandraSettings(BaseModel):
     write_consistency: str = "LOCAL_QUORUM"
     read_consistency: str = "LOCAL_QUORUM"
     request_timeout_s: float = 10.0
+    # Secure mode: the role to log in as (unset: the service's own), its password (wins
+    # over the file) or a file holding it (unset: <secrets dir>/cassandra/<role>).
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None
+    # Filled from the security section by PipelineSettings (never from the environment).
+    auth: CassandraAuth | None = Field(default=None, exclude=True)
 
     @field_validator("write_consistency", "read_consistency")
     @classmethod
@@ -111,10 +122,34 @@ class PipelineSettings(BaseSettings):
         env_prefix="PIPELINE_", env_nested_delimiter="__", extra="ignore"
     )
 
+    # The Kafka principal of this service; each service's settings name their own.
+    kafka_principal: ClassVar[str] = KAFKA_ADMIN
+    # The Cassandra role of this service (infra.cassandra_roles); each service names its own.
+    cassandra_role: ClassVar[str] = CASSANDRA_ADMIN
+
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _kafka_auth(self) -> PipelineSettings:
+        self.kafka.auth = self.security.kafka_auth(self.kafka_principal)
+        return self
+
+    @model_validator(mode="after")
+    def _cassandra_auth(self) -> PipelineSettings:
+        c = self.cassandra
+        c.auth = cassandra_auth(
+            self.security,
+            self.cassandra_role,
+            username=c.username,
+            password=c.password,
+            password_file=c.password_file,
+        )
+        return self
 
     def masked(self) -> dict[str, Any]:
         """A dict safe to log: secrets show as '**********'."""
-        return self.model_dump(mode="json")
+        masked: dict[str, Any] = mask(self.model_dump(mode="json"))
+        return masked
