@@ -35,8 +35,8 @@ from bench.stats import ratio, stage_breakdown, summarize
 from bench.waits import liveness, retrying, wait_caught_up, wait_groups_ready
 from infra import cassandra_session
 from infra.logs import configure
-from infra.services import Services
 from infra.settings import PipelineSettings
+from orchestration.services import Services
 from schemas import topics
 
 log = logging.getLogger("bench")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from infra.services import ServiceSpec
+from orchestration.services import ServiceSpec
 from schemas import topics
 
 PREFIX = "bench.t."  # transport

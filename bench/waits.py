@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from infra import groups
 from infra.kafka_retry import KafkaCallFailed
-from infra.services import Services
 from infra.settings import KafkaSettings
+from orchestration.services import Services
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,14 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consumers.api import launch as api_launch
 from consumers.settings import SinkSettings
 from demo.accounting import Accounting, latencies_ms, percentile, wait_accounted
 from demo.progress import StageProgress
 from infra import cassandra_session, groups
 from infra.kafka_retry import KafkaCallFailed
 from infra.logs import configure
-from infra.services import Services, pipeline_specs
+from orchestration import api as api_service
+from orchestration.readiness import NotReady, start_and_wait
+from orchestration.service_facts import stream_group
+from orchestration.services import Services, pipeline_specs
 from producers.publisher import publish_items
 from producers.samples import sample_items
 from producers.settings import ProducerSettings
@@ -50,12 +52,6 @@ def clusters_running() -> bool:
     except json.JSONDecodeError:
         return False
     return st["kafka"]["brokers"] >= 3 and st["cassandra"]["up_nodes"] >= 3
-
-
-def stream_group() -> str:
-    from stream_app.settings import StreamSettings
-
-    return StreamSettings().stream.worker.app_id
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,23 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         sink_settings = SinkSettings()
         kafka = sink_settings.kafka
         step(f"pipeline: starting {args.workers} stream workers and the sink, supervised")
-        specs = pipeline_specs(workers=args.workers)
-        for name in set(services.names()) - {s.name for s in specs}:
-            services.forget(name)  # stopped records of an older layout
-        for spec in specs:
-            services.start(spec)
         try:
-            groups.wait_for_group(kafka, sink_settings.sink.group_id, 1, timeout_s=120)
-            groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=300)
-        except TimeoutError as exc:
-            for st in services.status():
-                print(
-                    f"--- {st.name} ({st.state}) ---\n{services.tail(st.name, 20)}", file=sys.stderr
-                )
-            print(f"demo: pipeline not ready: {exc}", file=sys.stderr)
+            start_and_wait(
+                services,
+                pipeline_specs(workers=args.workers),
+                kafka,
+                {sink_settings.sink.group_id: 1, stream_group(): args.workers},
+                timeout_s=420,  # the sink's 120 s and the workers' 300 s of before
+                forget_others=True,  # stopped records of an older layout
+            )
+        except NotReady as exc:
+            print(exc.tails, file=sys.stderr)
+            print(f"demo: pipeline not ready: {exc.cause}", file=sys.stderr)
             return 1
         try:  # the live page (read API): a failure to serve it does not stop the demo
-            step(f"web page: {api_launch.start(services, run_dir).page_url()}")
+            step(f"web page: {api_service.start(services, run_dir).page_url()}")
         except (TimeoutError, OSError) as exc:
             print(f"    web page not available: {exc} (log: {services.log_file('api')})")
         counted = [topics.DECODED, topics.INFERRED]
@@ -168,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep:
             step(
-                "KEEP=1: leaving everything running (`python -m infra pipeline down`, `make down`)"
+                "KEEP=1: leaving everything running (`python -m orchestration pipeline down`, `make down`)"
             )
         else:
             step("stop: pipeline services" + (" and clusters" if started_clusters else ""))

@@ -1,4 +1,7 @@
-"""`python -m infra`: run the local Kafka and Cassandra clusters and provision them."""
+"""`python -m infra`: run the local Kafka and Cassandra clusters, provision and back them up.
+
+The pipeline's own services and the monitor are `python -m orchestration`'s.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-from infra import monitor, pipeline_cli
 from infra.backup import cli as backup_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
 from infra.local.topology import MAX_NODES, node_by_name
@@ -52,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="print the tail of a node's log")
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=50)
-    pipeline_cli.add_parser(sub)
-    monitor.add_parser(sub)
     backup_cli.add_parsers(sub)
     return p
 
@@ -89,10 +89,6 @@ def _print_status(status: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cmd = args.command
-    if cmd == "pipeline":
-        return pipeline_cli.run(args, resolve_run_dir(args.run_dir))
-    if cmd == "monitor":
-        return monitor.run_cli(args, resolve_run_dir(args.run_dir))
     if cmd in backup_cli.COMMANDS:
         return backup_cli.run(args, resolve_run_dir(args.run_dir))
     cluster = LocalCluster(resolve_run_dir(args.run_dir))

@@ -1,25 +1,21 @@
-"""Start the API as a service and wait until it serves: for the demo, the tests, the bench.
+"""Find the running API and wait until it serves: for the demo, the tests, the bench.
 
-`service_spec()` is the command line `infra.services.Services` runs. `wait_serving()`
-reads <run_dir>/api/endpoint.json (written by the API once it listens) and probes
-/healthz over TLS with the run's CA until it answers 200 or the deadline passes; an
-endpoint file left by an earlier process (another pid) is not taken for readiness.
+Starting it as a background service is orchestration's (orchestration/api.py); this
+module only reads what the API publishes. `wait_serving()` reads
+<run_dir>/api/endpoint.json (written by the API once it listens) and probes /healthz
+over TLS with the run's CA until it answers 200 or the deadline passes; an endpoint file
+left by an earlier process (another pid) is not taken for readiness.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-from infra.services import Services, ServiceSpec
-
-SERVICE_NAME = "api"
 
 
 @dataclass(frozen=True)
@@ -44,13 +40,6 @@ class Endpoint:
         page moves it to sessionStorage and out of the address bar)."""
         token = token or self.token()
         return self.url + (f"#token={token}" if token else "")
-
-
-def service_spec(port: int | None = None) -> ServiceSpec:
-    argv = [sys.executable, "-m", "consumers", "api"]
-    if port is not None:
-        argv += ["--port", str(port)]
-    return ServiceSpec(SERVICE_NAME, argv)
 
 
 def read_endpoint(run_dir: Path | str) -> Endpoint | None:
@@ -86,9 +75,3 @@ def wait_serving(run_dir: Path | str, timeout_s: float, pid: int | None = None) 
                 f"the read API under {run_dir} did not answer /healthz within {timeout_s:.0f}s"
             )
         time.sleep(0.25)
-
-
-def start(services: Services, run_dir: Path | str, timeout_s: float = 60.0) -> Endpoint:
-    """Start the API as a service of `services` (or find it running) and wait until it serves."""
-    pid = services.start(service_spec())
-    return wait_serving(run_dir, timeout_s, pid=pid)

@@ -14,7 +14,7 @@ from consumers.settings import SinkSettings
 from infra import cassandra_session
 from infra.kafka_clients import admin_config
 from infra.provision import provision
-from infra.services import Services, pipeline_specs
+from orchestration.services import Services, pipeline_specs
 from schemas.topics import topic_registry
 from stream_app.settings import StreamSettings
 

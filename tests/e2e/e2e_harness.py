@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from demo.accounting import Accounting, account
-from infra import groups, pipeline_status
-from infra.services import Services
+from infra import groups
+from orchestration import pipeline_status
+from orchestration.services import Services
 from producers.items import Item
 from producers.publisher import PublishResult, publish_items
 from producers.settings import ProducerSettings

@@ -49,7 +49,7 @@ from infra.backup import (
 from infra.backup.rebuild import rebuild_node
 from infra.kafka_retry import Deadline
 from infra.local import CASSANDRA, LocalCluster, node_by_name
-from infra.services import WORKERS_SERVICE
+from orchestration.services import WORKERS_SERVICE
 from producers.synthetic import synthetic_items
 from schemas.image_id import content_id
 

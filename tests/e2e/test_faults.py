@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from e2e_harness import WORKERS, assert_accounted
 
-from infra.services import WORKERS_SERVICE
+from orchestration.services import WORKERS_SERVICE
 from producers.synthetic import synthetic_items
 from schemas.image_id import content_id
 

@@ -34,7 +34,7 @@ from e2e_harness import Pipeline
 from hostile_cases import LZ4_BOMB_BYTES, Case, build_cases, good_photos, headers
 
 from infra.kafka_clients import producer_config
-from infra.services import WORKERS_SERVICE
+from orchestration.services import WORKERS_SERVICE
 from schemas.image_id import KEY_HASH_PREFIX, row_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]

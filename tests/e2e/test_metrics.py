@@ -24,7 +24,7 @@ from e2e_harness import Pipeline, assert_accounted
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.kafka_clients import producer_config
-from infra.monitor import (
+from orchestration.monitor import (
     JOB_SINK,
     JOB_WORKER,
     SINK_METRICS_PORT_ENV,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from infra import monitor
+from orchestration import monitor
 
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "infra" / "monitoring"
+MONITORING = ROOT / "orchestration" / "monitoring"
 DOC = ROOT / "docs" / "metrics.md"
 
 

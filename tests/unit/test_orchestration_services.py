@@ -1,14 +1,16 @@
-"""The background service runner, on real (tiny) processes; and defaults kept in step."""
+"""The background service runner, on real (tiny) processes; and the facts it asks the services."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
+
 from consumers.settings import SinkSettings
 from demo.accounting import percentile
-from infra import pipeline_cli
-from infra.services import WORKERS_SERVICE, Services, ServiceSpec, pipeline_specs
+from orchestration import service_facts
+from orchestration.services import WORKERS_SERVICE, Services, ServiceSpec, pipeline_specs
 from stream_app.settings import StreamSettings
 
 SLEEPER = [sys.executable, "-c", "import time, sys; print('ready', flush=True); time.sleep(600)"]
@@ -62,9 +64,25 @@ def test_foreign_pid_is_never_signalled(tmp_path):
     assert not svc.kill("other")
 
 
-def test_pipeline_cli_defaults_match_services():
-    assert StreamSettings().stream.worker.app_id == pipeline_cli.STREAM_APP_ID_DEFAULT
-    assert SinkSettings().sink.group_id == pipeline_cli.SINK_GROUP_DEFAULT
+def test_group_ids_are_the_services_own(monkeypatch):
+    monkeypatch.delenv("PIPELINE_STREAM__WORKER__APP_ID", raising=False)
+    monkeypatch.delenv("PIPELINE_SINK__GROUP_ID", raising=False)
+    assert service_facts.stream_group() == StreamSettings().stream.worker.app_id == "torchstream"
+    assert service_facts.sink_group() == SinkSettings().sink.group_id == "vision-sink"
+    # An override reaches orchestration the way it reaches the services.
+    monkeypatch.setenv("PIPELINE_STREAM__WORKER__APP_ID", "ts-x")
+    monkeypatch.setenv("PIPELINE_SINK__GROUP_ID", "sink-x")
+    assert service_facts.stream_group() == StreamSettings().stream.worker.app_id == "ts-x"
+    assert service_facts.sink_group() == SinkSettings().sink.group_id == "sink-x"
+
+
+def test_env_var_names_follow_the_settings(monkeypatch):
+    assert service_facts.SINK_METRICS_PORT_ENV == "PIPELINE_METRICS__PORT"
+    assert service_facts.WORKER_WEB_PORT_ENV == "PIPELINE_STREAM__WORKER__WEB_PORT"
+    monkeypatch.setenv(service_facts.WORKER_WEB_PORT_ENV, "7123")
+    assert StreamSettings().stream.worker.web_port == 7123
+    with pytest.raises(KeyError):  # an unknown field yields no variable name
+        service_facts.env_var(StreamSettings, "stream", "no_such_field")
 
 
 def test_percentile_nearest_rank():

@@ -1,17 +1,18 @@
-"""A local Prometheus for the pipeline: `python -m infra monitor up|down|status|targets`.
+"""A local Prometheus for the pipeline: `python -m orchestration monitor up|down|status|targets`.
 
 Prometheus (the Debian package; infra/setup-system.sh installs it) runs as a process on
 127.0.0.1 at a free port, with its state under `<run_dir>/monitor/`: the config, the
 scrape targets, the TSDB, its log, and `prometheus.json` (pid, port, URL). It loads the
-alert rules of infra/monitoring/alerts.yml and finds its targets by file-based service
+alert rules of orchestration/monitoring/alerts.yml and finds its targets by file-based service
 discovery: `targets.json`, which `write_scrape_targets` writes (atomically: Prometheus
 re-reads the file whenever it changes). `scrape_targets` derives the targets from the
-service specs infra/services.py records under `<run_dir>/services/*.json`: each stream
+service specs orchestration/services.py records under `<run_dir>/services/*.json`: each stream
 worker serves /metrics on its `--web-port`, each sink on `PIPELINE_METRICS__PORT`.
 
 `down` signals only the pid it recorded, and only while that process's command line
 still names this run directory's config (a recycled pid belongs to someone else).
-Services are never imported: infra stays below them in the layer order.
+Services are never imported: their module names, default ports and the metrics variable
+come from their settings (orchestration/service_facts.py).
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.errors import InfraError
+from orchestration.service_facts import (
+    CONSUMERS_MODULE,
+    SINK_METRICS_PORT_DEFAULT,
+    SINK_METRICS_PORT_ENV,
+    STREAM_MODULE,
+    WORKER_WEB_PORT_DEFAULT,
+    WORKER_WEB_PORT_ENV,
+)
 
 log = logging.getLogger(__name__)
 
 MONITORING_DIR = Path(__file__).resolve().parent / "monitoring"
 ALERT_RULES = MONITORING_DIR / "alerts.yml"
-# The services' defaults (stream_app.settings web_port, consumers.metrics DEFAULT_PORT);
-# a unit test keeps these in step.
-WORKER_WEB_PORT_DEFAULT = 6066
-SINK_METRICS_PORT_DEFAULT = 9464
-SINK_METRICS_PORT_ENV = "PIPELINE_METRICS__PORT"
 JOB_WORKER = "stream_worker"
 JOB_SINK = "sink"
 HOST = "127.0.0.1"
@@ -74,23 +78,23 @@ def targets_for_spec(spec: dict[str, Any]) -> list[ScrapeTarget]:
     env = spec.get("env") or {}
     name = str(spec.get("name", ""))
     modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
-    if "stream_app" in modules:
+    if STREAM_MODULE in modules:
         ports = [int(p) for p in spec.get("web_ports") or []]
         if not ports and "worker" in argv:
-            port = _arg_after(argv, "--web-port") or env.get("PIPELINE_STREAM__WORKER__WEB_PORT")
+            port = _arg_after(argv, "--web-port") or env.get(WORKER_WEB_PORT_ENV)
             ports = [int(port or WORKER_WEB_PORT_DEFAULT)]
         return [
             ScrapeTarget(JOB_WORKER, f"{name}-{i}" if len(ports) > 1 else name, f"{HOST}:{p}")
             for i, p in enumerate(ports, start=1)
         ]
-    if "consumers" in modules and "sink" in argv:
+    if CONSUMERS_MODULE in modules and "sink" in argv:
         port = env.get(SINK_METRICS_PORT_ENV) or os.environ.get(SINK_METRICS_PORT_ENV)
         return [ScrapeTarget(JOB_SINK, name, f"{HOST}:{int(port or SINK_METRICS_PORT_DEFAULT)}")]
     return []
 
 
 def scrape_targets(run_dir: Path | str) -> list[ScrapeTarget]:
-    """Every worker and sink that infra/services.py recorded under `run_dir`."""
+    """Every worker and sink that orchestration/services.py recorded under `run_dir`."""
     out = []
     for path in sorted((Path(run_dir) / "services").glob("*.json")):
         try:
@@ -289,7 +293,7 @@ class Monitor:
         """GET /api/v1/<path>; returns `data`, raises InfraError on an error answer."""
         st = self.state()
         if st is None:
-            raise InfraError("prometheus is not running (python -m infra monitor up)")
+            raise InfraError("prometheus is not running (python -m orchestration monitor up)")
         url = f"{st.url}/api/v1/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
@@ -334,7 +338,7 @@ class Monitor:
         return out
 
 
-# -- `python -m infra monitor ...` -----------------------------------------------------
+# -- `python -m orchestration monitor ...` -----------------------------------------------------
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("monitor", help="a local Prometheus scraping the pipeline's services")
     ms = p.add_subparsers(dest="monitor_command", required=True, metavar="ACTION")

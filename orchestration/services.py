@@ -1,8 +1,9 @@
 """Run the pipeline's own services (stream workers, the sink) as background processes.
 
-`python -m infra pipeline up|down|status` and the demo use this, so a user can explore a
-running pipeline with `producers` and `consumers query`. Services are started by their
-command line, never imported: infra stays below them in the layer order.
+`python -m orchestration pipeline up|down|status`, the demo, the bench and the e2e tests
+use this, so a user can explore a running pipeline with `producers` and `consumers query`.
+Services are started by their command line, never imported: the module names, the first
+web port and the metrics variable come from their settings (orchestration/service_facts.py).
 
 State lives under `<run_dir>/services/`: one pid file and one log per service. `down`
 signals only pids it recorded, and only while their environment still names our
@@ -10,9 +11,11 @@ run directory (a recycled pid belongs to someone else).
 
 Every pipeline service runs under a supervisor (`infra.supervisor`): the stream workers
 as `python -m stream_app workers -n N`, each sink as `python -m infra.supervisor -- python
--m consumers sink`. The recorded pid is the supervisor's; `children(name)` finds the
-processes it runs (fault tests kill those), and `stop` signals the supervisor first and
-kills whatever of its children is left after the grace period.
+-m consumers sink`. (The supervisor stays in infra: `stream_app` runs its workers with
+it, and a service never imports orchestration.) The recorded pid is the supervisor's;
+`children(name)` finds the processes it runs (fault tests kill those), and `stop`
+signals the supervisor first and kills whatever of its children is left after the grace
+period.
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from infra.monitor import SINK_METRICS_PORT_ENV
+from infra import supervisor
+from orchestration.service_facts import (
+    CONSUMERS_MODULE,
+    SINK_METRICS_PORT_ENV,
+    STREAM_MODULE,
+    WORKER_WEB_PORT_DEFAULT,
+)
 
 log = logging.getLogger(__name__)
 
-WEB_PORT_BASE = 6066
+WEB_PORT_BASE = WORKER_WEB_PORT_DEFAULT
 RUN_MARK_ENV = "PIPELINE_SERVICE_RUN_DIR"
 
 
@@ -63,7 +72,7 @@ def pipeline_specs(
                 [
                     py,
                     "-m",
-                    "stream_app",
+                    STREAM_MODULE,
                     "workers",
                     "-n",
                     str(workers),
@@ -74,8 +83,8 @@ def pipeline_specs(
             )
         )
     specs += [
-        ServiceSpec(f"sink-{i}", [py, "-m", "infra.supervisor", "--name", f"sink-{i}", "--",
-                                  py, "-m", "consumers", "sink"],
+        ServiceSpec(f"sink-{i}", [py, "-m", supervisor.__name__, "--name", f"sink-{i}", "--",
+                                  py, "-m", CONSUMERS_MODULE, "sink"],
                     env={SINK_METRICS_PORT_ENV: str(web_port_base + workers + i - 1)})
         for i in range(1, sinks + 1)
     ]  # fmt: skip

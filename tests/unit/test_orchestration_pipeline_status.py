@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from infra import pipeline_cli, pipeline_status
-from infra.services import Services, ServiceSpec
+from orchestration import pipeline_cli, pipeline_status
+from orchestration.services import Services, ServiceSpec
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 

@@ -17,7 +17,7 @@ import json
 import urllib.request
 from typing import Any
 
-from infra.services import Services, process_age_s
+from orchestration.services import Services, process_age_s
 
 HEALTH_TIMEOUT_S = 2.0
 

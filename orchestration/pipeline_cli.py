@@ -1,41 +1,31 @@
-"""`python -m infra pipeline up|down|status`: the pipeline's services in the background.
+"""`python -m orchestration pipeline up|down|status`: the pipeline's services in the background.
 
 For exploring: with the clusters up, `pipeline up` starts N stream workers and the sink
 and waits until their consumer groups hold partitions; then publish with `producers` and
-look with `consumers query`. Services get the caller's PIPELINE_* environment.
+look with `consumers query`. Services get the caller's PIPELINE_* environment; the group
+ids waited for are the ones the services build from it (orchestration/service_facts.py).
 
-Everything runs supervised (infra/services.py `pipeline_specs`): a worker or sink that
-dies is restarted with backoff. `status` shows every worker's stages (in, out, dead
+Everything runs supervised (orchestration/services.py `pipeline_specs`): a worker or sink
+that dies is restarted with backoff. `status` shows every worker's stages (in, out, dead
 letters by reason, oldest unacked input, lag, last progress, STALLED) and each sink's
 process, and exits 1 when any stage is stalled or any service is down
-(infra/pipeline_status.py).
+(orchestration/pipeline_status.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from infra import groups, monitor, pipeline_status
-from infra.kafka_retry import KafkaCallFailed
-from infra.services import Services, pipeline_specs
 from infra.settings import PipelineSettings
+from orchestration import monitor, pipeline_status
+from orchestration.readiness import NotReady, start_and_wait
+from orchestration.service_facts import sink_group, stream_group
+from orchestration.services import Services, pipeline_specs
 
-# The services' own defaults (stream_app.settings, consumers.settings); a unit test
-# keeps these in step. Read from the same variables so overrides apply here too.
-STREAM_APP_ID_DEFAULT = "torchstream"
-SINK_GROUP_DEFAULT = "vision-sink"
-
-
-def stream_group() -> str:
-    return os.environ.get("PIPELINE_STREAM__WORKER__APP_ID", STREAM_APP_ID_DEFAULT)
-
-
-def sink_group() -> str:
-    return os.environ.get("PIPELINE_SINK__GROUP_ID", SINK_GROUP_DEFAULT)
+TAIL_LINES = 15
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,22 +45,21 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
     action = args.pipeline_command
     if action == "up":
         specs = pipeline_specs(workers=args.workers, sinks=args.sinks)
-        for name in set(services.names()) - {s.name for s in specs}:
-            services.forget(name)  # a stopped service of an older layout: not ours to report
-        for spec in specs:
-            services.start(spec)
-        monitor.write_scrape_targets(run_dir)  # a running Prometheus picks them up
-        kafka = PipelineSettings().kafka
+        wanted = {sink_group(): args.sinks, stream_group(): args.workers}
         try:
-            groups.wait_for_group(kafka, sink_group(), args.sinks, timeout_s=args.timeout)
-            groups.wait_for_group(kafka, stream_group(), args.workers, timeout_s=args.timeout)
-        except (TimeoutError, KafkaCallFailed) as exc:  # KafkaCallFailed: one line
-            for st in services.status():
-                print(
-                    f"--- {st.name} ({st.state}) {st.log}\n{services.tail(st.name, 15)}",
-                    file=sys.stderr,
-                )
-            print(f"error: pipeline not ready: {exc}", file=sys.stderr)
+            start_and_wait(
+                services,
+                specs,
+                PipelineSettings().kafka,
+                wanted,
+                args.timeout,
+                forget_others=True,  # a stopped service of an older layout: not ours to report
+                tail_lines=TAIL_LINES,
+                on_started=lambda: monitor.write_scrape_targets(run_dir),
+            )
+        except NotReady as exc:
+            print(exc.tails, file=sys.stderr)
+            print(f"error: pipeline not ready: {exc.cause}", file=sys.stderr)
             return 1
         print(f"pipeline up: {args.workers} stream workers, {args.sinks} sink(s), supervised; "
               f"logs in {services.dir}")  # fmt: skip
