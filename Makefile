@@ -54,7 +54,7 @@ bench: setup ## benchmarks: model-only vs pipeline vs transport (bench/results/)
 lint: setup ## ruff (lint and format drift) and mypy; fails on any finding
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy schemas infra producers consumers stream_app demo bench
+	$(VENV)/bin/mypy schemas infra producers consumers stream_app orchestration demo bench
 
 fmt: setup ## format the code
 	$(VENV)/bin/ruff format .

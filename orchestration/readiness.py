@@ -101,7 +101,7 @@ def start_and_wait(
     *,
     forget_others: bool = False,
     tail_lines: int = TAIL_LINES,
-    on_started: Callable[[], None] | None = None,
+    on_started: Callable[[], object] | None = None,
 ) -> None:
     """`start_all`, then `on_started` (e.g. publish scrape targets), then `wait_ready`
     on the started services."""

@@ -44,8 +44,10 @@ def env_var(settings_cls: type[BaseSettings], *path: str) -> str:
         if model is None or part not in model.model_fields:
             raise KeyError(f"{settings_cls.__name__} has no field {'.'.join(path)}")
         annotation = model.model_fields[part].annotation
-        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation if is_model else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None
     return (prefix + delimiter.join(path)).upper()
 
 
