@@ -107,12 +107,18 @@ class CassandraSettings(BaseModel):
     @field_validator("contact_points", mode="before")
     @classmethod
     def _split_points(cls, v: Any) -> Any:
-        # Env vars give "a,b,c"; accept that as well as JSON lists.
-        if isinstance(v, str):
-            if v.lstrip().startswith("["):
-                return json.loads(v)
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
+        return split_list(v)
+
+
+def split_list(v: Any) -> Any:
+    """A list setting from the environment: "a,b,c" or a JSON list; other values pass.
+
+    For `Annotated[list[str], NoDecode]` fields, as a `mode="before"` validator."""
+    if isinstance(v, str):
+        if v.lstrip().startswith("["):
+            return json.loads(v)
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
 
 
 class PipelineSettings(BaseSettings):
