@@ -11,7 +11,10 @@ which speculative execution and retries require) does not notice one node dying:
 - one request timeout (READ_REQUEST_TIMEOUT_S) covers the attempts: long enough for a
   server read timeout (5 s) plus one retry, short enough for a person at a terminal.
 
-Writes keep the default profile (the sink has its own retry logic). The driver also
+In secure mode (`settings.auth` set) every connection is TLS, trusting only the
+configured CA with the node's address checked against its certificate, and logs in with
+the service's role (infra.cassandra_roles). Writes keep the default profile (the sink has
+its own retry logic). The driver also
 learns fast that a node is gone or back: connection heartbeats on idle connections and a
 short reconnection backoff.
 """
@@ -148,14 +151,19 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
         consistency_level=consistency_level(settings.read_consistency),
         request_timeout=settings.request_timeout_s,
     )
-    auth = None
-    if settings.username and settings.password is not None:
+    auth: Any = None
+    ssl_context = None
+    if settings.auth is not None:  # secure mode: TLS with the CA, the service's role
+        auth = settings.auth.auth_provider()
+        ssl_context = settings.auth.ssl_context()
+    elif settings.username and settings.password is not None:
         auth = PlainTextAuthProvider(settings.username, settings.password.get_secret_value())
     cluster = Cluster(
         contact_points=settings.contact_points,
         port=settings.port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile, READ_PROFILE: read_profile(settings)},
         auth_provider=auth,
+        ssl_context=ssl_context,
         protocol_version=5,
         # The default backoff grows to minutes: a restarted node would sit unused.
         reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0),
@@ -164,5 +172,10 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
         connect_timeout=10,
     )
     session = cluster.connect(keyspace)
-    log.info("connected to Cassandra %s (keyspace %s)", settings.contact_points, keyspace)
+    log.info(
+        "connected to Cassandra %s (keyspace %s, %s)",
+        settings.contact_points,
+        keyspace,
+        f"TLS, role {settings.auth.role}" if settings.auth else "plaintext",
+    )
     return cluster, session

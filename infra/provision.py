@@ -286,6 +286,10 @@ def provision_keyspace(
         for stmt in statements:
             session.execute(stmt, timeout=DDL_TIMEOUT_S)
         add_missing_columns(session, ks)
+        if c.auth is not None:  # secure mode: the sink and reader roles get these tables
+            from infra.cassandra_roles import grant_tables
+
+            grant_tables(session, ks)
         report.keyspace = ks
         report.tables += len(statements)
         if not session.cluster.control_connection.wait_for_schema_agreement(

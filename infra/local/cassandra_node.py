@@ -1,4 +1,11 @@
-"""One Cassandra 5.0 node: cassandra.yaml, logback.xml and its Java 17 command line."""
+"""One Cassandra 5.0 node: cassandra.yaml, logback.xml and its Java 17 command line.
+
+With a `CassandraSecurity` the node is secure: clients must speak TLS (no plaintext
+fallback on the CQL port) and log in (PasswordAuthenticator, CassandraAuthorizer), and
+node-to-node traffic is mutual TLS with the peer's address checked against its
+certificate. PEM files only (PEMBasedSslContextFactory): no keystores, no keytool.
+Without one, the node is the development setup: plaintext, anyone let in.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +60,21 @@ JAVA17_MODULE_FLAGS = [
 ]
 
 
+PEM_FACTORY = "org.apache.cassandra.security.PEMBasedSslContextFactory"
+# system_auth's replication on its creation (first boot only): with the default RF 1 the
+# loss of one node can lock every client out (roles are read at QUORUM / LOCAL_ONE).
+SYSTEM_AUTH_RF = 3
+
+
+@dataclass(frozen=True)
+class CassandraSecurity:
+    """The node's PEM files: `keystore` holds its unencrypted PKCS#8 key followed by its
+    certificate chain; `truststore` the CA certificate(s) it accepts from peers."""
+
+    keystore: Path
+    truststore: Path
+
+
 @dataclass(frozen=True)
 class CassandraTuning:
     heap_mb: int = 768
@@ -80,8 +102,45 @@ def seeds(cluster: list[NodeSpec]) -> str:
     return ",".join(f"{n.host}:{n.ports['storage']}" for n in cluster)
 
 
+def security_yaml(security: CassandraSecurity | None) -> dict[str, object]:
+    """The cassandra.yaml keys that make a node secure (or explicitly open, without)."""
+    if security is None:
+        return {"authenticator": "AllowAllAuthenticator", "authorizer": "AllowAllAuthorizer"}
+    pem = {
+        "ssl_context_factory": {"class_name": PEM_FACTORY},
+        "keystore": str(security.keystore),
+        "truststore": str(security.truststore),
+        "protocol": "TLS",
+        "accepted_protocols": ["TLSv1.2", "TLSv1.3"],
+    }
+    return {
+        "authenticator": "PasswordAuthenticator",
+        "authorizer": "CassandraAuthorizer",
+        "role_manager": "CassandraRoleManager",
+        # Clients prove who they are by password, so no client certificates; but a
+        # plaintext client is refused (optional: false), never served unencrypted.
+        "client_encryption_options": {
+            **pem,
+            "enabled": True,
+            "optional": False,
+            "require_client_auth": False,
+        },
+        "server_encryption_options": {
+            **pem,
+            "internode_encryption": "all",
+            "optional": False,
+            "require_client_auth": True,
+            "require_endpoint_verification": True,
+        },
+    }
+
+
 def render_yaml(
-    node: NodeSpec, cluster: list[NodeSpec], storage: Path, tuning: CassandraTuning
+    node: NodeSpec,
+    cluster: list[NodeSpec],
+    storage: Path,
+    tuning: CassandraTuning,
+    security: CassandraSecurity | None = None,
 ) -> str:
     """cassandra.yaml as YAML-compatible JSON values, one key per line."""
     d = data_dirs(storage)
@@ -116,8 +175,7 @@ def render_yaml(
         "commitlog_segment_size": "32MiB",
         "hinted_handoff_enabled": True,
         "max_hint_window": "3h",
-        "authenticator": "AllowAllAuthenticator",
-        "authorizer": "AllowAllAuthorizer",
+        **security_yaml(security),
         "concurrent_reads": t.concurrent_reads,
         "concurrent_writes": t.concurrent_writes,
         "concurrent_counter_writes": 4,
@@ -187,7 +245,11 @@ def jvm_options(
     logs_dir: Path,
     tmp_dir: Path,
     tuning: CassandraTuning,
+    secure: bool = False,
+    cluster_size: int = 3,
 ) -> list[str]:
+    # Read only when system_auth is created (the first boot); later boots ignore it.
+    auth_rf = [f"-Dcassandra.system_auth.default_rf={min(SYSTEM_AUTH_RF, cluster_size)}"]
     jamm = sorted(lib.glob("jamm-*.jar"))
     agent = [f"-javaagent:{jamm[0]}"] if jamm else []
     return [
@@ -223,6 +285,7 @@ def jvm_options(
         # reschedules itself with no delay and spins (a CPU core and GBs of log).
         # A restarting seed would otherwise wait 10s for peers that start after it.
         "-Dcassandra.block_for_peers_timeout_in_secs=0",
+        *(auth_rf if secure else []),
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -40,11 +41,15 @@ def poll_until(
         time.sleep(interval)
 
 
-def kafka_broker_ids(bootstrap: str, timeout: float = 3.0) -> set[int]:
-    """Ids of the brokers that the cluster metadata lists (empty if unreachable)."""
+def kafka_broker_ids(
+    bootstrap: str, timeout: float = 3.0, client_conf: dict[str, Any] | None = None
+) -> set[int]:
+    """Ids of the brokers that the cluster metadata lists (empty if unreachable).
+    `client_conf` adds connection settings (TLS and SCRAM for a secure cluster)."""
     from confluent_kafka.admin import AdminClient
 
     conf: dict[str, Any] = {
+        **(client_conf or {}),
         "bootstrap.servers": bootstrap,
         "socket.connection.setup.timeout.ms": 2000,
         "log_level": 0,
@@ -64,11 +69,16 @@ _CQL_OPTIONS = struct.pack(">BBhBi", 0x04, 0, 1, 0x05, 0)
 _CQL_SUPPORTED = 0x06
 
 
-def cql_answers(host: str, port: int = 9042, timeout: float = 1.0) -> bool:
-    """True if a CQL server on host:port answers OPTIONS with SUPPORTED."""
+def cql_answers(
+    host: str, port: int = 9042, timeout: float = 1.0, ssl_context: ssl.SSLContext | None = None
+) -> bool:
+    """True if a CQL server on host:port answers OPTIONS with SUPPORTED (over TLS when
+    ssl_context is given: a secure node refuses plaintext). OPTIONS needs no login, so
+    this works before any role exists."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            raw.settimeout(timeout)
+            s = raw if ssl_context is None else ssl_context.wrap_socket(raw, server_hostname=host)
             s.sendall(_CQL_OPTIONS)
             header = b""
             while len(header) < 9:
@@ -76,15 +86,22 @@ def cql_answers(host: str, port: int = 9042, timeout: float = 1.0) -> bool:
                 if not chunk:
                     return False
                 header += chunk
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
     version, _flags, _stream, opcode, _length = struct.unpack(">BBhBi", header)
     return version & 0x80 == 0x80 and opcode == _CQL_SUPPORTED
 
 
-def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 10.0) -> str:
+def cassandra_ring_healthy(
+    hosts: list[str],
+    port: int = 9042,
+    timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    auth_provider: Any = None,
+) -> str:
     """'' if each of hosts (the live nodes) lists the others in system.peers_v2, sees them
-    all alive as coordinator, and all agree on the schema version; else the reason."""
+    all alive as coordinator, and all agree on the schema version; else the reason.
+    A secure cluster needs ssl_context and a login (any role may read the system tables)."""
     from cassandra import ConsistencyLevel
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
@@ -98,6 +115,8 @@ def cassandra_ring_healthy(hosts: list[str], port: int = 9042, timeout: float = 
         protocol_version=5,
         connect_timeout=timeout,
         control_connection_timeout=timeout,
+        ssl_context=ssl_context,
+        auth_provider=auth_provider,
     )
     try:
         session = cluster.connect()

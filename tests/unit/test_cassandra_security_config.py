@@ -1,0 +1,183 @@
+"""Secure Cassandra, pure parts: node config, role statements, client settings. No server."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from infra import cassandra_roles as roles
+from infra.certs import ensure_node_cert
+from infra.local import cassandra_node
+from infra.local.topology import node_by_name, nodes
+from infra.security import SecuritySettings, ensure_secret, mask
+from infra.settings import PipelineSettings
+
+
+def _yaml(tmp_path: Path, security: cassandra_node.CassandraSecurity | None) -> dict:
+    text = cassandra_node.render_yaml(
+        node_by_name("cassandra-1"),
+        nodes("cassandra", 3),
+        tmp_path,
+        cassandra_node.CassandraTuning(),
+        security,
+    )
+    conf: dict = yaml.safe_load(text)
+    return conf
+
+
+def _jvm(tmp_path: Path, secure: bool, size: int = 3) -> list[str]:
+    return cassandra_node.jvm_options(
+        node_by_name("cassandra-1"),
+        lib=tmp_path,
+        conf_dir=tmp_path / "conf",
+        storage=tmp_path / "d",
+        logs_dir=tmp_path / "l",
+        tmp_dir=tmp_path / "t",
+        tuning=cassandra_node.CassandraTuning(),
+        secure=secure,
+        cluster_size=size,
+    )
+
+
+def test_secure_node_requires_tls_and_login_from_clients(tmp_path):
+    sec = cassandra_node.CassandraSecurity(tmp_path / "node.pem", tmp_path / "ca.crt")
+    conf = _yaml(tmp_path, sec)
+    assert conf["authenticator"] == "PasswordAuthenticator"
+    assert conf["authorizer"] == "CassandraAuthorizer"
+    assert conf["role_manager"] == "CassandraRoleManager"
+    client = conf["client_encryption_options"]
+    assert client["enabled"] is True and client["optional"] is False
+    assert client["ssl_context_factory"]["class_name"] == cassandra_node.PEM_FACTORY
+    assert client["keystore"] == str(tmp_path / "node.pem")
+    assert client["truststore"] == str(tmp_path / "ca.crt")
+    assert "TLSv1.1" not in client["accepted_protocols"]
+
+
+def test_secure_node_speaks_mutual_tls_to_its_peers(tmp_path):
+    sec = cassandra_node.CassandraSecurity(tmp_path / "node.pem", tmp_path / "ca.crt")
+    server = _yaml(tmp_path, sec)["server_encryption_options"]
+    assert server["internode_encryption"] == "all"
+    assert server["optional"] is False
+    assert server["require_client_auth"] is True
+    assert server["require_endpoint_verification"] is True
+    assert server["keystore"] == str(tmp_path / "node.pem")
+
+
+def test_plaintext_node_is_unchanged(tmp_path):
+    conf = _yaml(tmp_path, None)
+    assert conf["authenticator"] == "AllowAllAuthenticator"
+    assert conf["authorizer"] == "AllowAllAuthorizer"
+    assert "client_encryption_options" not in conf
+    assert "server_encryption_options" not in conf
+    assert not any("system_auth" in o for o in _jvm(tmp_path, secure=False))
+
+
+@pytest.mark.parametrize(("size", "rf"), [(3, 3), (1, 1)])
+def test_system_auth_replicated_on_every_node_from_first_boot(tmp_path, size, rf):
+    assert f"-Dcassandra.system_auth.default_rf={rf}" in _jvm(tmp_path, True, size)
+
+
+def test_node_pem_holds_key_then_chain_covering_instance_addresses(tmp_path):
+    cert = ensure_node_cert(tmp_path, "cassandra-1")
+    text = cert.pem.read_text()
+    assert text.index("PRIVATE KEY") < text.index("BEGIN CERTIFICATE")
+    assert cert.pem.stat().st_mode & 0o077 == 0
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(cert.cert.read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    # instance 0 and instance 2 (the security engineers' second cluster)
+    assert {"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.7", "127.0.0.9"} <= ips
+
+
+# ---- roles ----------------------------------------------------------------------------
+
+
+def test_grants_give_sink_modify_and_reader_select_only():
+    stmts = roles.grant_statements("vision", ["predictions", "rejections"])
+    assert stmts == [
+        "GRANT MODIFY ON TABLE vision.predictions TO sink",
+        "GRANT SELECT ON TABLE vision.predictions TO reader",
+        "GRANT MODIFY ON TABLE vision.rejections TO sink",
+        "GRANT SELECT ON TABLE vision.rejections TO reader",
+    ]
+    assert not any(p in s for s in stmts for p in ("ALL", "CREATE", "DROP", "ALTER"))
+
+
+def test_role_statements_quote_passwords():
+    assert roles.create_role("admin", "a'b", superuser=True) == (
+        "CREATE ROLE IF NOT EXISTS admin WITH PASSWORD = 'a''b' AND LOGIN = true "
+        "AND SUPERUSER = true"
+    )
+    assert "SUPERUSER = false" in roles.create_role("sink", "x")
+    assert roles.DISABLE_DEFAULT_SUPERUSER == (
+        "ALTER ROLE cassandra WITH SUPERUSER = false AND LOGIN = false"
+    )
+
+
+def test_role_passwords_are_made_once_and_private(tmp_path):
+    first = roles.role_passwords(tmp_path)
+    assert set(first) == {"admin", "sink", "reader"}
+    assert len(set(first.values())) == 3
+    assert roles.role_passwords(tmp_path) == first
+    for role in first:
+        assert (tmp_path / "cassandra" / role).stat().st_mode & 0o077 == 0
+
+
+# ---- client settings ------------------------------------------------------------------
+
+
+def test_plaintext_settings_have_no_auth(monkeypatch):
+    monkeypatch.delenv("PIPELINE_SECURITY__MODE", raising=False)
+    s = PipelineSettings(security=SecuritySettings(mode="plaintext"))
+    assert s.cassandra.auth is None
+
+
+def test_secure_settings_log_in_as_the_services_role(tmp_path):
+    sec = SecuritySettings(mode="secure", secrets_dir=tmp_path / "s", certs_dir=tmp_path / "c")
+
+    class ReaderSettings(PipelineSettings):
+        cassandra_role = roles.READER
+
+    auth = ReaderSettings(security=sec).cassandra.auth
+    assert auth is not None and auth.role == "reader"
+    assert auth.password_file == tmp_path / "s" / "cassandra" / "reader"
+    assert auth.ca_file == tmp_path / "c" / "ca.crt"
+    admin = PipelineSettings(security=sec).cassandra.auth
+    assert admin is not None and admin.role == "admin"
+
+
+def test_explicit_username_and_password_win_and_are_masked(tmp_path):
+    sec = SecuritySettings(mode="secure", secrets_dir=tmp_path)
+    s = PipelineSettings(
+        security=sec,
+        cassandra={"username": "reader", "password": SecretStr("pw-from-env-123")},
+    )
+    assert s.cassandra.auth is not None
+    assert s.cassandra.auth.role == "reader"
+    assert s.cassandra.auth.secret() == "pw-from-env-123"
+    assert "pw-from-env-123" not in repr(s.cassandra.auth)
+    assert "pw-from-env-123" not in str(s.masked())
+    assert "pw-from-env-123" not in mask("login failed for reader/pw-from-env-123")
+
+
+def test_missing_password_file_is_a_clear_error(tmp_path):
+    auth = roles.CassandraAuth("sink", None, tmp_path / "cassandra" / "sink", tmp_path / "ca")
+    with pytest.raises(RuntimeError, match="does not exist: run `python -m infra up`"):
+        auth.secret()
+    ensure_secret(tmp_path, "cassandra", "sink")
+    assert auth.secret()
+
+
+def test_client_context_trusts_only_the_ca_and_checks_the_host(tmp_path):
+    cert = ensure_node_cert(tmp_path, "cassandra-1")
+    ctx = roles.client_ssl_context(cert.ca_cert)
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    with pytest.raises(FileNotFoundError, match="PIPELINE_SECURITY__CA_FILE"):
+        roles.client_ssl_context(tmp_path / "absent.crt")
