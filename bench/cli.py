@@ -32,10 +32,11 @@ from bench.cpu import CpuMeter, cluster_pids
 from bench.machine import machine_info
 from bench.report import print_table
 from bench.stats import ratio, stage_breakdown, summarize
-from bench.waits import liveness, retrying, wait_caught_up, wait_groups_ready
+from bench.waits import liveness, retrying, wait_caught_up
 from infra import cassandra_session
 from infra.logs import configure
 from infra.settings import PipelineSettings
+from orchestration.readiness import start_all, wait_ready
 from orchestration.services import Services
 from schemas import topics
 
@@ -291,16 +292,16 @@ def pipeline_section(
         f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*"
     )
     try:
-        for spec in specs:
-            services.start(spec)
+        start_all(services, specs)
         alive = liveness(services, [s.name for s in specs])
         meter = CpuMeter({**cluster_pids(), **{s.name: services.pid(s.name) for s in specs}})
         t0 = time.monotonic()
-        wait_groups_ready(
+        wait_ready(
+            services,
+            [s.name for s in specs],
             kafka,
             {topology.PIPELINE_APP_ID: args.workers, topology.PIPELINE_SINK_GROUP: 1},
             300,
-            alive,
         )
         wait_caught_up(
             kafka,
@@ -469,13 +470,12 @@ def transport_section(
         f"{args.sinks} sink(s) on {topology.PREFIX}*"
     )
     try:
-        for spec in specs:
-            services.start(spec)
+        start_all(services, specs)
         alive = liveness(services, [s.name for s in specs])
         meter = CpuMeter({**cluster_pids(), **{s.name: services.pid(s.name) for s in specs}})
         want = {h.group: args.relays_per_hop for h in hops}
         want[topology.TRANSPORT_SINK_GROUP] = args.sinks
-        wait_groups_ready(kafka, want, 120, alive)
+        wait_ready(services, [s.name for s in specs], kafka, want, 120)
         lags = {h.group: [h.source] for h in hops}
         lags[topology.TRANSPORT_SINK_GROUP] = [topology.PREFIX + topics.PREDICTIONS]
         wait_caught_up(kafka, lags, 600, alive)
