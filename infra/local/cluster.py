@@ -7,12 +7,13 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from infra.local import cassandra_node, kafka_node, maven, ports, probes, procs
 from infra.local.errors import InfraError
@@ -28,6 +29,9 @@ from infra.local.topology import (
     node_by_name,
     nodes,
 )
+
+if TYPE_CHECKING:
+    from infra.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +66,18 @@ class LocalCluster:
         *,
         kafka_tuning: kafka_node.KafkaTuning | None = None,
         cassandra_tuning: cassandra_node.CassandraTuning | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         self.run = RunDir(run_dir)
         self.lock = RunDirLock(run_dir)
         self.kafka_tuning = kafka_tuning or kafka_node.KafkaTuning()
         self.cassandra_tuning = cassandra_tuning or cassandra_node.CassandraTuning()
         self._java_home: Path | None = None
+        if security is None:  # the mode of this process's environment (PIPELINE_SECURITY__)
+            from infra.settings import PipelineSettings
+
+            security = PipelineSettings().security
+        self.security = security
 
     # ---- what exists ---------------------------------------------------------------
 
@@ -113,7 +123,7 @@ class LocalCluster:
     def node_ready(self, node: NodeSpec) -> bool:
         if node.kind == KAFKA:
             return ports.port_open(node.host, node.port)
-        return probes.cql_answers(node.host, node.port)
+        return probes.cql_answers(node.host, node.port, ssl_context=self._cql_ssl())
 
     def node_status(self, node: NodeSpec) -> dict[str, Any]:
         pid = self.pid(node)
@@ -399,17 +409,82 @@ class LocalCluster:
 
     # Cassandra: seed first, then one node at a time, each once the previous answers CQL.
 
+    def _certs_dir(self) -> Path:
+        return (self.security.certs_dir or self.run_dir / "certs").expanduser().resolve()
+
+    def _secrets_dir(self) -> Path:
+        return (self.security.secrets_dir or self.run_dir / "secrets").expanduser().resolve()
+
+    def _cassandra_security(self, node: NodeSpec) -> cassandra_node.CassandraSecurity | None:
+        """The node's PEM files in secure mode (made once under the certs dir), else None."""
+        if not self.security.secure:
+            return None
+        from infra.certs import ensure_node_cert
+
+        cert = ensure_node_cert(self._certs_dir(), node.name)
+        ca = self.security.ca_file or cert.ca_cert
+        return cassandra_node.CassandraSecurity(keystore=cert.pem, truststore=ca)
+
+    def _cql_ssl(self) -> ssl.SSLContext | None:
+        """What a probe speaks to a CQL port: TLS trusting our CA in secure mode."""
+        if not self.security.secure:
+            return None
+        from infra.cassandra_roles import client_ssl_context
+        from infra.certs import ensure_ca
+
+        ca = self.security.ca_file or ensure_ca(self._certs_dir())[0]
+        return client_ssl_context(Path(ca))
+
+    def _cassandra_logins(self) -> list[Any]:
+        """Auth providers for the ring probe, in order: none in plaintext mode; else the
+        admin role, then the default superuser (a first boot, before bootstrap_roles)."""
+        if not self.security.secure:
+            return [None]
+        from cassandra.auth import PlainTextAuthProvider
+
+        from infra import cassandra_roles as roles
+
+        admin_pw = roles.role_passwords(self._secrets_dir())[roles.ADMIN]
+        return [
+            PlainTextAuthProvider(roles.ADMIN, admin_pw),
+            PlainTextAuthProvider(roles.DEFAULT_SUPERUSER, roles.DEFAULT_SUPERUSER_PASSWORD),
+        ]
+
     def _start_cassandra(self, cluster: list[NodeSpec], lib: Path) -> None:
         for n in cluster:
             if self.pid(n) is None:
                 self._preflight(n)
         for n in cluster:
-            if self.pid(n) is not None and probes.cql_answers(n.host, n.port):
+            if self.pid(n) is not None and probes.cql_answers(
+                n.host, n.port, ssl_context=self._cql_ssl()
+            ):
                 continue
             if self.pid(n) is None:
                 self._spawn_cassandra_node(n, lib)
             self._wait_cql(n)
         self._wait_ring(cluster)
+        if self.security.secure:
+            self._bootstrap_roles(cluster)
+
+    def _bootstrap_roles(self, cluster: list[NodeSpec]) -> None:
+        """The project's roles replace the default superuser (infra.cassandra_roles)."""
+        from infra import cassandra_roles as roles
+
+        ssl_context = self._cql_ssl()
+        assert ssl_context is not None
+        report = roles.bootstrap(
+            [n.host for n in cluster],
+            cluster[0].port,
+            ssl_context,
+            roles.role_passwords(self._secrets_dir()),
+        )
+        log.info(
+            "cassandra: roles ready in %.1fs (admin %s, default superuser %s, roles %s)",
+            report.seconds,
+            "created" if report.admin_created else "present",
+            "disabled now" if report.default_superuser_disabled else "already disabled",
+            ", ".join(report.roles),
+        )
 
     def _spawn_cassandra_node(self, node: NodeSpec, lib: Path) -> None:
         d = self.dirs(node)
@@ -417,10 +492,10 @@ class LocalCluster:
         storage = d.data
         for p in cassandra_node.data_dirs(storage).values():
             p.mkdir(parents=True, exist_ok=True)
+        cluster = nodes(CASSANDRA, self.node_count(CASSANDRA))
+        security = self._cassandra_security(node)
         (d.conf / "cassandra.yaml").write_text(
-            cassandra_node.render_yaml(
-                node, nodes(CASSANDRA, self.node_count(CASSANDRA)), storage, self.cassandra_tuning
-            )
+            cassandra_node.render_yaml(node, cluster, storage, self.cassandra_tuning, security)
         )
         (d.conf / "logback.xml").write_text(cassandra_node.render_logback())
         opts = cassandra_node.jvm_options(
@@ -431,6 +506,8 @@ class LocalCluster:
             logs_dir=d.logs,
             tmp_dir=d.tmp,
             tuning=self.cassandra_tuning,
+            secure=security is not None,
+            cluster_size=len(cluster),
         )
         self._spawn(node, cassandra_node.server_command(self.java(), lib, d.conf, opts))
 
@@ -438,8 +515,9 @@ class LocalCluster:
         log.info("%s: waiting for CQL on %s", node.name, node.address)
         t0 = time.monotonic()
         try:
+            ssl_context = self._cql_ssl()
             ok = probes.poll_until(
-                lambda: probes.cql_answers(node.host, node.port),
+                lambda: probes.cql_answers(node.host, node.port, ssl_context=ssl_context),
                 timeout=timeout,
                 interval=0.5,
                 abort=lambda: self._exit_reason(node) if self._exited(node) else None,
@@ -456,9 +534,16 @@ class LocalCluster:
             return
         log.info("cassandra: waiting until %s see each other", ", ".join(hosts))
         last = [""]
+        ssl_context = self._cql_ssl()
+        logins = self._cassandra_logins()
 
         def probe() -> bool:
-            last[0] = probes.cassandra_ring_healthy(hosts)
+            for auth in logins:  # the next login only if this one was refused
+                last[0] = probes.cassandra_ring_healthy(
+                    hosts, ssl_context=ssl_context, auth_provider=auth
+                )
+                if "AuthenticationFailed" not in last[0]:
+                    break
             return not last[0]
 
         def abort() -> str | None:
