@@ -19,7 +19,7 @@ tolerates a dict changing under it and none takes a lock the sink loop holds):
   Sink._cluster (driver metadata: hosts and their is_up).
 
 Settings: `PIPELINE_METRICS__HOST` (default 127.0.0.1), `PIPELINE_METRICS__PORT` (default
-9464; infra/monitor.py's SINK_METRICS_PORT_DEFAULT must match), `PIPELINE_METRICS__ENABLED`.
+9464; orchestration reads it from here), `PIPELINE_METRICS__ENABLED`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v kcat >/dev/null || command -v kafkacat >/dev/null || missing+=(kafkacat)
 # Headless browser of the web-page test (tests/e2e/test_web_page.py).
 command -v chromium >/dev/null || missing+=(chromium)
-# Prometheus for `python -m infra monitor`; the package brings promtool (rule tests).
+# Prometheus for `python -m orchestration monitor`; the package brings promtool (rule tests).
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,4 +1,4 @@
-"""What `python -m infra pipeline status` shows, and whether the pipeline is healthy.
+"""What `python -m orchestration pipeline status` shows, and whether the pipeline is healthy.
 
 `collect` does the I/O: each service's supervisor and children from /proc, and each
 stream worker's `GET /health/` on the web ports its spec recorded. `render` and
@@ -60,7 +60,7 @@ def problems(report: dict[str, Any]) -> list[str]:
     found = (
         []
         if report["services"]
-        else ["no pipeline services recorded (python -m infra pipeline up)"]
+        else ["no pipeline services recorded (python -m orchestration pipeline up)"]
     )
     for svc in report["services"]:
         name = svc["name"]

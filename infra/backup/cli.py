@@ -156,7 +156,7 @@ def _replay(args: argparse.Namespace, run_dir: Path) -> int:
     )
     if not args.dry_run:
         what = "stream workers (with the new model version)" if args.reprocess else "sink"
-        print(f"next: start the {what}: python -m infra pipeline up")
+        print(f"next: start the {what}: python -m orchestration pipeline up")
     return 0
 
 

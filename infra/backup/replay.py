@@ -74,7 +74,7 @@ def refusal(members_by_group: dict[str, list[str]]) -> str | None:
     return (
         "refusing to replay: "
         + "; ".join(parts)
-        + ". Stop them first (python -m infra pipeline down), then replay, then start them."
+        + ". Stop them first (python -m orchestration pipeline down), then replay, then start them."
     )
 
 

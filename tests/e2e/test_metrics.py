@@ -1,5 +1,5 @@
 """Metrics of a real run: every worker and the sink scraped directly (prometheus_client's
-parser), and a real Prometheus (python -m infra monitor's) showing the pipeline's rates.
+parser), and a real Prometheus (python -m orchestration monitor's) showing the pipeline's rates.
 
 The run publishes synthetic photos plus raw records no decoder accepts, waits until each
 is stored or rejected, and then checks what the endpoints say about that run (deltas

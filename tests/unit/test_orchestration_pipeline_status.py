@@ -1,4 +1,4 @@
-"""`infra pipeline status`: per-stage health from the workers, truthful exit code."""
+"""`orchestration pipeline status`: per-stage health from the workers, truthful exit code."""
 
 from __future__ import annotations
 
