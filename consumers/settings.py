@@ -7,14 +7,17 @@ PIPELINE_CASSANDRA__KEYSPACE. Topic names default to the registry in schemas.top
 
 from __future__ import annotations
 
-import json
+import warnings
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from infra.settings import PipelineSettings
+from infra.settings import PipelineSettings, split_list
 from schemas import topics
+
+# The sink section's old name of consume_max_messages.
+DEPRECATED_BATCH_SIZE = "batch_size"
 
 STAGE_DLQS: tuple[str, ...] = tuple(s.dlq for s in topics.STAGES)
 
@@ -56,8 +59,9 @@ class SinkSection(BaseModel):
     write_batch_rows: int = Field(default=32, ge=1, le=1000)
     # Keep well below Cassandra's batch_size_fail_threshold (50 KiB by default).
     write_batch_bytes: int = Field(default=20_000, ge=256, le=1_000_000)
-    # Messages taken per consume() call.
-    batch_size: int = Field(default=500, ge=1, le=100_000)
+    # Messages taken per consume() call (not a write batch: see write_batch_rows).
+    # Was `batch_size` (PIPELINE_SINK__BATCH_SIZE), still read with a warning.
+    consume_max_messages: int = Field(default=500, ge=1, le=100_000)
     # Records consumed but not yet acknowledged; above this the sink pauses its partitions.
     max_pending_records: int = Field(default=5000, ge=1)
     poll_timeout_s: float = Field(default=0.2, gt=0)
@@ -72,11 +76,30 @@ class SinkSection(BaseModel):
     @field_validator("dlq_topics", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v.lstrip().startswith("["):
-                return json.loads(v)
-            return [t.strip() for t in v.split(",") if t.strip()]
-        return v
+        return split_list(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_batch_size(cls, data: Any) -> Any:
+        # `batch_size` meant a consume() size here and a micro-batch in stream_app; users
+        # may have set the old name, so it is read once more, with a warning.
+        if not isinstance(data, dict) or DEPRECATED_BATCH_SIZE not in data:
+            return data
+        data = dict(data)
+        old = data.pop(DEPRECATED_BATCH_SIZE)
+        if "consume_max_messages" in data and str(data["consume_max_messages"]) != str(old):
+            raise ValueError(
+                "sink.batch_size (PIPELINE_SINK__BATCH_SIZE) is the old name of "
+                "sink.consume_max_messages; both are set, to different values: keep the new one"
+            )
+        warnings.warn(
+            "PIPELINE_SINK__BATCH_SIZE (sink.batch_size) is deprecated: it is "
+            "PIPELINE_SINK__CONSUME_MAX_MESSAGES now (messages per consume() call)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        data["consume_max_messages"] = old
+        return data
 
     def topics(self) -> list[str]:
         return [self.predictions_topic, *self.dlq_topics]

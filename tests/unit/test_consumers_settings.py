@@ -33,3 +33,23 @@ def test_an_attempt_limit_is_refused_at_start(monkeypatch):
     monkeypatch.setenv("PIPELINE_SINK__RETRY__MAX_ATTEMPTS", "5")
     with pytest.raises(ValidationError, match="max_attempts"):
         SinkSettings()
+
+
+def test_consume_max_messages_is_read_from_its_env_name(monkeypatch):
+    monkeypatch.setenv("PIPELINE_SINK__CONSUME_MAX_MESSAGES", "250")
+    assert SinkSettings().sink.consume_max_messages == 250
+
+
+def test_the_old_batch_size_name_still_works_with_a_warning(monkeypatch):
+    monkeypatch.setenv("PIPELINE_SINK__BATCH_SIZE", "42")
+    with pytest.warns(FutureWarning, match="PIPELINE_SINK__CONSUME_MAX_MESSAGES"):
+        s = SinkSettings()
+    assert s.sink.consume_max_messages == 42
+    assert not hasattr(s.sink, "batch_size")
+
+
+def test_old_and_new_names_with_different_values_are_refused(monkeypatch):
+    monkeypatch.setenv("PIPELINE_SINK__BATCH_SIZE", "42")
+    monkeypatch.setenv("PIPELINE_SINK__CONSUME_MAX_MESSAGES", "250")
+    with pytest.raises(ValidationError, match="old name of sink.consume_max_messages"):
+        SinkSettings()
