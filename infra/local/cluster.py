@@ -29,6 +29,13 @@ from infra.local.topology import (
     node_by_name,
     nodes,
 )
+from infra.security import (
+    KAFKA_ADMIN,
+    KAFKA_BROKER,
+    KAFKA_PRINCIPALS,
+    ensure_secret,
+    mask,
+)
 
 if TYPE_CHECKING:
     from infra.security import SecuritySettings
@@ -145,7 +152,11 @@ class LocalCluster:
         ]
         brokers = 0
         if kafka_up:
-            brokers = len(probes.kafka_broker_ids(",".join(n.address for n in kafka_up)))
+            brokers = len(
+                probes.kafka_broker_ids(
+                    ",".join(n.address for n in kafka_up), client_conf=self._kafka_client_conf()
+                )
+            )
         return {
             "nodes": rows,
             "kafka": {"brokers": brokers},
@@ -162,7 +173,14 @@ class LocalCluster:
         if not all(self.pid(n) and self.node_ready(n) for n in want):
             return False
         if kind == KAFKA:
-            return len(probes.kafka_broker_ids(kafka_bootstrap(count))) == count
+            return (
+                len(
+                    probes.kafka_broker_ids(
+                        kafka_bootstrap(count), client_conf=self._kafka_client_conf()
+                    )
+                )
+                == count
+            )
         return True
 
     def log_tail(self, name: str, lines: int = TAIL_LINES) -> str:
@@ -219,6 +237,8 @@ class LocalCluster:
         Returns False if everything was already up (nothing done)."""
         want = {KAFKA: kafka_nodes, CASSANDRA: cassandra_nodes}
         kinds = [k for k in KINDS if only in (None, k) and want[k] > 0]
+        if KAFKA in kinds:
+            self._check_kafka_mode()
         todo = [k for k in kinds if not self.is_up(k, want[k])]
         if not todo:
             log.info("already up: %s", ", ".join(f"{want[k]} {k}" for k in kinds))
@@ -272,7 +292,7 @@ class LocalCluster:
         cid = kstate.get("cluster_id")
         if not cid or not kafka_node.valid_cluster_id(cid):
             cid = kafka_node.new_cluster_id()
-        kstate.update(nodes=len(cluster), cluster_id=cid)
+        kstate.update(nodes=len(cluster), cluster_id=cid, security=self.security.mode)
         self.run.save_state(state)
         for n in to_start:
             self._write_kafka_conf(n, cluster)
@@ -283,8 +303,9 @@ class LocalCluster:
                 ", ".join(n.name for n in unformatted),
                 cid,
             )
+            scram = self._kafka_bootstrap_users()
             with ThreadPoolExecutor(len(unformatted)) as pool:
-                list(pool.map(lambda n: self._format_kafka(n, lib, cid), unformatted))
+                list(pool.map(lambda n: self._format_kafka(n, lib, cid, scram), unformatted))
         for n in to_start:
             self._spawn_kafka_node(n, lib)
         return to_start
@@ -292,12 +313,21 @@ class LocalCluster:
     def _write_kafka_conf(self, node: NodeSpec, cluster: list[NodeSpec]) -> None:
         d = self.dirs(node)
         d.create()
-        (d.conf / "server.properties").write_text(
-            kafka_node.render_server_properties(node, cluster, d.data, self.kafka_tuning)
-        )
+        props = d.conf / "server.properties"
+        # Secure mode puts the inter-broker password in it: private from the first byte.
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                kafka_node.render_server_properties(
+                    node, cluster, d.data, self.kafka_tuning, self._kafka_security(node)
+                )
+            )
         (d.conf / "log4j2.properties").write_text(kafka_node.render_log4j2())
 
-    def _format_kafka(self, node: NodeSpec, lib: Path, cid: str) -> None:
+    def _format_kafka(
+        self, node: NodeSpec, lib: Path, cid: str, scram_users: dict[str, str] | None = None
+    ) -> None:
         d = self.dirs(node)
         cmd = kafka_node.format_command(
             self.java(),
@@ -306,6 +336,7 @@ class LocalCluster:
             d.conf / "log4j2.properties",
             d.tmp,
             cid,
+            scram_users,
         )
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env=self._env(), check=False, timeout=300
@@ -313,8 +344,66 @@ class LocalCluster:
         if proc.returncode != 0:
             raise InfraError(
                 f"{node.name}: formatting Kafka storage failed (exit {proc.returncode})",
-                detail=(proc.stdout + proc.stderr).strip()[-3000:],
+                detail=mask((proc.stdout + proc.stderr).strip()[-3000:]),
             )
+
+    # Kafka security: what secure mode adds (see kafka_node and docs/security.md).
+
+    def _check_kafka_mode(self) -> None:
+        """A run dir's Kafka keeps the mode it was formatted in: asking for the other one
+        is a clear error here, not a start that hangs on listeners nobody speaks."""
+        recorded = self.run.load_state().get(KAFKA, {})
+        if not recorded.get("nodes") or not self._has_data(KAFKA, int(recorded["nodes"])):
+            return
+        was = recorded.get("security", "plaintext")  # recorded since secure mode exists
+        if was != self.security.mode:
+            raise InfraError(
+                f"{self.run_dir} holds a Kafka cluster formatted in {was} mode, but "
+                f"PIPELINE_SECURITY__MODE={self.security.mode} is asked; set "
+                f"PIPELINE_SECURITY__MODE={was}, or use another PIPELINE_RUN_DIR, or "
+                f"`python -m infra down --wipe` (deletes its data) first"
+            )
+
+    def _kafka_secret(self, principal: str) -> str:
+        return ensure_secret(self._secrets_dir(), "kafka", principal)
+
+    def _kafka_bootstrap_users(self) -> dict[str, str]:
+        """SCRAM users created at format time: the brokers' own and the admin (who adds
+        the others with the AdminClient). Every principal's secret is made here, once."""
+        if not self.security.secure:
+            return {}
+        for principal in KAFKA_PRINCIPALS:
+            self._kafka_secret(principal)
+        return {u: self._kafka_secret(u) for u in (KAFKA_BROKER, KAFKA_ADMIN)}
+
+    def _kafka_security(self, node: NodeSpec) -> kafka_node.KafkaSecurity | None:
+        if not self.security.secure:
+            return None
+        from infra.certs import ensure_node_cert
+
+        cert = ensure_node_cert(self._certs_dir(), node.name)
+        return kafka_node.KafkaSecurity(
+            keystore=cert.pem,
+            truststore=self.security.ca_file or cert.ca_cert,
+            broker_user=KAFKA_BROKER,
+            broker_password=self._kafka_secret(KAFKA_BROKER),
+            super_users=(KAFKA_BROKER, KAFKA_ADMIN),
+        )
+
+    def _kafka_client_conf(self) -> dict[str, Any]:
+        """librdkafka settings of the admin principal (probes, provisioning)."""
+        if not self.security.secure:
+            return {}
+        from infra.certs import ensure_ca
+
+        ca = self.security.ca_file or ensure_ca(self._certs_dir())[0]
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": kafka_node.SCRAM_MECHANISM,
+            "sasl.username": KAFKA_ADMIN,
+            "sasl.password": self._kafka_secret(KAFKA_ADMIN),
+            "ssl.ca.location": str(ca),
+        }
 
     def _spawn_kafka_node(self, node: NodeSpec, lib: Path) -> None:
         d = self.dirs(node)
@@ -378,16 +467,17 @@ class LocalCluster:
         want = {n.index for n in cluster}
         bootstrap = ",".join(n.address for n in cluster)
         log.info("kafka: waiting for %d brokers", len(cluster))
+        conf = self._kafka_client_conf()
 
         def probe() -> bool:
             # Each (re)started node must answer metadata itself: a killed broker stays
             # listed by the others until its session times out.
             for n in started:
                 if not ports.port_open(n.host, n.port) or n.index not in probes.kafka_broker_ids(
-                    n.address
+                    n.address, client_conf=conf
                 ):
                     return False
-            return want <= probes.kafka_broker_ids(bootstrap)
+            return want <= probes.kafka_broker_ids(bootstrap, client_conf=conf)
 
         def abort() -> str | None:
             dead = self._died(started)
@@ -398,7 +488,7 @@ class LocalCluster:
         except RuntimeError as e:
             raise self._fail(str(e).split()[0], str(e).split(" ", 1)[1]) from None
         if not ok:
-            seen = probes.kafka_broker_ids(bootstrap)
+            seen = probes.kafka_broker_ids(bootstrap, client_conf=conf)
             missing = [n for n in cluster if n.index not in seen]
             name = missing[0].name if missing else cluster[0].name
             raise self._fail(
