@@ -86,8 +86,12 @@ def provision_topics(
     *,
     prefix: str = "",
     report: ProvisionReport | None = None,
+    stream_group: str | None = None,
+    sink_group: str | None = None,
 ) -> ProvisionReport:
-    """Create each spec's topic (named prefix + spec.name) or check the existing one."""
+    """Create each spec's topic (named prefix + spec.name) or check the existing one.
+    Secure mode: also the services' Kafka users and their ACLs on these topics and on
+    the given groups (default: the pipeline's), see infra.kafka_acls."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
@@ -134,6 +138,16 @@ def provision_topics(
 
     _sync_configs(admin, {n: wanted[n] for n in existing}, report)
     report.existing_topics += existing
+    if settings.kafka.auth is not None:
+        from infra.kafka_acls import provision_principals
+
+        provision_principals(
+            admin,
+            settings.security.resolved_secrets_dir(),
+            topic_prefix=prefix,
+            stream_group=stream_group,
+            sink_group=sink_group,
+        )
     return report
 
 
