@@ -13,10 +13,14 @@ from infra.security import mask
 from infra.settings import KafkaSettings
 
 # Durability first: every record acknowledged by the in-sync replicas, no duplicates
-# from retries, and order kept per partition.
+# from retries, and order kept per partition. The one definition for every producer:
+# the stream workers' aiokafka producers take it under aiokafka's names
+# (DURABILITY_AIOKAFKA, stream_app/faust_seam.py).
+DURABILITY: dict[str, Any] = {"acks": "all", "enable.idempotence": True}
+DURABILITY_AIOKAFKA: dict[str, Any] = {k.replace(".", "_"): v for k, v in DURABILITY.items()}
+
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "acks": "all",
-    "enable.idempotence": True,
+    **DURABILITY,
     "max.in.flight.requests.per.connection": 5,
     "retries": 2147483647,
     "delivery.timeout.ms": 120_000,

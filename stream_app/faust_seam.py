@@ -41,6 +41,8 @@ from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.record import default_records, memory_records
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from infra.kafka_clients import DURABILITY_AIOKAFKA
+
 log = logging.getLogger(__name__)
 
 CHECKED_AGAINST = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
@@ -50,7 +52,7 @@ class IdempotentProducer(faust_aiokafka.Producer):
     """acks=all + enable_idempotence on every producer, not only transactional ones."""
 
     def _settings_extra(self) -> dict[str, Any]:
-        return {"acks": "all", "enable_idempotence": True}
+        return dict(DURABILITY_AIOKAFKA)
 
 
 class _LenientSlice(bytes):
