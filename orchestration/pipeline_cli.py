@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from infra.settings import PipelineSettings
-from orchestration import monitor, pipeline_status
+from orchestration import pipeline_status
 from orchestration.readiness import NotReady, start_and_wait
 from orchestration.service_facts import sink_group, stream_group
 from orchestration.services import Services, pipeline_specs
+from orchestration.targets import write_scrape_targets
 
 TAIL_LINES = 15
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
                 args.timeout,
                 forget_others=True,  # a stopped service of an older layout: not ours to report
                 tail_lines=TAIL_LINES,
-                on_started=lambda: monitor.write_scrape_targets(run_dir),
+                on_started=lambda: write_scrape_targets(run_dir),  # a running Prometheus follows
             )
         except NotReady as exc:
             print(exc.tails, file=sys.stderr)

@@ -24,14 +24,9 @@ from e2e_harness import Pipeline, assert_accounted
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.kafka_clients import producer_config
-from orchestration.monitor import (
-    JOB_SINK,
-    JOB_WORKER,
-    SINK_METRICS_PORT_ENV,
-    Monitor,
-    ScrapeTarget,
-    scrape_targets,
-)
+from orchestration.monitor import Monitor
+from orchestration.service_facts import SINK_METRICS_PORT_ENV
+from orchestration.targets import JOB_SINK, JOB_WORKER, ScrapeTarget, scrape_targets
 from producers.synthetic import synthetic_items
 from schemas.raw import raw_headers
 

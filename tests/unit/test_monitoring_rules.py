@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import monitor
+from orchestration import monitor, service_facts, targets
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "orchestration" / "monitoring"
@@ -80,18 +80,18 @@ def test_every_alert_of_the_issue_has_a_rule_and_a_test() -> None:
 
 
 def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    targets = monitor.write_scrape_targets(
+    targets_json = targets.write_scrape_targets(
         tmp_path,
         [
-            monitor.ScrapeTarget(monitor.JOB_WORKER, "worker-1", "127.0.0.1:6067"),
-            monitor.ScrapeTarget(monitor.JOB_SINK, "sink-1", "127.0.0.1:9464"),
+            targets.ScrapeTarget(targets.JOB_WORKER, "worker-1", "127.0.0.1:6067"),
+            targets.ScrapeTarget(targets.JOB_SINK, "sink-1", "127.0.0.1:9464"),
         ],
     )
     config = tmp_path / "prometheus.yml"
-    config.write_text(json.dumps(monitor.prometheus_config(targets, monitor.ALERT_RULES, 2.0)))
+    config.write_text(json.dumps(monitor.prometheus_config(targets_json, monitor.ALERT_RULES, 2.0)))
     res = _run([_promtool(), "check", "config", str(config)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads(targets.read_text()) == [
+    assert json.loads(targets_json.read_text()) == [
         {"targets": ["127.0.0.1:6067"], "labels": {"job": "stream_worker", "service": "worker-1"}},
         {"targets": ["127.0.0.1:9464"], "labels": {"job": "sink", "service": "sink-1"}},
     ]
@@ -112,7 +112,7 @@ def _spec(
 
 
 def test_scrape_targets_from_recorded_service_specs(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv(monitor.SINK_METRICS_PORT_ENV, raising=False)
+    monkeypatch.delenv(service_facts.SINK_METRICS_PORT_ENV, raising=False)
     py = "/x/python"
     _spec(
         tmp_path,
@@ -138,7 +138,7 @@ def test_scrape_targets_from_recorded_service_specs(tmp_path: Path, monkeypatch)
     _spec(tmp_path, "sink-2", [py, "-m", "consumers", "sink"], {"PIPELINE_METRICS__PORT": "31005"})
     _spec(tmp_path, "producer", [py, "-m", "producers", "images", "x"])
     (tmp_path / "services" / "broken.json").write_text("{not json")
-    got = {t.service: (t.job, t.address) for t in monitor.scrape_targets(tmp_path)}
+    got = {t.service: (t.job, t.address) for t in targets.scrape_targets(tmp_path)}
     assert got == {
         "stream-workers-1": ("stream_worker", "127.0.0.1:31001"),
         "stream-workers-2": ("stream_worker", "127.0.0.1:31002"),
@@ -153,9 +153,9 @@ def test_port_defaults_match_the_services(monkeypatch) -> None:
     from consumers.metrics import DEFAULT_PORT, SinkMetricsSettings
     from stream_app.settings import WorkerSettings
 
-    assert monitor.SINK_METRICS_PORT_DEFAULT == DEFAULT_PORT
-    assert WorkerSettings().web_port == monitor.WORKER_WEB_PORT_DEFAULT
-    monkeypatch.delenv(monitor.SINK_METRICS_PORT_ENV, raising=False)
+    assert service_facts.SINK_METRICS_PORT_DEFAULT == DEFAULT_PORT
+    assert WorkerSettings().web_port == service_facts.WORKER_WEB_PORT_DEFAULT
+    monkeypatch.delenv(service_facts.SINK_METRICS_PORT_ENV, raising=False)
     assert SinkMetricsSettings().metrics.port == DEFAULT_PORT
 
 
