@@ -1,0 +1,281 @@
+"""A secure Cassandra cluster refuses whoever it should, with the message the user sees,
+and the data stays as it was; the reader role works from a third-party client (cqlsh).
+
+Runs against the cluster the test backend finds; skipped when that cluster is plaintext
+(PIPELINE_SECURITY__MODE is not `secure`). Each test works in a keyspace of its module,
+provisioned (and granted) like the pipeline's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra import cassandra_roles as roles
+from infra.cassandra_session import connect
+from infra.certs import ensure_ca
+from infra.provision import provision_keyspace
+from infra.settings import PipelineSettings
+
+pytestmark = [pytest.mark.cassandra]
+
+SEEDED = 3
+CQLSH = Path(os.environ.get("CQLSH", Path(__file__).resolve().parents[2] / ".venv/bin/cqlsh"))
+
+
+def _as_role(settings: PipelineSettings, role: str) -> PipelineSettings:
+    return PipelineSettings(
+        kafka=settings.kafka,
+        cassandra=settings.cassandra.model_copy(update={"username": role, "auth": None}),
+        security=settings.security,
+    )
+
+
+@pytest.fixture(scope="module")
+def secure(cluster_backend: Any) -> PipelineSettings:
+    settings: PipelineSettings = cluster_backend.settings()
+    if not settings.security.secure:
+        pytest.skip("the cluster under test is plaintext (PIPELINE_SECURITY__MODE != secure)")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def keyspace(secure: PipelineSettings, cassandra_cluster: Any) -> Iterator[str]:
+    ks = f"sec{uuid.uuid4().hex[:10]}"
+    provision_keyspace(secure, ks)
+    cluster, session = connect(_as_role(secure, roles.SINK).cassandra)
+    try:
+        ins = session.prepare(
+            f"INSERT INTO {ks}.rejections (image_id, stage, reason) VALUES (?, 'decode', 'x')"
+        )
+        for i in range(SEEDED):
+            _retry_until_granted(lambda i=i: session.execute(ins, (f"seed-{i}",)))
+    finally:
+        cluster.shutdown()
+    yield ks
+    cluster, session = connect(secure.cassandra)
+    try:
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+def _retry_until_granted(call: Any, timeout: float = 10.0) -> Any:
+    """Grants reach every node's permission cache within permissions_validity (2 s)."""
+    from cassandra import Unauthorized
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Unauthorized:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _rows(secure: PipelineSettings, ks: str) -> list[str]:
+    cluster, session = connect(secure.cassandra)
+    try:
+        return sorted(r.image_id for r in session.execute(f"SELECT image_id FROM {ks}.rejections"))
+    finally:
+        cluster.shutdown()
+
+
+def _bare_cluster(settings: PipelineSettings, **kw: Any) -> Any:
+    from cassandra.cluster import Cluster
+
+    return Cluster(
+        contact_points=settings.cassandra.contact_points,
+        port=settings.cassandra.port,
+        protocol_version=5,
+        connect_timeout=5,
+        control_connection_timeout=5,
+        **kw,
+    )
+
+
+def _refused(settings: PipelineSettings, **kw: Any) -> str:
+    """The error text a driver user sees when connecting with `kw` is refused."""
+    from cassandra.cluster import NoHostAvailable
+
+    cluster = _bare_cluster(settings, **kw)
+    try:
+        with pytest.raises(NoHostAvailable) as err:
+            cluster.connect()
+    finally:
+        cluster.shutdown()
+    return str(err.value)
+
+
+def _login(settings: PipelineSettings, user: str, password: str) -> str:
+    from cassandra.auth import PlainTextAuthProvider
+
+    auth = settings.cassandra.auth
+    assert auth is not None
+    return _refused(
+        settings,
+        ssl_context=auth.ssl_context(),
+        auth_provider=PlainTextAuthProvider(user, password),
+    )
+
+
+# ---- refused connections -------------------------------------------------------------
+
+
+def test_plaintext_client_is_refused(secure: PipelineSettings, keyspace: str) -> None:
+    from cassandra.auth import PlainTextAuthProvider
+
+    auth = secure.cassandra.auth
+    assert auth is not None
+    msg = _refused(secure, auth_provider=PlainTextAuthProvider(auth.role, auth.secret()))
+    assert "Unable to connect to any servers" in msg
+    # The server closes a plaintext connection during the handshake.
+    assert any(s in msg for s in ("ConnectionShutdown", "closed", "reset", "EOF")), msg
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def test_tls_client_that_does_not_trust_our_ca_is_refused(
+    secure: PipelineSettings, keyspace: str, tmp_path: Path
+) -> None:
+    other_ca, _ = ensure_ca(tmp_path, name="someone else's CA")
+    ctx = ssl.create_default_context(cafile=str(other_ca))
+    msg = _refused(secure, ssl_context=ctx)
+    assert "certificate verify failed" in msg, msg
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def test_wrong_password_is_refused(secure: PipelineSettings, keyspace: str) -> None:
+    msg = _login(secure, roles.READER, "not-the-password")
+    assert "Bad credentials" in msg
+    assert "Provided username reader and/or password are incorrect" in msg
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def test_unknown_user_is_refused(secure: PipelineSettings, keyspace: str) -> None:
+    msg = _login(secure, "mallory", "whatever")
+    assert "Provided username mallory and/or password are incorrect" in msg
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def test_default_cassandra_superuser_is_disabled(secure: PipelineSettings, keyspace: str) -> None:
+    msg = _login(secure, "cassandra", "cassandra")
+    assert "cassandra is not permitted to log in" in msg, msg
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+# ---- refused statements --------------------------------------------------------------
+
+
+def test_reader_reads_but_cannot_write_or_drop(secure: PipelineSettings, keyspace: str) -> None:
+    from cassandra import Unauthorized
+
+    before = _rows(secure, keyspace)
+    cluster, session = connect(_as_role(secure, roles.READER).cassandra)
+    try:
+        got = _retry_until_granted(
+            lambda: session.execute(f"SELECT image_id FROM {keyspace}.rejections").all()
+        )
+        assert sorted(r.image_id for r in got) == before
+        with pytest.raises(Unauthorized) as write:
+            session.execute(
+                f"INSERT INTO {keyspace}.rejections (image_id, stage) VALUES ('evil', 'x')"
+            )
+        assert f"User reader has no MODIFY permission on <table {keyspace}.rejections>" in str(
+            write.value
+        )
+        with pytest.raises(Unauthorized) as drop:
+            session.execute(f"DROP TABLE {keyspace}.rejections")
+        assert f"User reader has no DROP permission on <table {keyspace}.rejections>" in str(
+            drop.value
+        )
+    finally:
+        cluster.shutdown()
+    assert _rows(secure, keyspace) == before
+
+
+def test_sink_writes_but_cannot_read_or_drop(secure: PipelineSettings, keyspace: str) -> None:
+    from cassandra import Unauthorized
+
+    before = _rows(secure, keyspace)
+    cluster, session = connect(_as_role(secure, roles.SINK).cassandra)
+    try:
+        with pytest.raises(Unauthorized) as read:
+            session.execute(f"SELECT image_id FROM {keyspace}.rejections")
+        assert "User sink has no SELECT permission" in str(read.value)
+        with pytest.raises(Unauthorized) as drop:
+            session.execute(f"DROP KEYSPACE {keyspace}")
+        assert "User sink has no DROP permission" in str(drop.value)
+    finally:
+        cluster.shutdown()
+    assert _rows(secure, keyspace) == before
+
+
+# ---- a third-party client ------------------------------------------------------------
+
+
+def _cqlsh_files(settings: PipelineSettings, directory: Path) -> tuple[Path, Path]:
+    """cqlshrc (TLS, our CA, certificate checked) and a credentials file (mode 0600):
+    the password never appears on a command line. Same as docs/contracts.md."""
+    auth = _as_role(settings, roles.READER).cassandra.auth
+    assert auth is not None
+    rc = directory / "cqlshrc"
+    rc.write_text(
+        f"[connection]\nssl = true\n\n[ssl]\ncertfile = {auth.ca_file}\nvalidate = true\n"
+    )
+    creds = directory / "credentials"
+    creds.touch(mode=0o600)
+    creds.write_text(
+        f"[PlainTextAuthProvider]\nusername = {auth.role}\npassword = {auth.secret()}\n"
+    )
+    return rc, creds
+
+
+@pytest.mark.skipif(
+    not (CQLSH.exists() or shutil.which("cqlsh")),
+    reason="cqlsh is not installed (pip install cqlsh)",
+)
+def test_cqlsh_with_the_reader_role(
+    secure: PipelineSettings, keyspace: str, tmp_path: Path
+) -> None:
+    rc, creds = _cqlsh_files(secure, tmp_path)
+    exe = str(CQLSH) if CQLSH.exists() else str(shutil.which("cqlsh"))
+    host = secure.cassandra.contact_points[0]
+    base = [exe, "--cqlshrc", str(rc), "--credentials", str(creds), host, "9042"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    ok = subprocess.run(
+        [*base, "-e", f"SELECT image_id FROM {keyspace}.rejections"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    for i in range(SEEDED):
+        assert f"seed-{i}" in ok.stdout
+    denied = subprocess.run(
+        [*base, "-e", f"INSERT INTO {keyspace}.rejections (image_id, stage) VALUES ('z', 'x')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert denied.returncode != 0
+    assert "User reader has no MODIFY permission" in denied.stderr
+    assert auth_secret_absent(denied.stdout + denied.stderr + ok.stdout + ok.stderr, secure)
+    assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def auth_secret_absent(text: str, settings: PipelineSettings) -> bool:
+    auth = _as_role(settings, roles.READER).cassandra.auth
+    assert auth is not None
+    return auth.secret() not in text
