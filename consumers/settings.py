@@ -8,11 +8,12 @@ PIPELINE_CASSANDRA__KEYSPACE. Topic names default to the registry in schemas.top
 from __future__ import annotations
 
 import warnings
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from infra.security import KAFKA_SINK
 from infra.settings import PipelineSettings, split_list
 from schemas import topics
 
@@ -106,4 +107,6 @@ class SinkSection(BaseModel):
 
 
 class SinkSettings(PipelineSettings):
+    kafka_principal: ClassVar[str] = KAFKA_SINK
+
     sink: SinkSection = Field(default_factory=SinkSection)

@@ -6,10 +6,11 @@ PIPELINE_KAFKA__BOOTSTRAP_SERVERS=... Built in `main()` and passed down.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
+from infra.security import KAFKA_PRODUCER
 from infra.settings import PipelineSettings
 from schemas import topics
 
@@ -38,4 +39,6 @@ class ProducerSection(BaseModel):
 
 
 class ProducerSettings(PipelineSettings):
+    kafka_principal: ClassVar[str] = KAFKA_PRODUCER
+
     producer: ProducerSection = Field(default_factory=ProducerSection)

@@ -32,6 +32,7 @@ from aiokafka import errors as kafka_errors
 from schemas.topics import STAGE_BY_NAME, Stage
 from stream_app import faust_seam
 from stream_app.health import StageStats
+from stream_app.kafka_auth import faust_credentials
 from stream_app.labels import load_labels
 from stream_app.lag import LagProbe
 from stream_app.metrics import observe_batch, register_metrics
@@ -90,6 +91,7 @@ def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[f
     app = faust.App(
         w.app_id,
         broker=broker_url(settings.kafka.bootstrap_list()),
+        broker_credentials=faust_credentials(settings.kafka),
         autodiscover=False,
         datadir=str(datadir),
         # The topics are pre-created by `python -m infra provision` (registry sizing);

@@ -11,10 +11,11 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from infra.security import KAFKA_STREAM
 from infra.settings import PipelineSettings
 
 
@@ -160,5 +161,7 @@ class StreamSection(BaseModel):
 
 class StreamSettings(PipelineSettings):
     """Settings of a stream worker: shared kafka/cassandra sections plus `stream`."""
+
+    kafka_principal: ClassVar[str] = KAFKA_STREAM
 
     stream: StreamSection = Field(default_factory=StreamSection)
