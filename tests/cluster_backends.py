@@ -20,7 +20,9 @@ from confluent_kafka.admin import AdminClient
 
 from infra.local import CASSANDRA, KAFKA, LocalCluster, resolve_run_dir
 from infra.local import probes as local_probes
+from infra.local.layout import RunDir
 from infra.local.topology import MAX_NODES, cassandra_contact_points, kafka_bootstrap
+from infra.security import SecuritySettings
 from infra.settings import CassandraSettings, KafkaSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ class Backend:
     def _no_node_control(self) -> None:
         pytest.skip(f"the {self.name} backend cannot stop or start single nodes")
 
+    def security(self) -> SecuritySettings:
+        """The security mode and files of the clusters this backend found (default: the
+        environment's PIPELINE_SECURITY__...)."""
+        return PipelineSettings().security
+
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
             kafka=KafkaSettings(bootstrap_servers=self.bootstrap_servers()),
@@ -77,6 +84,7 @@ class Backend:
                 port=self.cassandra_port(),
                 local_datacenter=self.local_datacenter(),
             ),
+            security=self.security(),
         )
 
 
@@ -91,11 +99,32 @@ class NativeBackend(Backend):
     name = "native"
 
     def __init__(self) -> None:
-        self.cluster = LocalCluster(
-            resolve_run_dir(None if os.environ.get("PIPELINE_RUN_DIR") else REPO_ROOT / ".run")
+        run_dir = resolve_run_dir(
+            None if os.environ.get("PIPELINE_RUN_DIR") else REPO_ROOT / ".run"
         )
+        self._security = self._found_security(run_dir)
+        self.cluster = LocalCluster(run_dir, security=self._security)
         self.ready: set[str] = set()
         self.lease = self.cluster.run_dir / "test-leases" / str(os.getpid())
+
+    @staticmethod
+    def _found_security(run_dir: Path) -> SecuritySettings:
+        """The mode the run dir's Kafka was formatted in (cluster.json), else the
+        environment's; certificates and secrets under that run dir unless settings
+        point elsewhere."""
+        env = PipelineSettings().security
+        recorded = RunDir(run_dir).load_state().get(KAFKA, {})
+        mode = recorded.get("security", "plaintext") if recorded.get("nodes") else env.mode
+        return env.model_copy(
+            update={
+                "mode": mode,
+                "certs_dir": env.certs_dir or run_dir / "certs",
+                "secrets_dir": env.secrets_dir or run_dir / "secrets",
+            }
+        )
+
+    def security(self) -> SecuritySettings:
+        return self._security
 
     def ensure(self, kind: str) -> None:
         if kind in self.ready:
