@@ -125,6 +125,7 @@ def _ids(args: argparse.Namespace) -> list[str]:
 
 
 def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
+    from infra.cassandra_roles import READER, as_role
     from infra.cassandra_session import connect
 
     ks = args.keyspace or settings.cassandra.keyspace
@@ -144,7 +145,7 @@ def run_query(args: argparse.Namespace, settings: SinkSettings) -> int:
     from cassandra.connection import ConnectionException
 
     try:
-        cluster, session = connect(settings.cassandra)
+        cluster, session = connect(as_role(settings, READER))  # reads only
         try:
             result, table, code = _query(session, ks, args, ids)
         finally:

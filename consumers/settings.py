@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from infra.cassandra_roles import SINK as CASSANDRA_SINK
 from infra.security import KAFKA_SINK
 from infra.settings import PipelineSettings, split_list
 from schemas import topics
@@ -108,5 +109,6 @@ class SinkSection(BaseModel):
 
 class SinkSettings(PipelineSettings):
     kafka_principal: ClassVar[str] = KAFKA_SINK
+    cassandra_role: ClassVar[str] = CASSANDRA_SINK  # MODIFY on the result tables only
 
     sink: SinkSection = Field(default_factory=SinkSection)

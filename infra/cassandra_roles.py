@@ -303,3 +303,18 @@ def grant_tables(session: Any, keyspace: str) -> list[str]:
 def role_passwords(secrets_dir: Path) -> dict[str, str]:
     """Each role's password from `<secrets dir>/cassandra/<role>`, made once if absent."""
     return {role: ensure_secret(secrets_dir, "cassandra", role) for role in CASSANDRA_ROLES}
+
+
+def as_role(settings: Any, role: str) -> Any:
+    """`settings.cassandra` (of a PipelineSettings) logging in as `role` in secure mode, for
+    a command that needs another role than its service's (`consumers query`: reader). An
+    explicit PIPELINE_CASSANDRA__USERNAME / PASSWORD still wins. Plaintext: unchanged."""
+    c = settings.cassandra
+    auth = cassandra_auth(
+        settings.security,
+        role,
+        username=c.username,
+        password=c.password,
+        password_file=c.password_file,
+    )
+    return c.model_copy(update={"auth": auth})

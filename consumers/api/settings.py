@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from infra.cassandra_roles import READER, cassandra_auth
 from infra.settings import PipelineSettings
 
 
@@ -89,6 +90,8 @@ class ApiSection(BaseModel):
 
 
 class ApiSettings(PipelineSettings):
+    cassandra_role: ClassVar[str] = READER  # SELECT on the result tables only
+
     api: ApiSection = Field(default_factory=ApiSection)
     run_dir: Path = Path(".run")
 
@@ -98,6 +101,9 @@ class ApiSettings(PipelineSettings):
         if self.api.cassandra_username:
             c.username = self.api.cassandra_username
             c.password = self.api.cassandra_password
+            c.auth = cassandra_auth(  # secure mode: log in as the user named here
+                self.security, READER, username=c.username, password=c.password
+            )
         return c
 
     def scheme(self) -> str:

@@ -181,3 +181,26 @@ def test_client_context_trusts_only_the_ca_and_checks_the_host(tmp_path):
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     with pytest.raises(FileNotFoundError, match="PIPELINE_SECURITY__CA_FILE"):
         roles.client_ssl_context(tmp_path / "absent.crt")
+
+
+def test_each_service_logs_in_with_least_privilege(tmp_path, monkeypatch):
+    from consumers.api.settings import ApiSettings
+    from consumers.settings import SinkSettings
+
+    monkeypatch.setenv("PIPELINE_SECURITY__MODE", "secure")
+    monkeypatch.setenv("PIPELINE_SECURITY__SECRETS_DIR", str(tmp_path))
+    sink = SinkSettings()
+    assert sink.cassandra.auth is not None and sink.cassandra.auth.role == "sink"
+    # `consumers query` runs with the sink's settings but reads as the reader.
+    query = roles.as_role(sink, roles.READER)
+    assert query.auth.role == "reader"
+    assert sink.cassandra.auth.role == "sink", "as_role copies, it does not change the service"
+    api = ApiSettings()
+    assert api.reader_cassandra().auth.role == "reader"
+    assert PipelineSettings().cassandra.auth.role == "admin"  # provisioning, backup
+
+
+def test_as_role_leaves_plaintext_settings_alone(monkeypatch):
+    monkeypatch.delenv("PIPELINE_SECURITY__MODE", raising=False)
+    s = PipelineSettings(security=SecuritySettings(mode="plaintext"))
+    assert roles.as_role(s, roles.READER).auth is None
