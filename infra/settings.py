@@ -140,7 +140,10 @@ class PipelineSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _kafka_auth(self) -> PipelineSettings:
-        self.kafka.auth = self.security.kafka_auth(self.kafka_principal)
+        # A KafkaSettings handed over with its auth already resolved (e.g. the test
+        # backend's, for the cluster it found) keeps it.
+        if self.kafka.auth is None:
+            self.kafka.auth = self.security.kafka_auth(self.kafka_principal)
         return self
 
     @model_validator(mode="after")

@@ -334,3 +334,18 @@ def test_acl_bindings_have_no_duplicates() -> None:
     bindings = kafka_acls.acl_bindings(kafka_acls.pipeline_grants())
     keys = [str(b) for b in bindings]
     assert len(keys) == len(set(keys))
+
+
+def test_a_kafka_section_with_resolved_auth_keeps_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The test backend resolves auth for the cluster it found; a service's settings
+    built from that section (environment plaintext) must not drop it."""
+    from producers.settings import ProducerSettings
+
+    monkeypatch.delenv("PIPELINE_SECURITY__MODE", raising=False)
+    sec = SecuritySettings(mode="secure", certs_dir=tmp_path, secrets_dir=tmp_path)
+    found = PipelineSettings(security=sec).kafka
+    assert found.auth is not None and found.auth.principal == "admin"
+    kept = ProducerSettings(kafka=found.model_copy()).kafka.auth
+    assert kept is not None and kept.principal == "admin"
