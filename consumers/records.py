@@ -1,4 +1,6 @@
-"""Kafka record -> Cassandra row parameters. Pure: no driver, no client, no clock.
+"""Kafka record -> Cassandra row writes. Pure: no driver, no client, no clock.
+
+Rows are the table dataclasses of schemas.rows, built by keyword (never by position).
 
 Every write carries `USING TIMESTAMP` from the record itself (predictions:
 processed_at_ms, dead letters: failed_at_ms, in microseconds), so replaying a topic can
