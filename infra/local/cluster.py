@@ -239,6 +239,8 @@ class LocalCluster:
         kinds = [k for k in KINDS if only in (None, k) and want[k] > 0]
         if KAFKA in kinds:
             self._check_kafka_mode()
+        if CASSANDRA in kinds:
+            self._check_cassandra_mode()
         todo = [k for k in kinds if not self.is_up(k, want[k])]
         if not todo:
             log.info("already up: %s", ", ".join(f"{want[k]} {k}" for k in kinds))
@@ -262,7 +264,9 @@ class LocalCluster:
         if KAFKA in todo:
             pending_kafka = self._spawn_kafka(nodes(KAFKA, want[KAFKA]), libs[KAFKA], state)
         if CASSANDRA in todo:
-            state.setdefault(CASSANDRA, {})["nodes"] = want[CASSANDRA]
+            state.setdefault(CASSANDRA, {}).update(
+                nodes=want[CASSANDRA], security=self.security.mode
+            )
             self.run.save_state(state)
             self._start_cassandra(nodes(CASSANDRA, want[CASSANDRA]), libs[CASSANDRA])
         if KAFKA in todo:
@@ -525,9 +529,26 @@ class LocalCluster:
         ca = self.security.ca_file or ensure_ca(self._certs_dir())[0]
         return client_ssl_context(Path(ca))
 
+    def _check_cassandra_mode(self) -> None:
+        """A run dir's Cassandra keeps the mode it first booted in (its roles, its
+        system_auth): asking for the other one is a clear error, not a ring that never
+        forms because nobody speaks its protocol."""
+        recorded = self.run.load_state().get(CASSANDRA, {})
+        if not recorded.get("nodes") or not self._has_data(CASSANDRA, int(recorded["nodes"])):
+            return
+        was = recorded.get("security", "plaintext")  # recorded since secure mode exists
+        if was != self.security.mode:
+            raise InfraError(
+                f"{self.run_dir} holds a Cassandra cluster first started in {was} mode, but "
+                f"PIPELINE_SECURITY__MODE={self.security.mode} is asked; set "
+                f"PIPELINE_SECURITY__MODE={was}, or use another PIPELINE_RUN_DIR, or "
+                f"`python -m infra down --wipe` (deletes its data) first"
+            )
+
     def _cassandra_logins(self) -> list[Any]:
         """Auth providers for the ring probe, in order: none in plaintext mode; else the
-        admin role, then the default superuser (a first boot, before bootstrap_roles)."""
+        admin role once the roles exist, the default superuser before (a first boot), and
+        the other one as a fallback (the run state may lag a crash)."""
         if not self.security.secure:
             return [None]
         from cassandra.auth import PlainTextAuthProvider
@@ -535,10 +556,13 @@ class LocalCluster:
         from infra import cassandra_roles as roles
 
         admin_pw = roles.role_passwords(self._secrets_dir())[roles.ADMIN]
-        return [
+        logins = [
             PlainTextAuthProvider(roles.ADMIN, admin_pw),
             PlainTextAuthProvider(roles.DEFAULT_SUPERUSER, roles.DEFAULT_SUPERUSER_PASSWORD),
         ]
+        if not self.run.load_state().get(CASSANDRA, {}).get("roles"):
+            logins.reverse()
+        return logins
 
     def _start_cassandra(self, cluster: list[NodeSpec], lib: Path) -> None:
         for n in cluster:
@@ -575,6 +599,9 @@ class LocalCluster:
             "disabled now" if report.default_superuser_disabled else "already disabled",
             ", ".join(report.roles),
         )
+        state = self.run.load_state()
+        state.setdefault(CASSANDRA, {})["roles"] = True
+        self.run.save_state(state)
 
     def _spawn_cassandra_node(self, node: NodeSpec, lib: Path) -> None:
         d = self.dirs(node)
@@ -700,6 +727,7 @@ class LocalCluster:
                 self._write_kafka_conf(node, cluster)
                 self._spawn_kafka_node(node, lib)
             else:
+                self._check_cassandra_mode()
                 self._spawn_cassandra_node(node, lib)
         if not wait:
             return

@@ -204,3 +204,23 @@ def test_as_role_leaves_plaintext_settings_alone(monkeypatch):
     monkeypatch.delenv("PIPELINE_SECURITY__MODE", raising=False)
     s = PipelineSettings(security=SecuritySettings(mode="plaintext"))
     assert roles.as_role(s, roles.READER).auth is None
+
+
+def test_a_cluster_keeps_the_mode_it_first_booted_in(tmp_path):
+    from infra.local.cluster import LocalCluster
+    from infra.local.errors import InfraError
+
+    plain = LocalCluster(tmp_path, security=SecuritySettings(mode="plaintext"))
+    state = {"cassandra": {"nodes": 3}}  # recorded before secure mode existed: plaintext
+    plain.run.save_state(state)
+    for n in nodes("cassandra", 3):
+        plain.dirs(n).data.mkdir(parents=True)
+        (plain.dirs(n).data / "commitlog").mkdir()
+    plain._check_cassandra_mode()
+    secure = LocalCluster(tmp_path, security=SecuritySettings(mode="secure"))
+    with pytest.raises(InfraError, match="first started in plaintext mode.*MODE=secure"):
+        secure._check_cassandra_mode()
+    secure.run.save_state({"cassandra": {"nodes": 3, "security": "secure"}})
+    secure._check_cassandra_mode()
+    with pytest.raises(InfraError, match="down --wipe"):
+        plain._check_cassandra_mode()
