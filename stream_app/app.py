@@ -130,6 +130,10 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
     prefix = s.topic_prefix
     stages = s.worker.stages
     limits = topic_limits(settings.kafka.topics())
+    if s.worker.relay:
+        from stream_app.relay import RelayStage
+
+        return {n: RelayStage(STAGE_BY_NAME[n], prefix, limits) for n in stages}
     out: dict[str, Processor] = {}
     labels: list[str] | None = None
     if "infer" in stages:

@@ -120,6 +120,9 @@ class WorkerSettings(BaseModel):
         "infer",
         "postprocess",
     )
+    # Benchmarks only: every stage forwards its input unchanged to its output topic, no
+    # model is loaded (stream_app/relay.py): the real stages' cost of moving events.
+    relay: bool = False
     # How often the health view is logged.
     health_log_interval_s: float = Field(default=30.0, gt=0)
     # Where faust keeps local state (tables are not used, but faust wants a dir).
