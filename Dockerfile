@@ -8,6 +8,7 @@ COPY infra ./infra
 COPY producers ./producers
 COPY stream_app ./stream_app
 COPY consumers ./consumers
+COPY orchestration ./orchestration
 COPY bench ./bench
 RUN pip install --no-cache-dir .
 RUN useradd --create-home --uid 10001 app
