@@ -50,12 +50,18 @@ class Inferencer:
         mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._bias = -mean / std
+        self._format = torch.channels_last if model.channels_last else torch.contiguous_format
         self.forward_calls = 0
 
     def to_tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack validated uint8 arrays into a normalised float32 N x C x H x W batch."""
-        batch = torch.from_numpy(np.stack(arrays))
-        return batch.to(torch.float32) * self._scale + self._bias
+        """Validated uint8 arrays -> one normalised float32 N x C x H x W batch, in the
+        model's memory order: one uint8 stack (the arrays may be read-only views of the
+        records' bytes), one float batch normalised in place."""
+        batch = torch.empty(
+            (len(arrays), *self.input_shape), dtype=torch.float32, memory_format=self._format
+        )
+        batch.copy_(torch.from_numpy(np.stack(arrays)))
+        return batch.mul_(self._scale).add_(self._bias)
 
     def validate(self, array: object) -> None:
         if not isinstance(array, np.ndarray):

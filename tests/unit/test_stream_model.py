@@ -26,7 +26,9 @@ PHOTOS = Path(os.path.dirname(skimage.data.__file__))
 
 @pytest.fixture(scope="module")
 def lite0() -> LoadedModel:
-    return load_model(ModelSettings())
+    # Eager: the reference the frozen runtimes are compared with, and a module that can
+    # be traced and saved (an optimised frozen graph holds ops that do not serialise).
+    return load_model(ModelSettings(runtime="eager", channels_last=False))
 
 
 @pytest.fixture(scope="module")
