@@ -105,6 +105,10 @@ def restore(
     ks = manifest.keyspace
     check_target(cassandra_state.keyspace_state(cluster, session, ks), ks, force)  # 3
     cassandra_state.create_schema(session, manifest.schema)  # 4
+    if settings.cassandra.auth is not None:  # a dropped table lost its grants: give them back
+        from infra.cassandra_roles import grant_tables
+
+        grant_tables(session, ks)
     tool = Nodetool.locate(run_dir / "backup-work")
     timeout = settings.backup.nodetool_timeout_s
     with ThreadPoolExecutor(len(nodes)) as pool:  # 5
