@@ -1,8 +1,13 @@
 """`python -m bench`: model-only vs pipeline vs transport on the local clusters.
 
-  python -m bench              default run (~10 min): 3 repetitions of each measurement
-  python -m bench --quick      ~2-3 min: 1 repetition, smaller bursts
+  python -m bench              default run (<= 15 min): 3 repetitions of each measurement
+  python -m bench --quick      1 repetition, smaller bursts and grid
   python -m bench --only model,transport --tag sink-conc-256
+
+Sections: model (the best model-only layout of a small grid), pipeline (today's path,
+then the new path, through the real workers and sink), transport (relay processes,
+then the real stream workers in relay mode), agreement (the new model step's top-1
+against today's, stream_app.agreement).
 
 Results: bench/results/latest.json and bench/results/<UTC timestamp>[-tag].json, and a
 table on stdout. If no cluster node runs, the clusters are started first and stopped
@@ -27,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pipeline, topology, transport
+from bench import paths, pipeline, topology, transport
 from bench.cpu import CpuMeter, cluster_pids
 from bench.machine import machine_info
 from bench.report import print_table
@@ -42,7 +47,7 @@ from schemas import topics
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("model", "pipeline", "transport")
+SECTIONS = ("model", "pipeline", "transport", "agreement")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="one repetition, small bursts (~2-3 min)")
-    p.add_argument("--only", default=",".join(SECTIONS), help="subset of model,pipeline,transport")
+    p.add_argument("--only", default=",".join(SECTIONS), help="subset of " + ",".join(SECTIONS))
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 3, quick 1)")
     p.add_argument("--images", type=int, help="images per pipeline burst (default 160, quick 64)")
     p.add_argument(
@@ -64,10 +69,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int, default=1, help="sink processes")
     p.add_argument("--relays-per-hop", type=int, default=1, help="identity relay processes per hop")
     p.add_argument("--relay-linger-ms", type=int, help="linger.ms of the relays' producers")
+    p.add_argument("--grid-processes", default="1,2", help="model-only grid: processes")
+    p.add_argument("--grid-threads", default="1,2", help="model-only grid: torch threads each")
+    p.add_argument("--grid-batches", default="1,2,4,16", help="model-only grid: batch sizes")
     p.add_argument(
-        "--model-threads",
+        "--grid-images", type=int, help="images per grid cell pass (default 64, quick 32)"
+    )
+    p.add_argument("--grid-reps", type=int, default=1, help="passes per grid cell")
+    p.add_argument(
+        "--old-env",
+        default=",".join(f"{k}={v}" for k, v in paths.OLD_PATH_ENV.items()),
+        help="settings of today's path (K=V,...); the new path is the defaults",
+    )
+    p.add_argument(
+        "--no-old-path", action="store_true", help="run the pipeline with the new path only"
+    )
+    p.add_argument(
+        "--faust-events",
         type=int,
-        help="torch threads for model-only (default: workers x infer.torch_threads)",
+        help="events per burst through the stream workers in relay mode (default 3000, quick 1000)",
+    )
+    p.add_argument(
+        "--agreement-images", type=int, default=500, help="images of the agreement check"
     )
     p.add_argument(
         "--warmup-rounds",
@@ -115,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     n_images = args.images or (64 if args.quick else 160)
     n_events = args.events or (3000 if args.quick else 10000)
+    n_faust = args.faust_events or (1000 if args.quick else 3000)
     started = time.time()
     settings = PipelineSettings()
     settings.cassandra.keyspace = topology.KEYSPACE
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         step("provision: bench topics (bench.t.*, bench.p.*) and keyspace vision_bench")
         from infra.provision import provision
 
-        for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX):
+        for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX, topology.FAUST_PREFIX):
             retrying(
                 lambda prefix=prefix: provision(
                     settings,
@@ -149,9 +173,23 @@ def main(argv: list[str] | None = None) -> int:
             )
         cluster, session = cassandra_session.connect(settings.cassandra)
         out["machine"] = machine_info(session)
-        model = model_section(args, n_images) if "model" in only else None
+        model = model_section(args, n_images, out) if "model" in only else None
         try:
             if "pipeline" in only:
+                if not args.no_old_path:
+                    old_env = paths.parse_env(args.old_env)
+                    step(f"pipeline, today's path: {old_env}")
+                    pipeline_section(
+                        args,
+                        session,
+                        n_images,
+                        reps,
+                        out.setdefault("pipeline_old", {"env": old_env}),
+                        None,
+                        env=old_env,
+                        half_rate=False,
+                    )
+                step("pipeline, the new path (the stream app's defaults)")
                 pipeline_section(
                     args, session, n_images, reps, out.setdefault("pipeline", {}), model
                 )
@@ -161,10 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if model is not None:
                 out["model_only"] = model.result()
+                model.close()
         if "transport" in only:
             transport_section(
                 args, settings, session, n_events, reps, out.setdefault("transport", {})
             )
+            transport_section(
+                args,
+                settings,
+                session,
+                n_faust,
+                reps,
+                out.setdefault("transport_faust", {}),
+                topology.FAUST,
+            )
+        if "agreement" in only:
+            out["agreement"] = agreement_section(args)
     except BaseException as exc:  # KeyboardInterrupt too: keep what was measured
         error = exc
         out["incomplete"] = f"{type(exc).__name__}: {exc}"
@@ -239,21 +289,61 @@ def step(msg: str) -> None:
     print(f"==> {msg}", flush=True)
 
 
-def model_section(args: argparse.Namespace, n_images: int) -> Any:
-    from bench.model_only import ModelOnly
-    from stream_app.settings import StreamSettings
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
-    ss = StreamSettings().stream
-    threads = args.model_threads or args.workers * ss.infer.torch_threads
+
+def model_section(args: argparse.Namespace, n_images: int, out: dict[str, Any]) -> Any:
+    """Search the grid of layouts, then keep the winner running for paired passes."""
+    from bench.model_only import ModelOnly, layout_from, search
+
+    n_grid = args.grid_images or (32 if args.quick else 64)
     step(
-        f"model-only: {n_images} images, batch {ss.worker.batch_size}, {threads} torch thread(s), "
-        "passes interleaved with the pipeline's bursts"
+        f"model-only: grid of processes {args.grid_processes} x torch threads "
+        f"{args.grid_threads} x batch {args.grid_batches} x the stream app's runtimes, "
+        f"{n_grid} images per cell"
     )
-    return ModelOnly(n_images, ss.worker.batch_size, threads, ss.postprocess.top_k)
+    try:
+        grid = search(
+            n_grid,
+            _ints(args.grid_processes),
+            _ints(args.grid_threads),
+            _ints(args.grid_batches),
+            reps=args.grid_reps,
+        )
+    except BaseException:
+        out["model_only"] = {"incomplete": "the grid search did not finish"}
+        raise
+    step(f"model-only: best layout {grid['winner']} (grid took {grid['wall_s']:.0f}s)")
+    step(f"model-only: {n_images} images per pass, interleaved with the pipeline's bursts")
+    return ModelOnly(n_images, layout_from(grid["winner_layout"]), grid)
 
 
-def _services(args: argparse.Namespace) -> Services:
-    return Services(Path(args.run_dir))
+def agreement_section(args: argparse.Namespace) -> dict[str, Any]:
+    """stream_app.agreement in its own process (torch stays out of this one): the new
+    path's top-1 against today's over >= --agreement-images offline images."""
+    step(f"agreement: new path vs today's top-1 over >= {args.agreement_images} images")
+    res = subprocess.run(
+        [sys.executable, "-m", "stream_app.agreement", "--min-images", str(args.agreement_images)],
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+        check=False,
+    )
+    try:
+        report: dict[str, Any] = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        return {"error": f"exit {res.returncode}: {res.stderr.strip()[-2000:]}"}
+    report["exit_code"] = res.returncode
+    step(
+        f"agreement: {report.get('agreeing')}/{report.get('images')} images agree "
+        f"({report.get('fraction')}), {len(report.get('differing') or [])} differ"
+    )
+    return report
+
+
+def _services(args: argparse.Namespace, env: dict[str, str] | None = None) -> Services:
+    return Services(Path(args.run_dir), env)
 
 
 def pipeline_section(
@@ -263,13 +353,26 @@ def pipeline_section(
     reps: int,
     res: dict[str, Any],
     model: Any = None,
+    env: dict[str, str] | None = None,
+    half_rate: bool = True,
 ) -> dict[str, Any]:
-    """Fills `res` as it goes, so an interrupted run keeps what it measured."""
+    """Fills `res` as it goes, so an interrupted run keeps what it measured. `env`: the
+    services' settings on top of this process's (today's path); `half_rate`: also the runs
+    at half the saturation rate."""
     from stream_app.settings import StreamSettings
 
-    ss = StreamSettings()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:  # the settings the workers will see, for the record
+        ss = StreamSettings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     kafka = ss.kafka
-    services = _services(args)
+    services = _services(args, env)
     specs = topology.pipeline_specs(args.workers, args.sinks, run_dir=args.run_dir)
     ports = topology.web_ports(args.workers)
     prefix = topology.PIPELINE_PREFIX
@@ -282,6 +385,9 @@ def pipeline_section(
             "batch_size": ss.stream.worker.batch_size,
             "batch_window_s": ss.stream.worker.batch_window_s,
             "torch_threads_per_worker": ss.stream.infer.torch_threads,
+            "model_settings": ss.stream.model.model_dump(mode="json"),
+            "infer_settings": ss.stream.infer.model_dump(mode="json"),
+            "jpeg_draft": getattr(ss.stream.decode, "jpeg_draft", None),
         }
     )
     bursts: list[dict[str, Any]] = []
@@ -353,7 +459,7 @@ def pipeline_section(
         sat = summarize([b["per_s"] for b in bursts if b["per_s"]])
         half = (sat["median"] or 1.0) / 2.0
         n_paced = max(16, n_images // 2)
-        for r in range(reps):
+        for r in range(reps if half_rate else 0):
             run = pipeline.run_once(
                 alive,
                 session,
@@ -450,43 +556,60 @@ def transport_section(
     n_events: int,
     reps: int,
     res: dict[str, Any],
+    kind: topology.TransportKind = topology.RELAYS,
 ) -> dict[str, Any]:
+    """The transport through `kind`'s stages: bench.relay processes (the floor of a
+    Python hop) or the real stream workers in relay mode."""
     kafka = settings.kafka
     services = _services(args)
-    specs = topology.transport_specs(args.sinks, args.relays_per_hop, args.relay_linger_ms)
-    hops = topology.transport_hops()
+    hops = topology.transport_hops(kind.prefix)
+    if kind.name == "faust":
+        specs = topology.faust_transport_specs(args.workers, args.sinks, args.run_dir)
+        per_group = args.workers
+        what = f"{args.workers} stream worker(s) in relay mode"
+    else:
+        specs = topology.transport_specs(args.sinks, args.relays_per_hop, args.relay_linger_ms)
+        per_group = args.relays_per_hop
+        what = f"{len(hops)} x {args.relays_per_hop} identity relay(s)"
     res.update(
         {
+            "stages": kind.name,
             "events_per_burst": n_events,
             "sinks": args.sinks,
-            "relays_per_hop": args.relays_per_hop,
+            "relays_per_hop": args.relays_per_hop if kind.name != "faust" else None,
+            "workers": args.workers if kind.name == "faust" else None,
             "hops": len(hops),
             "rows_per_event": 2,
         }
     )
     runs: list[dict[str, Any]] = []
-    step(
-        f"transport: starting {len(hops)} x {args.relays_per_hop} identity relay(s) and "
-        f"{args.sinks} sink(s) on {topology.PREFIX}*"
-    )
+    section = f"transport ({kind.name})"
+    step(f"{section}: starting {what} and {args.sinks} sink(s) on {kind.prefix}*")
     try:
         start_all(services, specs)
         alive = liveness(services, [s.name for s in specs])
         meter = CpuMeter({**cluster_pids(), **{s.name: services.pid(s.name) for s in specs}})
-        want = {h.group: args.relays_per_hop for h in hops}
-        want[topology.TRANSPORT_SINK_GROUP] = args.sinks
-        wait_ready(services, [s.name for s in specs], kafka, want, 120)
-        lags = {h.group: [h.source] for h in hops}
-        lags[topology.TRANSPORT_SINK_GROUP] = [topology.PREFIX + topics.PREDICTIONS]
+        want = dict.fromkeys(kind.stage_groups(), per_group)
+        want[kind.sink_group] = args.sinks
+        wait_ready(services, [s.name for s in specs], kafka, want, 300)
+        lags = kind.stage_groups()
+        lags[kind.sink_group] = [kind.prefix + topics.PREDICTIONS]
         wait_caught_up(kafka, lags, 600, alive)
-        tag0 = f"t{int(time.time())}"
+        tag0 = f"{kind.name[0]}{int(time.time())}"
         res["background_cpu_s_per_s"] = meter.sample_background_once()
+        warm_n = min(2000, max(200, n_events // 4))
         res["warm_up"] = warm_up(
-            "transport",
+            section,
             meter,
             args,
             lambda i: transport.run_once(
-                settings, alive, session, f"{tag0}-warm{i}", 2000, timeout_s=args.timeout
+                settings,
+                alive,
+                session,
+                f"{tag0}-warm{i}",
+                warm_n,
+                timeout_s=args.timeout,
+                kind=kind,
             ),
         )
         for r in range(reps):
@@ -498,11 +621,12 @@ def transport_section(
                 n_events,
                 timeout_s=args.timeout,
                 meter=meter,
+                kind=kind,
             )
             s = run.summary()
             runs.append(s)
             step(
-                f"transport burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
+                f"{section} burst {r + 1}/{reps}: {s['per_s']} events/s, p50 {s['p50_ms']} ms, "
                 f"p99 {s['p99_ms']} ms, missing {s['missing']}"
             )
     finally:
@@ -511,7 +635,7 @@ def transport_section(
         res["p50_ms"] = summarize([x["p50_ms"] for x in runs])
         res["p99_ms"] = summarize([x["p99_ms"] for x in runs])
         res["runs"] = runs
-        step("transport: stopping its services")
+        step(f"{section}: stopping its services")
         services.stop_all()
     return res
 
@@ -550,7 +674,18 @@ def ratios(out: dict[str, Any]) -> dict[str, Any]:
     pipe_cpu = (out.get("pipeline") or {}).get("saturation", {}).get("cpu_ms_per_image", {})
     own = sum(v for k, v in pipe_cpu.items() if k in ("worker", "psink", "bench") and v) or None
     total = pipe_cpu.get("total") or None
+    old = (
+        (out.get("pipeline_old") or {}).get("saturation", {}).get("images_per_s", {}).get("median")
+    )
+    faust = (out.get("transport_faust") or {}).get("events_per_s", {}).get("median")
+    agreement = out.get("agreement") or {}
     return {
+        "pipeline_new_over_old": ratio(pipe, old),
+        "goal_pipeline_new_over_old": 2.0,
+        "transport_faust_events_per_s": faust,
+        "transport_faust_over_relay": ratio(faust, trans),
+        "agreement_fraction": agreement.get("fraction"),
+        "agreement_bar": agreement.get("bar"),
         # CPU per image of the model alone over CPU per image of the pipeline: the share
         # of the pipeline's CPU that is model work, i.e. pipeline / model-only on a
         # machine with nothing else running. Load-independent, unlike the rates.

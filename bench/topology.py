@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from orchestration.services import ServiceSpec
 from schemas import topics
 
-PREFIX = "bench.t."  # transport
+PREFIX = "bench.t."  # transport through bench.relay processes
+FAUST_PREFIX = "bench.f."  # transport through the stream workers in relay mode
 PIPELINE_PREFIX = "bench.p."
 KEYSPACE = "vision_bench"
 RELAY_GROUP = "bench-relay-{stage}"
 TRANSPORT_SINK_GROUP = "bench-transport-sink"
 PIPELINE_SINK_GROUP = "bench-pipeline-sink"
 PIPELINE_APP_ID = "bench-torchstream"
+FAUST_RELAY_APP_ID = "bench-faust-relay"
+FAUST_SINK_GROUP = "bench-faust-sink"
+FAUST_WEB_PORT_BASE = 6186
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,25 @@ def transport_hops(prefix: str = PREFIX) -> list[Hop]:
         Hop(s.name, prefix + s.source, prefix + s.sink, RELAY_GROUP.format(stage=s.name))
         for s in topics.STAGES
     ]
+
+
+@dataclass(frozen=True)
+class TransportKind:
+    """Which stages move the transport benchmark's events: own topics, groups, sink."""
+
+    name: str  # "relay" (bench.relay processes) or "faust" (stream workers, relay mode)
+    prefix: str
+    sink_group: str
+
+    def stage_groups(self) -> dict[str, list[str]]:
+        """Consumer group -> the topics it consumes, for the stages (not the sink)."""
+        if self.name == "faust":
+            return {FAUST_RELAY_APP_ID: [self.prefix + s.source for s in topics.STAGES]}
+        return {h.group: [h.source] for h in transport_hops(self.prefix)}
+
+
+RELAYS = TransportKind("relay", PREFIX, TRANSPORT_SINK_GROUP)
+FAUST = TransportKind("faust", FAUST_PREFIX, FAUST_SINK_GROUP)
 
 
 def sink_env(prefix: str, group: str, keyspace: str) -> dict[str, str]:
@@ -78,6 +101,36 @@ def transport_specs(
     env = sink_env(prefix, TRANSPORT_SINK_GROUP, keyspace)
     specs += [
         ServiceSpec(f"tsink-{i}", [py, "-m", "consumers", "sink"], env) for i in range(1, sinks + 1)
+    ]
+    return specs
+
+
+def faust_transport_specs(
+    workers: int = 2,
+    sinks: int = 1,
+    run_dir: str = ".run/bench",
+    keyspace: str = KEYSPACE,
+) -> list[ServiceSpec]:
+    """The real stream workers in relay mode (no model) and the real sink on bench.f.*."""
+    py = sys.executable
+    env = {
+        "PIPELINE_STREAM__TOPIC_PREFIX": FAUST_PREFIX,
+        "PIPELINE_STREAM__WORKER__APP_ID": FAUST_RELAY_APP_ID,
+        "PIPELINE_STREAM__WORKER__DATA_DIR": f"{run_dir}/stream_app",
+        "PIPELINE_STREAM__WORKER__RELAY": "true",
+    }
+    specs = [
+        ServiceSpec(
+            f"frelay-{i}",
+            [py, "-m", "stream_app", "worker", "--web-port", str(FAUST_WEB_PORT_BASE + i)],
+            env,
+        )
+        for i in range(1, workers + 1)
+    ]
+    senv = sink_env(FAUST_PREFIX, FAUST_SINK_GROUP, keyspace)
+    specs += [
+        ServiceSpec(f"fsink-{i}", [py, "-m", "consumers", "sink"], senv)
+        for i in range(1, sinks + 1)
     ]
     return specs
 

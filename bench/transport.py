@@ -1,10 +1,15 @@
 """Transport-only benchmark: the pipeline's topology with identity stages, small payloads.
 
-Producer (acks=all, idempotent) -> bench.images.raw -> relay -> bench.images.decoded ->
-relay -> bench.images.inferred -> relay -> bench.images.predictions -> the real sink
+Producer (acks=all, idempotent) -> <prefix>images.raw -> stage -> images.decoded ->
+stage -> images.inferred -> stage -> images.predictions -> the real sink
 (`python -m consumers sink`) -> Cassandra `vision_bench` at LOCAL_QUORUM. Payloads are
 valid Prediction records (~150 bytes) published straight into the first topic and
 moved unchanged, so the sink stores them like real predictions (2 rows each).
+
+The stages are either `bench.relay` processes (a confluent-kafka consume -> produce loop:
+the floor of a Python hop, prefix bench.t.) or the real stream workers in relay mode
+(`python -m stream_app worker` with PIPELINE_STREAM__WORKER__RELAY=true: faust's
+consumer, micro-batching, executor hand-off and acks=all sends, prefix bench.f.).
 """
 
 from __future__ import annotations
@@ -48,13 +53,17 @@ def prediction_event(
 
 
 def publish_events(
-    settings: PipelineSettings, tag: str, count: int, rate: float = 0.0
+    settings: PipelineSettings,
+    tag: str,
+    count: int,
+    rate: float = 0.0,
+    prefix: str = topology.PREFIX,
 ) -> tuple[list[str], int, int]:
     """Publish `count` events as fast as acks allow (or at `rate`/s); (ids, first_ms, last_ms)."""
     from confluent_kafka import KafkaException, Producer
 
     p = Producer(producer_config(settings.kafka, {"client.id": "bench-transport"}))
-    topic = topology.PREFIX + topics.RAW
+    topic = prefix + topics.RAW
     errors: list[Any] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -98,24 +107,25 @@ def run_once(
     rate: float = 0.0,
     timeout_s: float = 300.0,
     meter: CpuMeter | None = None,
+    kind: topology.TransportKind = topology.RELAYS,
 ) -> RunResult:
     alive()
     if meter is not None:
         meter.sample_background_once()
     start = meter.snapshot() if meter is not None else None
-    ids, first, last = publish_events(settings, tag, count, rate)
-    pred_topic = topology.PREFIX + topics.PREDICTIONS
+    ids, first, last = publish_events(settings, tag, count, rate, kind.prefix)
+    pred_topic = kind.prefix + topics.PREDICTIONS
 
     def sink_done() -> bool:
         alive()
-        lag = groups.group_lag(settings.kafka, topology.TRANSPORT_SINK_GROUP, [pred_topic])["total"]
+        lag = groups.group_lag(settings.kafka, kind.sink_group, [pred_topic])["total"]
         if lag:
             return False
-        relays = [
-            groups.group_lag(settings.kafka, h.group, [h.source])["total"]
-            for h in topology.transport_hops()
+        stages = [
+            groups.group_lag(settings.kafka, group, sources)["total"]
+            for group, sources in kind.stage_groups().items()
         ]
-        return not any(relays)
+        return not any(stages)
 
     marks: dict[str, Any] = {}
 
@@ -132,4 +142,4 @@ def run_once(
         if meter is not None and start is not None and "end" in marks
         else None
     )
-    return RunResult(f"transport {tag}", count, first, last, rows, missing, cpu)
+    return RunResult(f"transport {kind.name} {tag}", count, first, last, rows, missing, cpu)
