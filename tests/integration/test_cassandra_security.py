@@ -9,6 +9,7 @@ provisioned (and granted) like the pipeline's own.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -223,47 +224,62 @@ def test_sink_writes_but_cannot_read_or_drop(secure: PipelineSettings, keyspace:
 # ---- a third-party client ------------------------------------------------------------
 
 
-def _cqlsh_files(settings: PipelineSettings, directory: Path) -> tuple[Path, Path]:
-    """cqlshrc (TLS, our CA, certificate checked) and a credentials file (mode 0600):
-    the password never appears on a command line. Same as docs/contracts.md."""
-    auth = _as_role(settings, roles.READER).cassandra.auth
-    assert auth is not None
-    rc = directory / "cqlshrc"
-    rc.write_text(
-        f"[connection]\nssl = true\n\n[ssl]\ncertfile = {auth.ca_file}\nvalidate = true\n"
-    )
-    creds = directory / "credentials"
-    creds.touch(mode=0o600)
-    creds.write_text(
-        f"[PlainTextAuthProvider]\nusername = {auth.role}\npassword = {auth.secret()}\n"
-    )
-    return rc, creds
+DOC = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 
 
-@pytest.mark.skipif(
-    not (CQLSH.exists() or shutil.which("cqlsh")),
-    reason="cqlsh is not installed (pip install cqlsh)",
-)
+def _cqlsh_block() -> str:
+    m = re.search(
+        r"<!-- cqlsh-reader.*?-->\s*```sh\n(.*?)```\s*<!-- /cqlsh-reader -->",
+        DOC.read_text(),
+        re.DOTALL,
+    )
+    assert m, "docs/contracts.md lost its cqlsh-reader block"
+    return m.group(1)
+
+
+def _cqlsh() -> str | None:
+    return str(CQLSH) if CQLSH.exists() else shutil.which("cqlsh")
+
+
+@pytest.mark.skipif(_cqlsh() is None, reason="cqlsh is not installed (pip install cqlsh)")
 def test_cqlsh_with_the_reader_role(
     secure: PipelineSettings, keyspace: str, tmp_path: Path
 ) -> None:
-    rc, creds = _cqlsh_files(secure, tmp_path)
-    exe = str(CQLSH) if CQLSH.exists() else str(shutil.which("cqlsh"))
-    host = secure.cassandra.contact_points[0]
-    base = [exe, "--cqlshrc", str(rc), "--credentials", str(creds), host, "9042"]
-    env = {**os.environ, "HOME": str(tmp_path)}
+    """docs/contracts.md's cqlsh block, as written, with the reader role."""
+    auth = _as_role(secure, roles.READER).cassandra.auth
+    assert auth is not None
+    exe = _cqlsh()
+    assert exe is not None
+    env = {
+        **os.environ,
+        "PATH": f"{Path(exe).parent}:{os.environ.get('PATH', '')}",
+        "HOME": str(tmp_path),
+        "CQL_USER": auth.role,
+        "CQL_PASSWORD_FILE": str(auth.password_file),
+        "CA_FILE": str(auth.ca_file),
+        "CQLSH_DIR": str(tmp_path),
+        "CQL_HOST": secure.cassandra.contact_points[0],
+        "KEYSPACE": keyspace,
+    }
     ok = subprocess.run(
-        [*base, "-e", f"SELECT image_id FROM {keyspace}.rejections"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
+        ["bash", "-euc", _cqlsh_block()], capture_output=True, text=True, timeout=60, env=env
     )
     assert ok.returncode == 0, ok.stderr
     for i in range(SEEDED):
         assert f"seed-{i}" in ok.stdout
+    assert (tmp_path / "credentials").stat().st_mode & 0o077 == 0
     denied = subprocess.run(
-        [*base, "-e", f"INSERT INTO {keyspace}.rejections (image_id, stage) VALUES ('z', 'x')"],
+        [
+            exe,
+            *(
+                "--cqlshrc",
+                str(tmp_path / "cqlshrc"),
+                "--credentials",
+                str(tmp_path / "credentials"),
+            ),
+            *(env["CQL_HOST"], "9042"),
+            *("-e", f"INSERT INTO {keyspace}.rejections (image_id, stage) VALUES ('z', 'x')"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -271,11 +287,5 @@ def test_cqlsh_with_the_reader_role(
     )
     assert denied.returncode != 0
     assert "User reader has no MODIFY permission" in denied.stderr
-    assert auth_secret_absent(denied.stdout + denied.stderr + ok.stdout + ok.stderr, secure)
+    assert auth.secret() not in denied.stdout + denied.stderr + ok.stdout + ok.stderr
     assert len(_rows(secure, keyspace)) == SEEDED
-
-
-def auth_secret_absent(text: str, settings: PipelineSettings) -> bool:
-    auth = _as_role(settings, roles.READER).cassandra.auth
-    assert auth is not None
-    return auth.secret() not in text
