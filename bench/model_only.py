@@ -107,34 +107,46 @@ def choose_best(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def runtime_variants(env_prefix: str = "PIPELINE_STREAM__") -> list[Variant]:
     """The model runtimes the stream app's settings offer, as env overrides.
 
-    Always the environment's own settings ("settings": the new defaults, or what the
-    caller exported). If a `runtime` setting exists (stream.model or stream.infer), also
-    every other value of it, each with channels-last on if that setting exists (the
-    layout oneDNN's depthwise kernels prefer), and plain eager without it (today's path).
+    First the environment's own settings (the new defaults, or what the caller
+    exported), named after what they select. If a `runtime` setting exists (stream.model
+    or stream.infer), also every other value of it: eager in contiguous memory (today's
+    path), the others with channels-last if that setting exists (the memory order
+    oneDNN's depthwise kernels prefer). A variant equal to the settings' is not repeated.
     """
     from stream_app import settings as ss
 
-    out = [Variant("settings")]
-    for section, cls in (("MODEL", ss.ModelSettings), ("INFER", ss.InferSettings)):
-        fields = cls.model_fields
-        if RUNTIME_FIELD not in fields:
+    sections = {"MODEL": ss.ModelSettings, "INFER": ss.InferSettings}
+    where = {
+        name: sec
+        for name in (RUNTIME_FIELD, CHANNELS_LAST_FIELD)
+        for sec, cls in sections.items()
+        if name in cls.model_fields
+    }
+    if RUNTIME_FIELD not in where:
+        return [Variant("settings")]
+    current = ss.StreamSettings().stream
+
+    def value(name: str) -> Any:
+        return getattr(getattr(current, where[name].lower()), name)
+
+    def label(runtime: str, cl: bool) -> str:
+        return runtime + ("+cl" if cl else "")
+
+    key = f"{env_prefix}{where[RUNTIME_FIELD]}__{RUNTIME_FIELD.upper()}"
+    cl_key = (
+        f"{env_prefix}{where[CHANNELS_LAST_FIELD]}__{CHANNELS_LAST_FIELD.upper()}"
+        if CHANNELS_LAST_FIELD in where
+        else None
+    )
+    mine = label(value(RUNTIME_FIELD), bool(cl_key and value(CHANNELS_LAST_FIELD)))
+    out = [Variant(mine)]
+    annotation = sections[where[RUNTIME_FIELD]].model_fields[RUNTIME_FIELD].annotation
+    for v in (a for a in typing.get_args(annotation) if isinstance(a, str)):
+        cl = v != "eager" and cl_key is not None
+        if label(v, cl) == mine:
             continue
-        values = [
-            v for v in typing.get_args(fields[RUNTIME_FIELD].annotation) if isinstance(v, str)
-        ]
-        key = f"{env_prefix}{section}__{RUNTIME_FIELD.upper()}"
-        cl_key = None
-        for sec2, cls2 in (("MODEL", ss.ModelSettings), ("INFER", ss.InferSettings)):
-            if CHANNELS_LAST_FIELD in cls2.model_fields:
-                cl_key = f"{env_prefix}{sec2}__{CHANNELS_LAST_FIELD.upper()}"
-        for v in values:
-            if v == "eager":
-                env = ((key, v),) + (((cl_key, "false"),) if cl_key else ())
-                out.append(Variant("eager", env))
-            else:
-                env = ((key, v),) + (((cl_key, "true"),) if cl_key else ())
-                out.append(Variant(f"{v}{'+cl' if cl_key else ''}", env))
-        break
+        env = ((key, v),) + (((cl_key, str(cl).lower()),) if cl_key else ())
+        out.append(Variant(label(v, cl), env))
     return out
 
 

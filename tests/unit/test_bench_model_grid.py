@@ -48,15 +48,21 @@ def test_layout_round_trips_through_the_json() -> None:
     assert lay.label == "frozen+cl p2 t1 b4"
 
 
-def test_runtime_variants_follow_the_stream_app_settings() -> None:
-    names = [v.name for v in runtime_variants()]
-    assert names[0] == "settings"
+def test_runtime_variants_follow_the_stream_app_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from stream_app.settings import ModelSettings
 
-    if "runtime" in ModelSettings.model_fields:
-        assert "eager" in names
-        eager = dict(next(v for v in runtime_variants() if v.name == "eager").env)
+    variants = runtime_variants()
+    assert variants[0].env == ()  # the environment's own settings, first
+    assert len({v.name for v in variants}) == len(variants)
+    if "runtime" not in ModelSettings.model_fields:
+        return
+    eager = dict(next(v for v in variants if v.name == "eager").env or ())
+    if eager:
         assert eager["PIPELINE_STREAM__MODEL__RUNTIME"] == "eager"
+    monkeypatch.setenv("PIPELINE_STREAM__MODEL__RUNTIME", "eager")
+    monkeypatch.setenv("PIPELINE_STREAM__MODEL__CHANNELS_LAST", "false")
+    again = runtime_variants()
+    assert again[0] == Variant("eager") and "eager" not in [v.name for v in again[1:]]
 
 
 def test_old_path_env_is_the_agreement_checks_today(monkeypatch: pytest.MonkeyPatch) -> None:
