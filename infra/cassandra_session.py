@@ -139,10 +139,29 @@ def read_profile_of(session: Any) -> Any:
     return READ_PROFILE if READ_PROFILE in profiles else EXEC_PROFILE_DEFAULT
 
 
+def security_kwargs(settings: CassandraSettings) -> dict[str, Any]:
+    """`ssl_context` and `auth_provider` for a driver `Cluster(...)`: TLS trusting the CA
+    plus the role's login in secure mode; a plain login if username and password are set;
+    else nothing. For code that builds its own Cluster (a probe pinned to one node)."""
+    from cassandra.auth import PlainTextAuthProvider
+
+    if settings.auth is not None:
+        return {
+            "ssl_context": settings.auth.ssl_context(),
+            "auth_provider": settings.auth.auth_provider(),
+        }
+    if settings.username and settings.password is not None:
+        return {
+            "auth_provider": PlainTextAuthProvider(
+                settings.username, settings.password.get_secret_value()
+            )
+        }
+    return {}
+
+
 def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[Cluster, Session]:
     """Open a cluster connection; reads default to the configured read consistency, and
     READ_PROFILE is registered for the queries."""
-    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import ExponentialReconnectionPolicy
 
@@ -151,19 +170,11 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
         consistency_level=consistency_level(settings.read_consistency),
         request_timeout=settings.request_timeout_s,
     )
-    auth: Any = None
-    ssl_context = None
-    if settings.auth is not None:  # secure mode: TLS with the CA, the service's role
-        auth = settings.auth.auth_provider()
-        ssl_context = settings.auth.ssl_context()
-    elif settings.username and settings.password is not None:
-        auth = PlainTextAuthProvider(settings.username, settings.password.get_secret_value())
     cluster = Cluster(
         contact_points=settings.contact_points,
         port=settings.port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile, READ_PROFILE: read_profile(settings)},
-        auth_provider=auth,
-        ssl_context=ssl_context,
+        **security_kwargs(settings),
         protocol_version=5,
         # The default backoff grows to minutes: a restarted node would sit unused.
         reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0),

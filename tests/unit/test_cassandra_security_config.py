@@ -224,3 +224,17 @@ def test_a_cluster_keeps_the_mode_it_first_booted_in(tmp_path):
     secure._check_cassandra_mode()
     with pytest.raises(InfraError, match="down --wipe"):
         plain._check_cassandra_mode()
+
+
+def test_driver_gets_tls_and_the_roles_login_only_in_secure_mode(tmp_path):
+    from infra.cassandra_session import security_kwargs
+
+    cert = ensure_node_cert(tmp_path / "certs", "cassandra-1")
+    sec = SecuritySettings(mode="secure", secrets_dir=tmp_path, ca_file=cert.ca_cert)
+    ensure_secret(tmp_path, "cassandra", "admin")
+    kw = security_kwargs(PipelineSettings(security=sec).cassandra)
+    assert isinstance(kw["ssl_context"], ssl.SSLContext)
+    assert kw["ssl_context"].check_hostname
+    assert kw["auth_provider"].username == "admin"
+    plain = PipelineSettings(security=SecuritySettings(mode="plaintext"))
+    assert security_kwargs(plain.cassandra) == {}
