@@ -289,3 +289,23 @@ def test_cqlsh_with_the_reader_role(
     assert "User reader has no MODIFY permission" in denied.stderr
     assert auth.secret() not in denied.stdout + denied.stderr + ok.stdout + ok.stderr
     assert len(_rows(secure, keyspace)) == SEEDED
+
+
+def test_no_role_password_in_the_nodes_logs_or_config(
+    secure: PipelineSettings, keyspace: str, cluster_backend: Any
+) -> None:
+    """Role DDL carries passwords (CREATE/ALTER ROLE ... PASSWORD): none of them may reach
+    a node's logs (server, stdout, slow-query) or its generated configuration."""
+    run_dir = getattr(getattr(cluster_backend, "cluster", None), "run_dir", None)
+    if run_dir is None:
+        pytest.skip(f"the {cluster_backend.name} backend keeps no node logs here")
+    secrets = [_as_role(secure, r).cassandra.auth.secret() for r in roles.CASSANDRA_ROLES]  # type: ignore[union-attr]
+    files = [
+        p
+        for pattern in ("cassandra-*/logs/*", "cassandra-*/conf/*")
+        for p in Path(run_dir).glob(pattern)
+        if p.is_file()
+    ]
+    assert files, f"no node logs under {run_dir}"
+    leaks = [str(p) for p in files if any(s in p.read_text(errors="replace") for s in secrets)]
+    assert not leaks
