@@ -349,3 +349,18 @@ def test_a_kafka_section_with_resolved_auth_keeps_it(
     assert found.auth is not None and found.auth.principal == "admin"
     kept = ProducerSettings(kafka=found.model_copy()).kafka.auth
     assert kept is not None and kept.principal == "admin"
+
+
+def test_a_run_dir_keeps_the_mode_its_kafka_was_formatted_in(tmp_path: Path) -> None:
+    from infra.local import InfraError, LocalCluster
+    from infra.local.layout import RunDir
+
+    RunDir(tmp_path).save_state({"kafka": {"nodes": 3, "cluster_id": "x"}})  # before modes
+    (tmp_path / "kafka-1" / "data").mkdir(parents=True)
+    (tmp_path / "kafka-1" / "data" / "meta.properties").write_text("x")
+    secure = SecuritySettings(mode="secure")
+    with pytest.raises(InfraError, match="formatted in plaintext mode.*MODE=secure is asked"):
+        LocalCluster(tmp_path, security=secure)._check_kafka_mode()
+    LocalCluster(tmp_path, security=SecuritySettings(mode="plaintext"))._check_kafka_mode()
+    RunDir(tmp_path).save_state({"kafka": {"nodes": 3, "security": "secure"}})
+    LocalCluster(tmp_path, security=secure)._check_kafka_mode()
