@@ -128,7 +128,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands that moved above the services (infra cannot import them): a pointer, not a shim.
+MOVED = {
+    "pipeline": "python -m orchestration pipeline",
+    "monitor": "python -m orchestration monitor",
+}
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The COMMAND of `python -m infra [--run-dir D] [-v] COMMAND ...`."""
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        if word == "--run-dir":
+            words = words[1:]
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    moved = MOVED.get(_command_word(sys.argv[1:] if argv is None else argv) or "")
+    if moved is not None:
+        print(f"error: this command moved: {moved} ...", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
