@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CERT = "ca.crt"
@@ -68,15 +68,17 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _load(
-    cert_path: Path, key_path: Path
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, SigningKey] | None:
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, TypeError):
         return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    # EC keys are what this module makes; RSA is what an operator's own CA often has.
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         return None
     return cert, key
 
@@ -93,6 +95,12 @@ def ensure_ca(directory: Path | str, name: str = "torchstream local CA") -> tupl
     loaded = _load(cert_path, key_path)
     if loaded is not None and _fresh(loaded[0]):
         return cert_path, key_path
+    if loaded is None and (cert_path.exists() or key_path.exists()):
+        # Never replace a CA we cannot read: it may be the operator's own.
+        raise RuntimeError(
+            f"the CA in {d} ({CA_CERT}, {CA_KEY}) cannot be read: it needs a PEM certificate "
+            f"and an unencrypted PEM EC or RSA key; fix or remove both files"
+        )
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()

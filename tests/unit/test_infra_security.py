@@ -364,3 +364,52 @@ def test_a_run_dir_keeps_the_mode_its_kafka_was_formatted_in(tmp_path: Path) -> 
     LocalCluster(tmp_path, security=SecuritySettings(mode="plaintext"))._check_kafka_mode()
     RunDir(tmp_path).save_state({"kafka": {"nodes": 3, "security": "secure"}})
     LocalCluster(tmp_path, security=secure)._check_kafka_mode()
+
+
+def _own_rsa_ca(d: Path) -> bytes:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / certs.CA_CERT).write_bytes(pem)
+    (d / certs.CA_KEY).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem
+
+
+def test_an_operators_own_rsa_ca_issues_the_node_certificates(tmp_path: Path) -> None:
+    ca_pem = _own_rsa_ca(tmp_path)
+    node = certs.ensure_node_cert(tmp_path, "kafka-2")
+    assert (tmp_path / certs.CA_CERT).read_bytes() == ca_pem  # kept, not replaced
+    cert = x509.load_pem_x509_certificate(node.cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+
+
+def test_an_unreadable_ca_is_an_error_never_replaced(tmp_path: Path) -> None:
+    (tmp_path / certs.CA_CERT).write_text("not a certificate")
+    (tmp_path / certs.CA_KEY).write_text("not a key")
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        certs.ensure_node_cert(tmp_path, "kafka-1")
+    assert (tmp_path / certs.CA_CERT).read_text() == "not a certificate"
