@@ -346,6 +346,8 @@ def provision(
     topic_prefix: str = "",
     keyspace: str | None = None,
     allow_missing_schemas: bool = False,
+    stream_group: str | None = None,
+    sink_group: str | None = None,
 ) -> ProvisionReport:
     """Provision topics and/or keyspace. With allow_missing_schemas, a not yet present
     schemas.topics / schemas.cql module is reported as skipped instead of raising."""
@@ -358,7 +360,14 @@ def provision(
                 raise ProvisionError(f"topic registry unavailable: {e}") from e
             report.skipped.append(f"topics ({e})")
         else:
-            provision_topics(settings, specs, prefix=topic_prefix, report=report)
+            provision_topics(
+                settings,
+                specs,
+                prefix=topic_prefix,
+                report=report,
+                stream_group=stream_group,
+                sink_group=sink_group,
+            )
     if cassandra:
         try:
             from schemas import cql  # noqa: F401
