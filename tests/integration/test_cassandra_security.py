@@ -309,3 +309,26 @@ def test_no_role_password_in_the_nodes_logs_or_config(
     assert files, f"no node logs under {run_dir}"
     leaks = [str(p) for p in files if any(s in p.read_text(errors="replace") for s in secrets)]
     assert not leaks
+
+
+def test_roles_bootstrap_again_changes_nothing(secure: PipelineSettings, keyspace: str) -> None:
+    """`infra up` on a running secure cluster: admin logs in at once, nothing is created
+    or disabled again, and the other roles keep working with their password files."""
+    auth = secure.cassandra.auth
+    assert auth is not None
+    report = roles.bootstrap(
+        secure.cassandra.contact_points,
+        secure.cassandra.port,
+        auth.ssl_context(),
+        roles.role_passwords(secure.security.resolved_secrets_dir()),
+        timeout=30,
+    )
+    assert not report.admin_created
+    assert not report.default_superuser_disabled
+    assert sorted(report.roles) == [roles.READER, roles.SINK]
+    assert len(_rows(secure, keyspace)) == SEEDED
+    cluster, session = connect(_as_role(secure, roles.READER).cassandra)
+    try:
+        assert len(session.execute(f"SELECT image_id FROM {keyspace}.rejections").all()) == SEEDED
+    finally:
+        cluster.shutdown()
