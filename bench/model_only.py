@@ -113,9 +113,11 @@ def runtime_variants(env_prefix: str = "PIPELINE_STREAM__") -> list[Variant]:
     path), the others with channels-last if that setting exists (the memory order
     oneDNN's depthwise kernels prefer). A variant equal to the settings' is not repeated.
     """
+    from pydantic import BaseModel
+
     from stream_app import settings as ss
 
-    sections = {"MODEL": ss.ModelSettings, "INFER": ss.InferSettings}
+    sections: dict[str, type[BaseModel]] = {"MODEL": ss.ModelSettings, "INFER": ss.InferSettings}
     where = {
         name: sec
         for name in (RUNTIME_FIELD, CHANNELS_LAST_FIELD)

@@ -62,7 +62,7 @@ def run(
     finally:
         for pool in pools.values():
             pool.close()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, env, batch in plan:
         rs = runs[name]
         rows.append(
