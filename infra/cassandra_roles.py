@@ -17,10 +17,11 @@ and auth provider. Pure statement builders are separate from the functions that 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +171,28 @@ class BootstrapReport:
     seconds: float = 0.0
 
 
+class _DropFailedControlConnection(logging.Filter):
+    """The driver logs a refused login as an ERROR with a traceback (cassandra.cluster,
+    checked against cassandra-driver 3.29-3.30) before raising it to the caller."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Control connection failed to connect")
+
+
+@contextlib.contextmanager
+def expected_login_failures() -> Iterator[None]:
+    """While a caller retries logins that are refused for a while by design (the default
+    superuser before it exists, admin before it is made), the driver's ERROR line and
+    traceback for each try are dropped; the caller still gets, and reports, the error."""
+    driver_log = logging.getLogger("cassandra.cluster")
+    quiet = _DropFailedControlConnection()
+    driver_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        driver_log.removeFilter(quiet)
+
+
 def _connect(
     hosts: list[str], port: int, ssl_context: ssl.SSLContext, user: str, password: str
 ) -> Any:
@@ -186,7 +209,8 @@ def _connect(
         control_connection_timeout=10,
     )
     try:
-        return cluster.connect()
+        with expected_login_failures():
+            return cluster.connect()
     except Exception:
         cluster.shutdown()
         raise

@@ -119,7 +119,13 @@ def cassandra_ring_healthy(
         auth_provider=auth_provider,
     )
     try:
-        session = cluster.connect()
+        if auth_provider is None:
+            session = cluster.connect()
+        else:  # a first boot's logins are refused until the roles exist: retried by callers
+            from infra.cassandra_roles import expected_login_failures
+
+            with expected_login_failures():
+                session = cluster.connect()
         by_addr = {h.address: h for h in cluster.metadata.all_hosts()}
         # connect() can return before the pool of every host is open.
         pools_by = time.monotonic() + timeout

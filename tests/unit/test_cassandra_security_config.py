@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -238,3 +239,16 @@ def test_driver_gets_tls_and_the_roles_login_only_in_secure_mode(tmp_path):
     assert kw["auth_provider"].username == "admin"
     plain = PipelineSettings(security=SecuritySettings(mode="plaintext"))
     assert security_kwargs(plain.cassandra) == {}
+
+
+def test_refused_logins_being_retried_leave_no_driver_tracebacks(caplog):
+    driver_log = logging.getLogger("cassandra.cluster")
+    with caplog.at_level(logging.ERROR, logger="cassandra.cluster"):
+        with roles.expected_login_failures():
+            driver_log.error("Control connection failed to connect, shutting down Cluster:")
+            driver_log.error("something else went wrong")
+        driver_log.error("Control connection failed to connect, shutting down Cluster:")
+    assert [r.getMessage()[:20] for r in caplog.records] == [
+        "something else went ",
+        "Control connection f",
+    ]
