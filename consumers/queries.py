@@ -269,25 +269,12 @@ def lookup(
 ) -> Lookup:
     """The one status of each id (both tables read, the newer row wins)."""
     wanted = list(dict.fromkeys(ids))
-    preds = _by_ids(
-        session,
-        keyspace,
-        cql.PREDICTIONS_TABLE,
-        PREDICTION_COLUMNS,
-        wanted,
-        consistency,
-        concurrency,
-        dated=True,
-    )
-    rejs = _by_ids(
-        session,
-        keyspace,
-        cql.REJECTIONS_TABLE,
-        REJECTION_COLUMNS,
-        wanted,
-        consistency,
-        concurrency,
-        dated=True,
+    preds, rejs = (
+        _by_ids(session, keyspace, table, cols, wanted, consistency, concurrency, dated=True)
+        for table, cols in (
+            (cql.PREDICTIONS_TABLE, PREDICTION_COLUMNS),
+            (cql.REJECTIONS_TABLE, REJECTION_COLUMNS),
+        )
     )
     return resolve(wanted, preds, rejs)
 

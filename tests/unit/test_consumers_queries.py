@@ -268,3 +268,26 @@ def test_point_reads_that_fail_retriably_are_asked_again(monkeypatch) -> None:
     )
     with pytest.raises(ValueError):
         queries.fetch_rejections(session, ["a"], keyspace="ks")
+
+
+def test_lookup_reads_both_tables_and_keeps_each_ids_newer_row(monkeypatch) -> None:
+    import cassandra.concurrent as concurrent
+
+    # (table, id) -> write time; "both" has a newer rejection than its prediction.
+    stored = {("predictions", "p"): 5, ("predictions", "both"): 1, ("rejections", "both"): 2}
+
+    def fake_concurrent(_session: Any, ps: Any, params: list[tuple[str]], **_kw: Any) -> list[Any]:
+        table = ps.query_string.split(" FROM ks.", 1)[1].split(" ", 1)[0]
+        cols = queries.PREDICTION_COLUMNS if table == "predictions" else queries.REJECTION_COLUMNS
+        assert "WRITETIME(" in ps.query_string
+        out = []
+        for (i,) in params:
+            wt = stored.get((table, i))
+            hit = row(**{**dict.fromkeys(cols), "image_id": i, queries.WRITE_TIME: wt})
+            out.append((True, [] if wt is None else [hit]))
+        return out
+
+    monkeypatch.setattr(concurrent, "execute_concurrent_with_args", fake_concurrent)
+    found = queries.lookup(FakeSession([]), ["p", "both", "none"], keyspace="ks")
+    assert set(found.predictions) == {"p"} and set(found.rejections) == {"both"}
+    assert found.missing == ["none"] and found.shadowed == {"both"}
