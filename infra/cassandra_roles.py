@@ -342,3 +342,9 @@ def as_role(settings: Any, role: str) -> Any:
         password_file=c.password_file,
     )
     return c.model_copy(update={"auth": auth})
+
+
+def settings_as(settings: Any, role: str) -> Any:
+    """A copy of a service's whole settings whose Cassandra login is `role`: for a harness
+    that provisions (admin) or checks rows (reader) with, say, the sink's settings."""
+    return settings.model_copy(update={"cassandra": as_role(settings, role)})

@@ -252,3 +252,15 @@ def test_refused_logins_being_retried_leave_no_driver_tracebacks(caplog):
         "something else went ",
         "Control connection f",
     ]
+
+
+def test_settings_as_gives_a_whole_copy_with_another_role(tmp_path, monkeypatch):
+    from consumers.settings import SinkSettings
+
+    monkeypatch.setenv("PIPELINE_SECURITY__MODE", "secure")
+    monkeypatch.setenv("PIPELINE_SECURITY__SECRETS_DIR", str(tmp_path))
+    sink = SinkSettings()
+    admin = roles.settings_as(sink, roles.ADMIN)
+    assert isinstance(admin, SinkSettings)
+    assert admin.cassandra.auth.role == "admin" and sink.cassandra.auth.role == "sink"
+    assert admin.sink == sink.sink and admin.kafka.auth == sink.kafka.auth
