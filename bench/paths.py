@@ -3,8 +3,8 @@
 The new path is the stream app's defaults (whatever the environment exports on top).
 Today's path is the model step before issue 16, as the stream app's own settings
 select it; it mirrors `stream_app.agreement.TODAY` (a unit test keeps them equal):
-full-size JPEG decode, the eager fp32 module in contiguous memory, forward batches of 4,
-micro-batches of 16.
+full-size JPEG decode, the eager fp32 module in contiguous memory, forward batches of 4;
+and the workers' transport as it was: micro-batches of 16, uncompressed produce batches.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ OLD_PATH_ENV: dict[str, str] = {
     "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
     "PIPELINE_STREAM__INFER__MAX_FORWARD_BATCH": "4",
     "PIPELINE_STREAM__WORKER__BATCH_SIZE": "16",
+    "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "none",
 }
 
 

@@ -162,3 +162,13 @@ def test_new_over_old_faust_and_agreement_in_ratios_and_table(
     assert "r0/coins.png/full: a -> b" in text
     assert "0.25 x the relay processes'" in text
     assert "today's   new" in text and "worker" in text
+
+
+def test_model_steps_change_one_thing_at_a_time() -> None:
+    from bench.model_steps import steps
+
+    plan = steps(old_batch=4, new_batch=1)
+    assert plan[0][1] == paths.OLD_PATH_ENV and plan[0][2] == 4
+    for (_, env_a, b_a), (_, env_b, b_b) in zip(plan, plan[1:], strict=False):
+        changed = {k for k in {*env_a, *env_b} if env_a.get(k) != env_b.get(k)}
+        assert len(changed) + (b_a != b_b) == 1
