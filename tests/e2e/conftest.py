@@ -12,6 +12,7 @@ from e2e_harness import WORKERS, Pipeline, _env, settings_env
 
 from consumers.settings import SinkSettings
 from infra import cassandra_session
+from infra.cassandra_roles import ADMIN, settings_as
 from infra.kafka_clients import admin_config
 from infra.provision import provision
 from orchestration.services import Services, pipeline_specs
@@ -30,7 +31,9 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         run_dir,
     )
     with _env(env):
-        sink = SinkSettings()
+        # The harness is the operator: it provisions, drops and restores as the admin role
+        # (the services log in as their own least-privilege roles).
+        sink = settings_as(SinkSettings(), ADMIN)
         stream = StreamSettings()
     provision(sink, topic_prefix=f"{run_id}.", keyspace=sink.cassandra.keyspace)
     services = Services(run_dir, env)

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from e2e_harness import assert_accounted
 
-from infra import groups
+from infra import cassandra_session, groups
 from infra.backup import (
     BackupError,
     BackupSection,
@@ -49,6 +49,7 @@ from infra.backup import (
 from infra.backup.rebuild import rebuild_node
 from infra.kafka_retry import Deadline
 from infra.local import CASSANDRA, LocalCluster, node_by_name
+from infra.settings import CassandraSettings
 from orchestration.services import WORKERS_SERVICE
 from producers.synthetic import synthetic_items
 from schemas.image_id import content_id
@@ -234,7 +235,9 @@ def test_corrupt_backup_refused(stream, healthy, tmp_path):
     _figure("drill_corrupt_backup_s", round(time.monotonic() - t0, 1), pipeline.run_dir)
 
 
-def _count_on_one_node(host: str, keyspace: str, ids: list[str]) -> int:
+def _count_on_one_node(
+    host: str, keyspace: str, ids: list[str], pipeline_cassandra: CassandraSettings
+) -> int:
     """How many of `ids` the node at `host` holds by itself (consistency ONE, no other
     replica asked): proof that the repair copied the rows there."""
     from cassandra import ConsistencyLevel
@@ -246,7 +249,12 @@ def _count_on_one_node(host: str, keyspace: str, ids: list[str]) -> int:
         consistency_level=ConsistencyLevel.ONE,
         request_timeout=30,
     )
-    cluster = Cluster([host], execution_profiles={EXEC_PROFILE_DEFAULT: prof}, protocol_version=5)
+    cluster = Cluster(
+        [host],
+        execution_profiles={EXEC_PROFILE_DEFAULT: prof},
+        protocol_version=5,
+        **cassandra_session.security_kwargs(pipeline_cassandra),
+    )
     try:
         s = cluster.connect(keyspace)
         n = 0
@@ -274,7 +282,9 @@ def test_one_node_disk_lost(stream, healthy, cassandra_cluster):
         res = rebuild_node(stream.run_dir, victim, start=cassandra_cluster.start_node)
         rebuilt = True
         _figure("one_node_repair_s", round(res.repair_s, 1), pipeline.run_dir)
-        assert _count_on_one_node("127.0.0.3", pipeline.keyspace, stream.ids) == len(stream.ids)
+        assert _count_on_one_node(
+            "127.0.0.3", pipeline.keyspace, stream.ids, pipeline.cassandra
+        ) == len(stream.ids)
         cassandra_cluster.stop_node(other)
         try:
             _wait_all(pipeline, stream.ids, timeout_s=90)
