@@ -104,6 +104,9 @@ def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[f
         producer_max_request_size=max_bytes,
         producer_max_batch_size=min(w.producer_max_batch_bytes, max_bytes),
         producer_linger_ms=w.producer_linger_ms,
+        producer_compression_type=(
+            None if w.producer_compression == "none" else w.producer_compression
+        ),
         consumer_max_fetch_size=max_bytes,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=w.session_timeout_s,

@@ -77,6 +77,10 @@ def decode_image(data: bytes, spec: PreprocessSpec, limits: DecodeSettings) -> D
     _check_pixels(im.size, limits, fmt)
     _check_aspect(im.size, limits, fmt)
     _check_scans(data, limits, fmt)
+    width, height = im.size  # as stored; swapped below if EXIF rotates by 90 degrees
+    if limits.jpeg_draft and fmt == "JPEG":
+        _draft(im, int(spec.resize_size * limits.jpeg_draft_oversample))
+    stored = im.size
     try:
         im.load()  # force a full decode: truncation and stream damage surface here
     except Image.DecompressionBombError as exc:
@@ -87,10 +91,29 @@ def decode_image(data: bytes, spec: PreprocessSpec, limits: DecodeSettings) -> D
         im = ImageOps.exif_transpose(im)
     except Exception as exc:  # Pillow raises assorted types on malformed EXIF
         raise DecodeError("corrupt", f"{fmt}: bad EXIF orientation data: {exc}", cause=exc) from exc
-    width, height = im.size
+    if im.size != stored:
+        width, height = height, width
     rgb = to_rgb(im, fmt)
     pixels = resize_center_crop(rgb, spec.resize_size, spec.input_size)
     return DecodedImage(pixels=pixels, width=width, height=height, format=fmt)
+
+
+def _draft(im: Image.Image, resize_size: int) -> None:
+    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) at which the shorter side
+    still holds `resize_size` pixels: the bicubic resize then still downsamples, from a
+    source up to 64 x smaller to decode. The crop box is computed on the drafted size.
+    (DecodeSettings.jpeg_draft_oversample sets the margin kept above the model's resize:
+    libjpeg's scaled IDCT is not Pillow's bicubic filter, see docs/stream_app.md.)"""
+    w, h = im.size
+    short = min(w, h)
+    if short < 2 * resize_size:
+        return  # no scale keeps the shorter side >= resize_size
+    # draft picks the largest scale s with size // s >= the request on both sides.
+    request = (-(-w * resize_size // short), -(-h * resize_size // short))
+    try:
+        im.draft("RGB" if im.mode == "RGB" else None, request)
+    except (OSError, ValueError) as exc:  # draft only reconfigures; load reports damage
+        log.debug("JPEG draft not applied: %s", exc)
 
 
 def _open(data: bytes, limits: DecodeSettings) -> Image.Image:

@@ -95,10 +95,11 @@ class DecodeSettings(BaseModel):
     # Pillow plugins allowed to parse input; the rest (EPS runs Ghostscript!) never run.
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
     # JPEG draft mode: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image still
-    # covers the resize at that scale (false: full-size decode, the path before issue 16).
-    jpeg_draft: bool = True
-    # Draft only down to a shorter side of this x the model's resize size (1.0: as small
-    # as still covers the resize; larger keeps more of the full decode's answers).
+    # covers jpeg_draft_oversample x the resize at that scale. Off by default: libjpeg's
+    # scaled IDCT is not Pillow's bicubic filter, and top-1 then agreed with the full
+    # decode on 94.3 % (oversample 1), 97.6 % (1.5), 99.1 % (2) of the agreement set,
+    # under issue 16's 99.5 % bar (docs/stream_app.md).
+    jpeg_draft: bool = False
     jpeg_draft_oversample: float = Field(default=2.0, ge=1.0, le=8.0)
 
 
@@ -146,6 +147,10 @@ class WorkerSettings(BaseModel):
     # whole micro-batch per partition in one request.
     producer_max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Compression of the batches a worker produces (decoded pixels above all: lz4 took
+    # the sample photos' 150,528-byte crops to 66 % for 0.15 ms of CPU each, zstd-1 to
+    # 59 % for 0.27 ms; see docs/stream_app.md). "none": the path before issue 16.
+    producer_compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
     # Watchdog: a stage that holds an unacknowledged input longer than stall_after_s, or
     # whose source has had records waiting that long with no progress at all, is
     # stalled; the worker then exits with code 76 and its supervisor restarts it

@@ -1,0 +1,169 @@
+"""Issue 16's faster model step: frozen runtime, JPEG draft decode, settings that select
+today's path, and the agreement check's mechanics (the full >= 500-image agreement run is
+tests/integration/test_stream_agreement.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image, JpegImagePlugin
+
+from stream_app import agreement
+from stream_app.decode import decode_image
+from stream_app.errors import ModelLoadError
+from stream_app.infer import Inferencer
+from stream_app.model import load_model
+from stream_app.runtime import build_runtime
+from stream_app.settings import DecodeSettings, ModelSettings, StreamSettings
+from stream_app.spec import LITE0_PREPROCESS
+
+PHOTOS = Path(os.path.dirname(skimage.data.__file__))
+
+
+def jpeg(size: tuple[int, int], exif: Image.Exif | None = None) -> bytes:
+    im = Image.open(PHOTOS / "astronaut.png").convert("RGB").resize(size)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **({"exif": exif} if exif is not None else {}))
+    return buf.getvalue()
+
+
+def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
+    s = StreamSettings().stream
+    assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("frozen", True, False)
+    assert s.worker.producer_compression == "lz4"
+    env = {
+        "PIPELINE_STREAM__MODEL__RUNTIME": "eager",
+        "PIPELINE_STREAM__MODEL__CHANNELS_LAST": "false",
+        "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
+        "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "none",
+    }
+    old = os.environ.copy()
+    os.environ.update(env)
+    try:
+        today = StreamSettings().stream
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert (today.model.runtime, today.model.channels_last) == ("eager", False)
+    assert (today.decode.jpeg_draft, today.worker.producer_compression) == (False, "none")
+
+
+def test_frozen_runtime_gives_eager_logits() -> None:
+    eager = load_model(ModelSettings(runtime="eager", channels_last=False))
+    frozen = load_model(ModelSettings())
+    assert isinstance(frozen.module, torch.jit.ScriptModule) and frozen.channels_last
+    assert not isinstance(eager.module, torch.jit.ScriptModule)
+    blobs = [(PHOTOS / p).read_bytes() for p in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    arrays = [decode_image(b, LITE0_PREPROCESS, DecodeSettings()).pixels for b in blobs]
+    for batch in (1, 3):
+        new = Inferencer(frozen, batch).run(arrays)
+        ref = Inferencer(eager, 4).run(arrays)
+        for a, b in zip(new, ref, strict=True):
+            assert a.logits is not None and b.logits is not None
+            np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
+            assert int(a.logits.argmax()) == int(b.logits.argmax())
+
+
+def test_unknown_runtime_and_a_model_that_cannot_be_traced_fail_at_load() -> None:
+    net = torch.nn.Linear(3, 2).eval()
+    with pytest.raises(ModelLoadError, match="unknown model runtime"):
+        build_runtime(net, "compiled", False, 8)  # type: ignore[arg-type]
+
+    class Branchy(torch.nn.Module):
+        """Data-dependent control flow: a trace bakes in one branch."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([r * 2 if r.sum() > 0 else r * 3 for r in x]).flatten(1)
+
+    with pytest.raises(ModelLoadError, match="differs from eager"):
+        build_runtime(_FirstSample(Branchy()).eval(), "frozen", False, 4)
+
+
+class _FirstSample(torch.nn.Module):
+    """Traced on the probe, then asked about a batch whose rows take other branches."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        # The first call (eager reference) and the trace see different data.
+        return self.inner(x if self.calls == 1 else -x)
+
+
+def test_jpeg_draft_decodes_smaller_and_keeps_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    drafted: list[tuple[int, int]] = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int]) -> object:
+        result = real(self, mode, size)
+        drafted.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    data = jpeg((2048, 1536))
+    full = decode_image(data, LITE0_PREPROCESS, DecodeSettings())  # draft is off by default
+    assert drafted == []
+    for oversample, expected in ((1.0, (512, 384)), (2.0, (1024, 768))):
+        img = decode_image(
+            data,
+            LITE0_PREPROCESS,
+            DecodeSettings(jpeg_draft=True, jpeg_draft_oversample=oversample),
+        )
+        assert drafted[-1] == expected
+        assert (img.width, img.height, img.pixels.shape) == (2048, 1536, (3, 224, 224))
+        diff = np.abs(img.pixels.astype(int) - full.pixels.astype(int))
+        assert diff.mean() < 3.0, diff.mean()
+    # Too small for any scale that still covers the resize: decoded at full size.
+    drafted.clear()
+    decode_image(
+        jpeg((500, 700)),
+        LITE0_PREPROCESS,
+        DecodeSettings(jpeg_draft=True, jpeg_draft_oversample=1.0),
+    )
+    assert drafted == []
+
+
+def test_jpeg_draft_reports_the_rotated_original_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 2048 x 1536, shown 1536 x 2048
+    img = decode_image(
+        jpeg((2048, 1536), exif),
+        LITE0_PREPROCESS,
+        DecodeSettings(jpeg_draft=True, jpeg_draft_oversample=1.0),
+    )
+    assert (img.width, img.height) == (1536, 2048)
+
+
+def test_sample_images_are_many_distinct_and_deterministic() -> None:
+    first = agreement.sample_images()
+    assert len(first) >= 500
+    assert len({n for n, _ in first}) == len(first)
+    assert len({b for _, b in first}) == len(first)
+    assert first[:40] == agreement.sample_images()[:40]
+    big_jpegs = [
+        n for n, b in first if b[:2] == b"\xff\xd8" and min(Image.open(io.BytesIO(b)).size) >= 512
+    ]
+    assert len(big_jpegs) >= 100  # draft mode is exercised, not only the small photos
+
+
+def test_agreement_lists_every_difference() -> None:
+    images = agreement.sample_images()[:24]
+    same = agreement.check_agreement(agreement.TODAY, images=images)
+    assert (same.images, same.agreeing, same.differing) == (24, 24, [])
+    # A model whose labels are reversed answers differently on every image.
+    swapped = agreement._Path(agreement.TODAY)
+    swapped.model.labels = list(reversed(swapped.model.labels))
+    ref = agreement._Path(agreement.TODAY).answers(images)
+    new = swapped.answers(images)
+    assert all(a.label != b.label for a, b in zip(ref, new, strict=True))
+    report = agreement.AgreementReport(images=24, agreeing=0, seconds=0.0)
+    assert not report.meets_bar and report.fraction == 0.0
