@@ -5,9 +5,9 @@
   python -m bench --only model,transport --tag sink-conc-256
 
 Sections: model (the best model-only layout of a small grid), pipeline (today's path,
-then the new path, through the real workers and sink), transport (relay processes,
-then the real stream workers in relay mode), agreement (the new model step's top-1
-against today's, stream_app.agreement).
+then the new path, through the real workers and sink), transport (through relay
+processes), faust (the same through the real stream workers in relay mode), agreement
+(the new model step's top-1 against today's, stream_app.agreement).
 
 Results: bench/results/latest.json and bench/results/<UTC timestamp>[-tag].json, and a
 table on stdout. If no cluster node runs, the clusters are started first and stopped
@@ -47,7 +47,7 @@ from schemas import topics
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("model", "pipeline", "transport", "agreement")
+SECTIONS = ("model", "pipeline", "transport", "faust", "agreement")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-threads", default="1,2", help="model-only grid: torch threads each")
     p.add_argument("--grid-batches", default="1,2,4,16", help="model-only grid: batch sizes")
     p.add_argument(
-        "--grid-images", type=int, help="images per grid cell pass (default 64, quick 32)"
+        "--grid-images", type=int, help="images per grid cell pass (default 48, quick 32)"
     )
     p.add_argument("--grid-reps", type=int, default=1, help="passes per grid cell")
     p.add_argument(
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--faust-events",
         type=int,
-        help="events per burst through the stream workers in relay mode (default 3000, quick 1000)",
+        help="events per burst through the stream workers in relay mode (default 2000, quick 1000)",
     )
     p.add_argument(
         "--agreement-images", type=int, default=500, help="images of the agreement check"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     n_images = args.images or (64 if args.quick else 160)
     n_events = args.events or (3000 if args.quick else 10000)
-    n_faust = args.faust_events or (1000 if args.quick else 3000)
+    n_faust = args.faust_events or (1000 if args.quick else 2000)
     started = time.time()
     settings = PipelineSettings()
     settings.cassandra.keyspace = topology.KEYSPACE
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             transport_section(
                 args, settings, session, n_events, reps, out.setdefault("transport", {})
             )
+        if "faust" in only:
             transport_section(
                 args,
                 settings,
@@ -297,7 +298,7 @@ def model_section(args: argparse.Namespace, n_images: int, out: dict[str, Any]) 
     """Search the grid of layouts, then keep the winner running for paired passes."""
     from bench.model_only import ModelOnly, layout_from, search
 
-    n_grid = args.grid_images or (32 if args.quick else 64)
+    n_grid = args.grid_images or (32 if args.quick else 48)
     step(
         f"model-only: grid of processes {args.grid_processes} x torch threads "
         f"{args.grid_threads} x batch {args.grid_batches} x the stream app's runtimes, "
