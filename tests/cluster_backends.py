@@ -207,7 +207,11 @@ class ExternalBackend(Backend):
         self._settings = PipelineSettings()
 
     def ensure(self, kind: str) -> None:
-        if kind == KAFKA and not local_probes.kafka_broker_ids(self.bootstrap_servers(), 10):
+        from infra.kafka_clients import admin_config
+
+        if kind == KAFKA and not local_probes.kafka_broker_ids(
+            self.bootstrap_servers(), 10, client_conf=admin_config(self._settings.kafka)
+        ):
             pytest.fail(f"external Kafka at {self.bootstrap_servers()} does not answer")
 
     def bootstrap_servers(self) -> str:
@@ -344,7 +348,12 @@ class KafkaCluster(_ClusterHandle):
         return self.backend.bootstrap_servers()
 
     def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.get_bootstrap_server()})
+        """An admin client of the admin principal (TLS + SCRAM on a secure cluster)."""
+        from infra.kafka_clients import admin_config
+
+        kafka = self.backend.settings().kafka
+        kafka.bootstrap_servers = self.get_bootstrap_server()
+        return AdminClient(admin_config(kafka))
 
     def create_topic(
         self, name: str, partitions: int = 3, replication_factor: int = 3, **configs: str
