@@ -37,6 +37,20 @@ RUNTIMES: tuple[Runtime, ...] = ("eager", "frozen")
 BUILD_TOLERANCE = 1e-3
 
 
+class Frozen(torch.nn.Module):
+    """A frozen graph behind the usual nn.Module face (eval mode, no parameters): freezing
+    drops the script module's `training` attribute, which callers may ask about."""
+
+    def __init__(self, graph: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.graph = graph
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.graph(x)
+        return out
+
+
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -100,4 +114,4 @@ def _frozen(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
             )
             scripted.eval()
             frozen = torch.jit.freeze(scripted)
-            return torch.jit.optimize_for_inference(frozen)
+            return Frozen(torch.jit.optimize_for_inference(frozen))

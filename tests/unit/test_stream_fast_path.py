@@ -19,7 +19,7 @@ from stream_app.decode import decode_image
 from stream_app.errors import ModelLoadError
 from stream_app.infer import Inferencer
 from stream_app.model import load_model
-from stream_app.runtime import build_runtime
+from stream_app.runtime import Frozen, build_runtime
 from stream_app.settings import DecodeSettings, ModelSettings, StreamSettings
 from stream_app.spec import LITE0_PREPROCESS
 
@@ -57,8 +57,9 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
 def test_frozen_runtime_gives_eager_logits() -> None:
     eager = load_model(ModelSettings(runtime="eager", channels_last=False))
     frozen = load_model(ModelSettings())
-    assert isinstance(frozen.module, torch.jit.ScriptModule) and frozen.channels_last
-    assert not isinstance(eager.module, torch.jit.ScriptModule)
+    assert isinstance(frozen.module, Frozen) and frozen.channels_last
+    assert not frozen.module.training and not list(frozen.module.parameters())
+    assert not isinstance(eager.module, Frozen)
     blobs = [(PHOTOS / p).read_bytes() for p in ("coffee.png", "chelsea.png", "rocket.jpg")]
     arrays = [decode_image(b, LITE0_PREPROCESS, DecodeSettings()).pixels for b in blobs]
     for batch in (1, 3):
