@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--faust-events",
         type=int,
-        help="events per burst through the stream workers in relay mode (default 2000, quick 1000)",
+        help="events per burst through the stream workers in relay mode (default 5000, quick 2000)",
     )
     p.add_argument(
         "--agreement-images", type=int, default=500, help="images of the agreement check"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     n_images = args.images or (64 if args.quick else 160)
     n_events = args.events or (3000 if args.quick else 10000)
-    n_faust = args.faust_events or (1000 if args.quick else 2000)
+    n_faust = args.faust_events or (2000 if args.quick else 5000)
     started = time.time()
     settings = PipelineSettings()
     settings.cassandra.keyspace = topology.KEYSPACE

@@ -188,8 +188,8 @@ def print_table(out: dict[str, Any]) -> None:
         f"(goal >= {r.get('goal_transport_events_per_s')})"
     )
     if r.get("transport_faust_events_per_s") is not None:
+        vs = r.get("transport_faust_over_relay")
         print(
-            f"  transport through the stream workers: {r['transport_faust_events_per_s']} events/s "
-            f"= {r.get('transport_faust_over_relay')} x the relay processes' (the floor of a "
-            "Python hop)"
+            f"  transport through the stream workers: {r['transport_faust_events_per_s']} events/s"
+            + (f" = {vs} x the relay processes' (the floor of a Python hop)" if vs else "")
         )
