@@ -21,6 +21,7 @@ from consumers.settings import SinkSettings
 from demo.accounting import Accounting, latencies_ms, percentile, wait_accounted
 from demo.progress import StageProgress
 from infra import cassandra_session, groups
+from infra.cassandra_roles import READER, as_role
 from infra.kafka_retry import KafkaCallFailed
 from infra.logs import configure
 from orchestration import api as api_service
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = list(produced_at)
 
         step("wait: until every image is stored or rejected")
-        cluster, session = cassandra_session.connect(sink_settings.cassandra)
+        # Reads as the reader role: the sink's role may only write (secure mode).
+        cluster, session = cassandra_session.connect(as_role(sink_settings, READER))
         keyspace = sink_settings.cassandra.keyspace
         prog = StageProgress(len(ids), ["published", "decoded", "inferred", "stored", "rejected"])
         acc, counts = wait_accounted(
