@@ -76,6 +76,25 @@ class Backend:
         environment's PIPELINE_SECURITY__...)."""
         return PipelineSettings().security
 
+    def grant_pipeline(
+        self, topic_prefix: str = "", stream_group: str | None = None, sink_group: str | None = None
+    ) -> None:
+        """On a secure cluster, let the services' principals use a test pipeline's own
+        topics (`topic_prefix`) and groups (infra.kafka_acls); nothing in plaintext mode."""
+        s = self.settings()
+        if s.kafka.auth is None:
+            return
+        from infra.kafka_acls import provision_principals
+        from infra.kafka_clients import admin_config
+
+        provision_principals(
+            AdminClient(admin_config(s.kafka)),
+            s.security.resolved_secrets_dir(),
+            topic_prefix=topic_prefix,
+            stream_group=stream_group,
+            sink_group=sink_group,
+        )
+
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
             kafka=KafkaSettings(bootstrap_servers=self.bootstrap_servers()),
