@@ -22,8 +22,8 @@ from typing import Any
 from consumers import queries
 from consumers.api import command as api_command
 from consumers.consistency import ConsistencyConfigError
-from consumers.metrics import SinkMetricsSettings, serve_sink_metrics
-from consumers.settings import SinkSettings
+from consumers.metrics import serve_sink_metrics
+from consumers.settings import SinkMetricsSettings, SinkSettings
 from infra import logs
 
 log = logging.getLogger(__name__)

@@ -42,15 +42,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.records import PREDICTION, PREDICTION_BY_LABEL, REJECTION
+from consumers.settings import SinkMetricsSettings
 from schemas import cql
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9464
 # How often the Kafka view (lag, brokers) is refreshed in the background.
 KAFKA_VIEW_INTERVAL_S = 5.0
 
@@ -59,22 +57,6 @@ TABLE_BY_STATEMENT = {
     PREDICTION_BY_LABEL: cql.PREDICTIONS_BY_LABEL_TABLE,
     REJECTION: cql.REJECTIONS_TABLE,
 }
-
-
-class MetricsSection(BaseModel):
-    enabled: bool = True
-    # Loopback by default: the endpoint has no authentication.
-    host: str = "127.0.0.1"
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
-
-
-class SinkMetricsSettings(BaseSettings):
-    """`PIPELINE_METRICS__*`; built in the sink's main() like the sink's own settings."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="PIPELINE_", env_nested_delimiter="__", extra="ignore"
-    )
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
 WRITE_SECONDS = Histogram(

@@ -11,7 +11,7 @@ import warnings
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from infra.cassandra_roles import SINK as CASSANDRA_SINK
 from infra.security import KAFKA_SINK
@@ -112,3 +112,24 @@ class SinkSettings(PipelineSettings):
     cassandra_role: ClassVar[str] = CASSANDRA_SINK  # MODIFY on the result tables only
 
     sink: SinkSection = Field(default_factory=SinkSection)
+
+
+# The sink's metrics endpoint (served by consumers.metrics); here so orchestration can
+# read its port without importing the metrics code.
+DEFAULT_PORT = 9464
+
+
+class MetricsSection(BaseModel):
+    enabled: bool = True
+    # Loopback by default: the endpoint has no authentication.
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+
+
+class SinkMetricsSettings(BaseSettings):
+    """`PIPELINE_METRICS__*`; built in the sink's main() like the sink's own settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_", env_nested_delimiter="__", extra="ignore"
+    )
+    metrics: MetricsSection = Field(default_factory=MetricsSection)

@@ -16,8 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
-from consumers.metrics import MetricsSection, SinkMetricsSettings
-from consumers.settings import SinkSettings
+from consumers.settings import MetricsSection, SinkMetricsSettings, SinkSettings
 from stream_app.settings import StreamSettings, WorkerSettings
 
 # `python -m <module>` of each service: the package its settings class lives in.

@@ -40,12 +40,11 @@ ALLOWED = {
 }
 SERVICES = ("producers", "stream_app", "consumers")
 # The only modules of stream_app and consumers orchestration may import: their settings
-# (group ids, ports, module names), the sink's metrics settings, and the read API's
+# (group ids, ports, module names, the sink's metrics port), and the read API's
 # readiness probe (where it listens, whether it serves).
 ORCHESTRATION_READS = {
     "stream_app.settings",
     "consumers.settings",
-    "consumers.metrics",
     "consumers.api.launch",
 }
 

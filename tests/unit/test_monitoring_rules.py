@@ -150,7 +150,7 @@ def test_scrape_targets_from_recorded_service_specs(tmp_path: Path, monkeypatch)
 
 
 def test_port_defaults_match_the_services(monkeypatch) -> None:
-    from consumers.metrics import DEFAULT_PORT, SinkMetricsSettings
+    from consumers.settings import DEFAULT_PORT, SinkMetricsSettings
     from stream_app.settings import WorkerSettings
 
     assert service_facts.SINK_METRICS_PORT_DEFAULT == DEFAULT_PORT
