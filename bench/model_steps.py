@@ -2,8 +2,8 @@
 
   python -m bench.model_steps [--images 64] [--rounds 3] [--processes 2] [--threads 1]
 
-Each step is the previous one plus one change of the stream app's settings (or of the
-batch size), from today's path (`bench/paths.py`) to the new defaults. Every step runs
+Each step adds one change of the stream app's settings (or of the batch size): from
+today's path (`bench/paths.py`) to the new defaults, then candidates on top of those. Every step runs
 in its own `bench.model_only` pool (processes x threads, as the pipeline's workers);
 the pools stay up and the rounds go step by step, round by round, so all steps see the
 same background load. Reported per step: images/s and CPU ms per image (all processes'
@@ -29,7 +29,9 @@ M = "PIPELINE_STREAM__MODEL__"
 
 
 def steps(old_batch: int = 4, new_batch: int = 1) -> list[tuple[str, dict[str, str], int]]:
-    """(name, settings env, batch size) per step; each adds one change to the previous."""
+    """(name, settings env, batch size) per step. The first three add one change each,
+    from today's path to the new defaults (frozen TorchScript, channels-last); the last
+    two add one more change to the defaults, each a candidate the defaults left off."""
     today = dict(OLD_PATH_ENV)
     frozen = {**today, M + "RUNTIME": "frozen"}
     cl = {**frozen, M + "CHANNELS_LAST": "true"}
@@ -37,9 +39,9 @@ def steps(old_batch: int = 4, new_batch: int = 1) -> list[tuple[str, dict[str, s
     return [
         (f"today: eager, contiguous, full-size decode, batch {old_batch}", today, old_batch),
         ("+ frozen TorchScript", frozen, old_batch),
-        ("+ channels-last", cl, old_batch),
-        ("+ JPEG draft decode", draft, old_batch),
-        (f"+ batch {new_batch}", draft, new_batch),
+        ("+ channels-last (= the new defaults)", cl, old_batch),
+        ("defaults + JPEG draft decode (not default)", draft, old_batch),
+        (f"defaults + batch {new_batch} (not default)", cl, new_batch),
     ]
 
 
