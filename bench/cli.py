@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         out["clusters_started_by_bench"] = started_clusters
         step("clusters: waiting until Kafka has 3 brokers and Cassandra 3 nodes up")
         out["clusters_at_start"] = wait_clusters(args.cluster_timeout)
-        step("provision: bench topics (bench.t.*, bench.p.*) and keyspace vision_bench")
+        step("provision: bench topics (bench.t.*, bench.p.*, bench.f.*) and keyspace vision_bench")
         from infra.provision import provision
 
         for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX, topology.FAUST_PREFIX):
