@@ -190,6 +190,9 @@ def ensure_secret(secrets_dir: Path, kind: str, name: str) -> str:
     """The secret of `name`, made once (32 random bytes, URL-safe) if its file is absent."""
     path = secret_path(secrets_dir, kind, name)
     if not path.exists():
+        # The secrets dir itself is private too, not only its kind/ subdirectories.
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(secrets_dir, 0o700)
         _write_private(path, secrets.token_urlsafe(32).encode() + b"\n")
     return read_secret_file(path)
 

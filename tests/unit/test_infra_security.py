@@ -80,13 +80,14 @@ def test_plaintext_settings_have_no_kafka_auth(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_ensure_secret_makes_a_private_file_once(tmp_path: Path) -> None:
-    first = security.ensure_secret(tmp_path, "kafka", "stream")
-    path = tmp_path / "kafka" / "stream"
+    first = security.ensure_secret(tmp_path / "secrets", "kafka", "stream")
+    path = tmp_path / "secrets" / "kafka" / "stream"
     assert _mode(path) == 0o600 and _mode(path.parent) == 0o700
+    assert _mode(path.parent.parent) == 0o700  # the secrets dir itself
     assert len(first) >= 32
-    assert security.ensure_secret(tmp_path, "kafka", "stream") == first
-    assert security.read_secret(tmp_path, "kafka", "stream") == first
-    assert security.ensure_secret(tmp_path, "kafka", "sink") != first
+    assert security.ensure_secret(tmp_path / "secrets", "kafka", "stream") == first
+    assert security.read_secret(tmp_path / "secrets", "kafka", "stream") == first
+    assert security.ensure_secret(tmp_path / "secrets", "kafka", "sink") != first
 
 
 def test_a_missing_secret_is_a_clear_error(tmp_path: Path) -> None:
