@@ -6,11 +6,13 @@ The pipeline's own services and the monitor are `python -m orchestration`'s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from infra.backup import cli as backup_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
@@ -87,7 +89,31 @@ def _print_status(status: dict) -> None:
     )
 
 
+@contextlib.contextmanager
+def _run_dir_env(run_dir_arg: str | None) -> Iterator[None]:
+    """While a command runs, `--run-dir X` is X for everything it reads, the secrets and
+    the CA too (default <run dir>/secrets and /certs, found through $PIPELINE_RUN_DIR):
+    without this, provisioning a secure cluster in X would look for them in ./.run."""
+    if not run_dir_arg:
+        yield
+        return
+    saved = os.environ.get("PIPELINE_RUN_DIR")
+    os.environ["PIPELINE_RUN_DIR"] = str(resolve_run_dir(run_dir_arg))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PIPELINE_RUN_DIR", None)
+        else:
+            os.environ["PIPELINE_RUN_DIR"] = saved
+
+
 def run(args: argparse.Namespace) -> int:
+    with _run_dir_env(args.run_dir):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd in backup_cli.COMMANDS:
         return backup_cli.run(args, resolve_run_dir(args.run_dir))

@@ -462,3 +462,24 @@ def test_owner_defaults_to_cli_and_is_recorded_per_cluster(tmp_path):
     c.set_owner("kafka", "tests")
     assert (c.owner("kafka"), c.owner("cassandra")) == ("tests", "cli")
     assert c.node_count("kafka") == 3
+
+
+def test_cli_run_dir_is_where_provisioning_finds_secrets_and_ca(tmp_path, monkeypatch):
+    """`--run-dir X` without $PIPELINE_RUN_DIR: the command's settings read secrets and
+    the CA under X (not ./.run), and the environment is as before once it returns."""
+    from infra import cli
+    from infra.settings import PipelineSettings
+
+    monkeypatch.delenv("PIPELINE_RUN_DIR", raising=False)
+    seen = {}
+
+    def fake_run(args):
+        sec = PipelineSettings().security
+        seen["dirs"] = (sec.resolved_secrets_dir(), sec.resolved_ca_file())
+        return 0
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    assert cli.main(["--run-dir", str(tmp_path / "x"), "status"]) == 0
+    x = (tmp_path / "x").resolve()
+    assert seen["dirs"] == (x / "secrets", x / "certs" / "ca.crt")
+    assert "PIPELINE_RUN_DIR" not in os.environ
