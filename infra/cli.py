@@ -16,7 +16,12 @@ from collections.abc import Iterator, Sequence
 
 from infra.backup import cli as backup_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
-from infra.local.topology import MAX_NODES, node_by_name
+from infra.local.topology import (
+    MAX_NODES,
+    cassandra_contact_points,
+    kafka_bootstrap,
+    node_by_name,
+)
 from infra.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,7 @@ def _provision(
 ) -> None:
     from infra.provision import provision
 
-    settings = PipelineSettings()
+    settings = _local_settings(cluster)
     report = provision(
         settings,
         kafka=KAFKA in kinds and cluster.node_count(KAFKA) > 0,
@@ -77,6 +82,17 @@ def _provision(
     for s in report.skipped:
         log.warning("provision skipped %s", s)
     print(f"provisioned: {report.summary()}")
+
+
+def _local_settings(cluster: LocalCluster) -> PipelineSettings:
+    """Settings for this run dir's clusters: their addresses (PIPELINE_INFRA_INSTANCE
+    moves them) unless the environment names other servers."""
+    settings = PipelineSettings()
+    if not os.environ.get("PIPELINE_KAFKA__BOOTSTRAP_SERVERS") and cluster.node_count(KAFKA):
+        settings.kafka.bootstrap_servers = kafka_bootstrap(cluster.node_count(KAFKA))
+    if not os.environ.get("PIPELINE_CASSANDRA__CONTACT_POINTS") and cluster.node_count(CASSANDRA):
+        settings.cassandra.contact_points = cassandra_contact_points(cluster.node_count(CASSANDRA))
+    return settings
 
 
 def _print_status(status: dict) -> None:

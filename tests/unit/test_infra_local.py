@@ -483,3 +483,22 @@ def test_cli_run_dir_is_where_provisioning_finds_secrets_and_ca(tmp_path, monkey
     x = (tmp_path / "x").resolve()
     assert seen["dirs"] == (x / "secrets", x / "certs" / "ca.crt")
     assert "PIPELINE_RUN_DIR" not in os.environ
+
+
+def test_cli_provisions_the_instance_it_started_unless_told_other_servers(monkeypatch):
+    """PIPELINE_INFRA_INSTANCE=1: `infra up` provisions 20092.. and 127.0.0.4.., not the
+    defaults (instance 0's); servers named in the environment still win."""
+    from infra import cli
+
+    class Counted:
+        def node_count(self, kind):
+            return 3
+
+    monkeypatch.setenv("PIPELINE_INFRA_INSTANCE", "1")
+    monkeypatch.delenv("PIPELINE_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("PIPELINE_CASSANDRA__CONTACT_POINTS", raising=False)
+    s = cli._local_settings(Counted())
+    assert s.kafka.bootstrap_servers == "127.0.0.1:20092,127.0.0.1:20093,127.0.0.1:20094"
+    assert s.cassandra.contact_points == ["127.0.0.4", "127.0.0.5", "127.0.0.6"]
+    monkeypatch.setenv("PIPELINE_KAFKA__BOOTSTRAP_SERVERS", "kafka.example:9092")
+    assert cli._local_settings(Counted()).kafka.bootstrap_servers == "kafka.example:9092"
