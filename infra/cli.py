@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
+from infra import compose_security
 from infra.backup import cli as backup_cli
 from infra.local import CASSANDRA, KAFKA, InfraError, LocalCluster, resolve_run_dir
 from infra.local.topology import (
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("name")
     lg.add_argument("-n", "--lines", type=int, default=50)
     backup_cli.add_parsers(sub)
+    compose_security.add_parsers(sub)
     return p
 
 
@@ -133,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd in backup_cli.COMMANDS:
         return backup_cli.run(args, resolve_run_dir(args.run_dir))
+    if cmd in compose_security.COMMANDS:  # docker compose: no local cluster involved
+        return compose_security.run(args)
     cluster = LocalCluster(resolve_run_dir(args.run_dir))
     if cmd == "up":
         t0 = time.monotonic()
