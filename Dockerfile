@@ -1,4 +1,5 @@
-# The pipeline's services (producer, stream workers, sink, provision) for docker-compose.yml.
+# The pipeline's services (producer, stream workers, sink, provision) for docker-compose.yml,
+# and its one-shot security-init (run as root there: it hands each container its files).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
