@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from infra.security import (
     KAFKA_BROKER,
     KAFKA_PRINCIPALS,
     ensure_secret,
+    mask,
 )
 
 log = logging.getLogger(__name__)
@@ -458,13 +460,18 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
+    from infra.cassandra_roles import RolesError
     from infra.settings import PipelineSettings
 
     settings = PipelineSettings()
-    if args.command == "security-init":
-        mode = settings.security.mode
-        written = security_init(args.dir, secure=settings.security.secure)
-        print(f"security-init ({mode}): {len(written)} files written under {args.dir}")
-    elif args.command == "bootstrap-roles":
-        print(f"cassandra: {bootstrap_roles(settings)}")
+    try:
+        if args.command == "security-init":
+            mode = settings.security.mode
+            written = security_init(args.dir, secure=settings.security.secure)
+            print(f"security-init ({mode}): {len(written)} files written under {args.dir}")
+        elif args.command == "bootstrap-roles":
+            print(f"cassandra: {bootstrap_roles(settings)}")
+    except (RolesError, OSError, RuntimeError) as e:  # e.g. no volume, an unreadable CA
+        print(f"error: {args.command}: {mask(str(e))}", file=sys.stderr)
+        return 1
     return 0

@@ -439,3 +439,21 @@ def test_the_cassandra_probe_sends_the_native_probes_options_frame(volume):
     assert 'struct.pack(">BBhBi", 0x04, 0, 1, 0x05, 0)' in text
     assert "TLS = True" in text and 'cafile="/security/cassandra-2/ca.crt"' in text
     assert 'server_hostname="cassandra-2"' in text
+
+
+def test_the_cli_commands(tmp_path, monkeypatch, capsys):
+    from infra.cli import main
+
+    monkeypatch.setenv("PIPELINE_SECURITY__MODE", "secure")
+    assert main(["security-init", "--dir", str(tmp_path / "v")]) == 0
+    assert re.search(r"security-init \(secure\): [1-9]\d* files written", capsys.readouterr().out)
+    assert main(["security-init", "--dir", str(tmp_path / "v")]) == 0
+    assert "security-init (secure): 0 files written" in capsys.readouterr().out
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "certs").mkdir()
+    (tmp_path / "bad" / "certs" / "ca.crt").write_text("not a certificate")
+    assert main(["security-init", "--dir", str(tmp_path / "bad")]) == 1
+    assert "cannot be read" in capsys.readouterr().err
+    monkeypatch.setenv("PIPELINE_SECURITY__MODE", "plaintext")
+    assert main(["bootstrap-roles"]) == 0
+    assert "plaintext mode: no roles" in capsys.readouterr().out
