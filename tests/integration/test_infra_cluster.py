@@ -11,6 +11,7 @@ import pytest
 from cluster_backends import REPO_ROOT, NativeBackend, TopicSpec
 from confluent_kafka.admin import ConfigResource, ResourceType
 
+from infra.local.topology import node_by_name
 from infra.provision import (
     ProvisionError,
     cassandra_session,
@@ -40,8 +41,9 @@ def test_status_shows_six_nodes_up(kafka_cluster, cassandra_cluster, cluster_bac
     assert sorted(names) == sorted(kafka_cluster.node_names() + cassandra_cluster.node_names())
     assert {n["state"] for n in status["nodes"]} == {"up"}, status
     assert all(isinstance(n["pid"], int) for n in status["nodes"])
-    assert names["cassandra-2"]["address"] == "127.0.0.2:9042"
-    assert names["kafka-1"]["address"] == "127.0.0.1:19092"
+    # The topology's addresses (PIPELINE_INFRA_INSTANCE=1 moves them: 127.0.0.5, 20092).
+    assert names["cassandra-2"]["address"] == node_by_name("cassandra-2").address
+    assert names["kafka-1"]["address"] == node_by_name("kafka-1").address
     assert status["kafka"] == {"brokers": 3}
     assert status["cassandra"] == {"up_nodes": 3}
 
