@@ -122,7 +122,8 @@ def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[f
     rt = Runtime(settings)
     processors = _build_processors(settings, rt)
     for name in w.stages:
-        _register_stage(app, rt, STAGE_BY_NAME[name], processors[name])
+        if name in processors:  # infer has none of its own when fused into decode
+            _register_stage(app, rt, STAGE_BY_NAME[name], processors[name])
     _register_health(app, rt)
     register_metrics(app, lambda: health_snapshot(app, rt), s.topic_prefix)
     return app, rt
@@ -164,6 +165,12 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         out["postprocess"] = PostprocessStage(
             STAGE_BY_NAME["postprocess"], labels, s.postprocess.top_k, prefix, topic_limits=limits
         )
+    if s.worker.fuse_decode_infer and "decode" in out and "infer" in out:
+        from stream_app.fused import DecodeInferStage
+
+        decode, infer = out.pop("decode"), out.pop("infer")
+        assert isinstance(decode, DecodeStage) and isinstance(infer, InferStage)
+        out["decode"] = DecodeInferStage(decode, infer)
     return out
 
 
@@ -174,8 +181,8 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
     source_name = prefix + stage.source
     source = app.topic(source_name, key_serializer="raw", value_serializer="raw", allow_empty=True)
     outputs = {
-        prefix + name: app.topic(prefix + name, key_serializer="raw", value_serializer="raw")
-        for name in (stage.sink, stage.dlq)
+        name: app.topic(name, key_serializer="raw", value_serializer="raw")
+        for name in getattr(processor, "topics", (prefix + stage.sink, prefix + stage.dlq))
     }
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.name}")
     rt.executors[stage.name] = executor

@@ -151,6 +151,10 @@ class WorkerSettings(BaseModel):
     # the sample photos' 150,528-byte crops to 66 % for 0.15 ms of CPU each, zstd-1 to
     # 59 % for 0.27 ms; see docs/stream_app.md). "none": the path before issue 16.
     producer_compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
+    # A worker running both decode and infer runs them as one agent: decoded pixels stay
+    # in memory instead of crossing the brokers (stream_app/fused.py). Results and the
+    # per-stage dead letters go to the same topics as with separate stages.
+    fuse_decode_infer: bool = False
     # Watchdog: a stage that holds an unacknowledged input longer than stall_after_s, or
     # whose source has had records waiting that long with no progress at all, is
     # stalled; the worker then exits with code 76 and its supervisor restarts it

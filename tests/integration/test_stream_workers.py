@@ -93,7 +93,9 @@ class Pipeline:
 
     @property
     def settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.bootstrap)
+        """The test's own clients: the admin principal on a secure cluster."""
+        kafka: KafkaSettings = self.kafka.backend.settings().kafka
+        return kafka.model_copy(update={"bootstrap_servers": self.bootstrap})
 
     def env(self, **extra: str) -> dict[str, str]:
         e = dict(os.environ)
@@ -263,6 +265,8 @@ def pipeline(kafka_cluster: Any, unique_name: str, tmp_path: Path) -> Iterator[P
             prefix + t.name, t.partitions, t.replication_factor, **t.configs()
         )
         names.append(prefix + t.name)
+    # Secure mode: the stream principal may use these topics and this app id's group.
+    kafka_cluster.backend.grant_pipeline(prefix, stream_group=f"stream-{unique_name}")
     pipe = Pipeline(
         kafka_cluster,
         prefix,
@@ -370,10 +374,11 @@ def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None
     assert stages["decode"]["dead_letters"] == 0
 
 
+@pytest.mark.parametrize("fused", ["false", "true"])  # worker.fuse_decode_infer (issue 16)
 def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
-    pipeline: Pipeline, unique_name: str
+    pipeline: Pipeline, unique_name: str, fused: str
 ) -> None:
-    w = pipeline.start_worker()
+    w = pipeline.start_worker(PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER=fused)
     pipeline.wait_assigned([w])
     bad: dict[str, tuple[bytes | None, str]] = {
         "bad-empty": (b"", "empty"),

@@ -1,0 +1,99 @@
+"""Decode and infer fused in one agent (worker.fuse_decode_infer): the same outputs as
+the two stages chained through images.decoded, minus that topic."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from schemas import codec
+from schemas.dead_letter import read_dead_letter
+from schemas.raw import raw_headers
+from schemas.topics import STAGE_BY_NAME
+from stream_app.errors import InferError
+from stream_app.fused import DecodeInferStage
+from stream_app.infer import Inferencer, InferOutcome
+from stream_app.model import LoadedModel, load_model
+from stream_app.records import InRecord, OutRecord
+from stream_app.settings import DecodeSettings, ModelSettings
+from stream_app.stages import DecodeStage, InferStage
+
+PHOTOS = Path(os.path.dirname(skimage.data.__file__))
+PREFIX = "t."
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(ModelSettings())
+
+
+class Poisoned(Inferencer):
+    """Fails every all-black image, as a model error would."""
+
+    def run(self, arrays: Sequence[object]) -> list[InferOutcome]:
+        outs = super().run(arrays)
+        return [
+            InferOutcome(None, InferError("model-error", "black image"))
+            if isinstance(a, np.ndarray) and not a.any()
+            else o
+            for a, o in zip(arrays, outs, strict=True)
+        ]
+
+
+def raw(offset: int, key: bytes | None, value: bytes | None) -> InRecord:
+    hdrs = raw_headers("image/png", "unit-test", 1_700_000_000_000)
+    return InRecord(PREFIX + "images.raw", 1, offset, key, value, hdrs, 1_700_000_000_123)
+
+
+def chained(decode: DecodeStage, infer: InferStage, batch: list[InRecord]) -> list[OutRecord]:
+    """The unfused path: decode's outputs through images.decoded into infer."""
+    outs = decode.process(batch)
+    handed = [
+        InRecord(o.topic, 0, i, o.key, o.value, o.headers) for i, o in enumerate(outs) if not o.dead
+    ]
+    inferred = iter(infer.process(handed))
+    return [o if o.dead else next(inferred) for o in outs]
+
+
+def test_fused_gives_the_chained_stages_outputs(loaded: LoadedModel) -> None:
+    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
+    infer = InferStage(STAGE_BY_NAME["infer"], Poisoned(loaded, 4), loaded.info, PREFIX)
+    fused = DecodeInferStage(decode, infer)
+    assert fused.topics == ("t.images.decode.dlq", "t.images.inferred", "t.images.infer.dlq")
+    buf = BytesIO()
+    Image.new("RGB", (300, 300)).save(buf, "PNG")
+    batch = [
+        raw(0, b"cat", (PHOTOS / "chelsea.png").read_bytes()),
+        raw(1, b"empty", b""),
+        raw(2, b"coffee", (PHOTOS / "coffee.png").read_bytes()),
+        raw(3, b"black", buf.getvalue()),  # decodes, then the model 'fails' on it
+        raw(4, b"text", b"just some text"),
+    ]
+    outs = fused.process(batch)
+    assert [o.topic for o in outs] == [
+        "t.images.inferred", "t.images.decode.dlq", "t.images.inferred",
+        "t.images.infer.dlq", "t.images.decode.dlq",
+    ]  # fmt: skip
+    assert [o.reason for o in outs if o.dead] == ["empty", "model-error", "not-an-image"]
+    ref = chained(decode, infer, batch)
+    assert [o.topic for o in ref] == [o.topic for o in outs]
+    for a, b in zip(outs, ref, strict=True):
+        if a.dead:
+            continue
+        da = codec.decode(codec.INFERENCE, a.value, a.headers)
+        db = codec.decode(codec.INFERENCE, b.value, b.headers)
+        assert (da["image_id"], da["raw_offset"]) == (db["image_id"], db["raw_offset"])
+        np.testing.assert_allclose(da["logits"], db["logits"], atol=1e-5)
+    # The infer dead letter names the raw record as its origin and keeps the payload.
+    dl = read_dead_letter(outs[3].value, outs[3].headers)
+    assert (dl["stage"], dl["reason"], dl["origin_topic"], dl["origin_offset"]) == (
+        "infer", "model-error", "t.images.raw", 3,
+    )  # fmt: skip
+    assert dl["image_id"] and len(dl["payload"]) > 150_000  # the decoded record
