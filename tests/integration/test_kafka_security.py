@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from kcat_tool import KcatUnavailable, kcat_env
 
 from infra import certs
 from infra.kafka_clients import admin_config, consumer_config
@@ -37,9 +38,6 @@ pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 10.0
-# librdkafka before 2.6.1 answers Kafka 4.x's SCRAM challenge wrongly ("invalid
-# credentials"); kcat then borrows the newer one confluent-kafka ships.
-KCAT_MIN_LIBRDKAFKA = (2, 6, 1)
 
 
 @pytest.fixture(scope="module")
@@ -224,21 +222,10 @@ def _doc_block() -> str:
 
 
 def _kcat_env(tmp_path: Path) -> dict[str, str]:
-    """LD_LIBRARY_PATH for a kcat whose librdkafka cannot do SCRAM with Kafka 4.x."""
-    out = subprocess.run(["kcat", "-V"], capture_output=True, text=True, check=False).stdout
-    m = re.search(r"librdkafka (\d+)\.(\d+)\.(\d+)", out)
-    if m and tuple(int(x) for x in m.groups()) >= KCAT_MIN_LIBRDKAFKA:
-        return {}
-    import confluent_kafka
-
-    libs = Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs"
-    found = sorted(libs.glob("librdkafka*.so*"))
-    if not found:
-        pytest.skip(f"kcat's librdkafka is older than 2.6.1 ({out.strip()[-80:]}) and none newer")
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "librdkafka.so.1").symlink_to(found[0])
-    return {"LD_LIBRARY_PATH": str(lib)}
+    try:
+        return kcat_env(tmp_path)
+    except KcatUnavailable as e:
+        pytest.skip(str(e))
 
 
 def test_kcat_with_tls_and_scram_publishes_as_the_docs_say(

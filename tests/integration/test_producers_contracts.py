@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from kcat_tool import kcat_login_env
 
 from infra.groups import partition_end_offsets
 from infra.kafka_clients import consumer_config
+from infra.security import KAFKA_PRODUCER
 from producers.synthetic import synthetic_items
 from schemas import cql, topics
 from schemas.raw import parse_raw
@@ -57,7 +59,9 @@ def test_kcat_command_from_the_docs_publishes_a_valid_raw_record(
     try:
         start = partition_end_offsets(kafka, topics.RAW, timeout_s=30)  # kafka_retry
         before_ms = int(time.time() * 1000)
-        env = {**os.environ, "BOOTSTRAP": bootstrap, "ID": image_id, "FILE": str(photo)}
+        # Secure mode: the same command, logged in as the producer (KCAT_CONFIG).
+        login = kcat_login_env(pipeline_settings.security.kafka_auth(KAFKA_PRODUCER), tmp_path)
+        env = {**os.environ, **login, "BOOTSTRAP": bootstrap, "ID": image_id, "FILE": str(photo)}
         proc = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", _kcat_block()],
             env=env,
