@@ -147,10 +147,10 @@ class WorkerSettings(BaseModel):
     # whole micro-batch per partition in one request.
     producer_max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
-    # Compression of the batches a worker produces (decoded pixels above all: lz4 took
-    # the sample photos' 150,528-byte crops to 66 % for 0.15 ms of CPU each, zstd-1 to
-    # 59 % for 0.27 ms; see docs/stream_app.md). "none": the path before issue 16.
-    producer_compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
+    # Compression of the batches a worker produces. Off: lz4 takes the decoded crops to
+    # 66 % for 0.15 ms each in a loop, but in the pipeline it cost the workers 8-12 ms
+    # of CPU per image and Kafka's CPU did not fall (BENCHMARKS.md, issue 16 A/B).
+    producer_compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "none"
     # A worker running both decode and infer runs them as one agent: decoded pixels stay
     # in memory instead of crossing the brokers (stream_app/fused.py). Results and the
     # per-stage dead letters go to the same topics as with separate stages.
