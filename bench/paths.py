@@ -4,7 +4,8 @@ The new path is the stream app's defaults (whatever the environment exports on t
 Today's path is the model step before issue 16, as the stream app's own settings
 select it; it mirrors `stream_app.agreement.TODAY` (a unit test keeps them equal):
 full-size JPEG decode, the eager fp32 module in contiguous memory, forward batches of 4;
-and the workers' transport as it was: micro-batches of 16, uncompressed produce batches.
+and the workers' transport as it was: micro-batches of 16, uncompressed produce batches,
+decode and infer in separate agents (decoded pixels cross the brokers).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ OLD_PATH_ENV: dict[str, str] = {
     "PIPELINE_STREAM__INFER__MAX_FORWARD_BATCH": "4",
     "PIPELINE_STREAM__WORKER__BATCH_SIZE": "16",
     "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "none",
+    "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "false",
 }
 
 
