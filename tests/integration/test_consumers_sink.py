@@ -54,6 +54,7 @@ class Env:
     keyspace: str
     session: Any
     cluster: Any
+    backend: Any  # cluster_backends.Backend
 
     def topic(self, name: str) -> str:
         return self.prefix + name
@@ -74,6 +75,9 @@ class Env:
         )
 
     def env_vars(self, group: str, **extra: str) -> dict[str, str]:
+        """Env of a `python -m consumers sink` process: it logs in as the sink principal,
+        so on a secure cluster its group (and this module's topics) are granted first."""
+        self.backend.grant_pipeline(self.prefix, sink_group=group)
         c = self.base.cassandra
         env = dict(os.environ)
         env.update(
@@ -113,7 +117,7 @@ def env(kafka_cluster: Any, cassandra_cluster: Any, cluster_backend: Any) -> Ite
     provision_keyspace(pipeline_settings, keyspace)
     cluster, session = connect(pipeline_settings.cassandra)
     try:
-        yield Env(pipeline_settings, prefix, keyspace, session, cluster)
+        yield Env(pipeline_settings, prefix, keyspace, session, cluster, cluster_backend)
     finally:
         try:
             session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
