@@ -308,6 +308,17 @@ def docker_unavailable() -> str:
     return ""
 
 
+def security_env(security: SecuritySettings) -> dict[str, str]:
+    """PIPELINE_SECURITY__ variables that make a service started with another run dir
+    (e.g. a temp PIPELINE_RUN_DIR) use these clusters' mode, CA and secret files."""
+    return {
+        "PIPELINE_SECURITY__MODE": security.mode,
+        "PIPELINE_SECURITY__CERTS_DIR": str(security.resolved_certs_dir()),
+        "PIPELINE_SECURITY__CA_FILE": str(security.resolved_ca_file()),
+        "PIPELINE_SECURITY__SECRETS_DIR": str(security.resolved_secrets_dir()),
+    }
+
+
 def make_backend(env: dict[str, str] | None = None) -> Backend:
     env = dict(os.environ if env is None else env)
     name = env.get("PIPELINE_TEST_BACKEND", "native").strip().lower() or "native"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_backends import security_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -190,6 +191,7 @@ def api(
         "PIPELINE_CASSANDRA__CONTACT_POINTS": ",".join(settings.cassandra.contact_points),
         "PIPELINE_CASSANDRA__KEYSPACE": ks,
         "PIPELINE_RUN_DIR": str(run_dir),
+        **security_env(settings.security),  # the clusters' CA and secrets, not run_dir's
         "PIPELINE_API__PORT": str(port),
         "PIPELINE_API__TOKEN": token,
         "PIPELINE_API__SCAN_CACHE_S": "0",
