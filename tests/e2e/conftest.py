@@ -21,7 +21,9 @@ from stream_app.settings import StreamSettings
 
 
 @pytest.fixture(scope="session")
-def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pipeline]:
+def pipeline(
+    kafka_cluster, cassandra_cluster, cluster_backend, tmp_path_factory
+) -> Iterator[Pipeline]:
     run_dir = tmp_path_factory.mktemp("pipeline")
     run_id = f"e2e-{uuid.uuid4().hex[:8]}"
     env = settings_env(
@@ -29,13 +31,24 @@ def pipeline(kafka_cluster, cassandra_cluster, tmp_path_factory) -> Iterator[Pip
         list(cassandra_cluster.get_contact_points()),
         run_id,
         run_dir,
+        security=cluster_backend.security(),
     )
     with _env(env):
-        # The harness is the operator: it provisions, drops and restores as the admin role
-        # (the services log in as their own least-privilege roles).
+        # The harness is the operator: it provisions, drops and restores as the Cassandra
+        # admin role (the services log in as their own least-privilege roles) ...
         sink = settings_as(SinkSettings(), ADMIN)
         stream = StreamSettings()
-    provision(sink, topic_prefix=f"{run_id}.", keyspace=sink.cassandra.keyspace)
+    # ... and as the Kafka admin principal (the sink's may not create topics or look at
+    # the stream group).
+    sink.kafka = sink.kafka.model_copy(update={"auth": cluster_backend.settings().kafka.auth})
+    # Secure mode: the services' principals get this pipeline's topics and groups too.
+    provision(
+        sink,
+        topic_prefix=f"{run_id}.",
+        keyspace=sink.cassandra.keyspace,
+        stream_group=stream.stream.worker.app_id,
+        sink_group=sink.sink.group_id,
+    )
     services = Services(run_dir, env)
     cluster, session = cassandra_session.connect(sink.cassandra)
     p = Pipeline(

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster_backends import security_env
+
 from demo.accounting import Accounting, account
 from infra import groups
+from infra.security import SecuritySettings
 from orchestration import pipeline_status
 from orchestration.services import Services
 from producers.items import Item
@@ -29,12 +32,21 @@ ACCOUNT_TIMEOUT_S = 600.0
 
 
 def settings_env(
-    bootstrap: str, contact_points: list[str], run_id: str, run_dir: Path
+    bootstrap: str,
+    contact_points: list[str],
+    run_id: str,
+    run_dir: Path,
+    security: SecuritySettings | None = None,
 ) -> dict[str, str]:
     """Env of a private pipeline: its own topics (prefix), groups and keyspace, so backlog
-    or offsets left by a demo, a benchmark or another test never leak into it."""
+    or offsets left by a demo, a benchmark or another test never leak into it.
+
+    `security` (the test backend's) names the mode, certificates and secrets of the
+    clusters: the services run with PIPELINE_RUN_DIR=`run_dir`, a temp dir that holds
+    neither, so they are named explicitly."""
     prefix = f"{run_id}."
     return {
+        **(security_env(security) if security is not None else {}),
         "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "PIPELINE_CASSANDRA__CONTACT_POINTS": ",".join(contact_points),
         "PIPELINE_CASSANDRA__KEYSPACE": run_id.replace("-", "_"),
