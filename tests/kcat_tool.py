@@ -54,11 +54,12 @@ def kcat_env(tmp_path: Path) -> dict[str, str]:
     return {"LD_LIBRARY_PATH": str(lib)}
 
 
-def kcat_config(auth: KafkaAuth | None, path: Path) -> Path:
-    """A private `kcat -F` file logging in as `auth` (empty in plaintext mode)."""
-    lines = []
+def kcat_config(auth: KafkaAuth | None, path: Path, extra: dict[str, str] | None = None) -> Path:
+    """A private `kcat -F` file logging in as `auth` (nothing in plaintext mode), plus
+    `extra` librdkafka properties (e.g. KafkaSettings.client_config, which may be secret)."""
+    lines = [f"{k}={v}" for k, v in (extra or {}).items()]
     if auth is not None:
-        lines = [
+        lines += [
             "security.protocol=SASL_SSL",
             f"sasl.mechanism={auth.mechanism}",
             f"sasl.username={auth.principal}",
@@ -71,10 +72,14 @@ def kcat_config(auth: KafkaAuth | None, path: Path) -> Path:
     return path
 
 
-def kcat_login_env(auth: KafkaAuth | None, tmp_path: Path) -> dict[str, str]:
-    """Environment that makes a plain `kcat ...` command log in as `auth` (KCAT_CONFIG,
-    a private file; plus a newer librdkafka if needed); {} in plaintext mode."""
-    if auth is None:
+def kcat_login_env(
+    auth: KafkaAuth | None, tmp_path: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Environment that makes a plain `kcat ...` command log in as `auth` with `extra`
+    properties (KCAT_CONFIG, a private file; plus a newer librdkafka if needed); {} in
+    plaintext mode with nothing extra."""
+    if auth is None and not extra:
         return {}
-    conf = kcat_config(auth, tmp_path / f"kcat-{auth.principal}.conf")
-    return {**kcat_env(tmp_path), "KCAT_CONFIG": str(conf)}
+    name = auth.principal if auth is not None else "plain"
+    conf = kcat_config(auth, tmp_path / f"kcat-{name}.conf", extra)
+    return {**(kcat_env(tmp_path) if auth is not None else {}), "KCAT_CONFIG": str(conf)}

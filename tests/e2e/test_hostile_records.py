@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -32,6 +31,7 @@ import pytest
 from confluent_kafka import Producer
 from e2e_harness import Pipeline
 from hostile_cases import LZ4_BOMB_BYTES, Case, build_cases, good_photos, headers
+from kcat_tool import KcatUnavailable, kcat_exe, kcat_login_env
 
 from infra.kafka_clients import producer_config
 from orchestration.services import WORKERS_SERVICE
@@ -181,16 +181,21 @@ def _produce(p: Producer, topic: str, sent: Sent, value: bytes | None, hdrs: lis
 
 
 def _kcat(pipeline: Pipeline, topic: str, sent: Sent, case: Case, tmp: Path) -> None:
-    """Publish `case` with kcat, which passes header names through as raw bytes."""
-    exe = shutil.which("kcat") or shutil.which("kafkacat")
-    if exe is None:
-        sent.error = "kcat is not installed"
+    """Publish `case` with kcat, which passes header names through as raw bytes. It logs
+    in like the test's other producers (kcat_tool: a private config file, never argv)."""
+    kafka = pipeline.kafka
+    extra = dict(kafka.client_config)
+    if kafka.sasl_password is not None:
+        extra["sasl.password"] = kafka.sasl_password.get_secret_value()
+    try:
+        exe = kcat_exe()
+        login = kcat_login_env(kafka.auth, tmp, extra)
+    except KcatUnavailable as e:
+        sent.error = str(e)
         return
     value = tmp / f"{case.name}.bin"
     value.write_bytes(case.value or b"")
-    argv: list[str | bytes] = [exe, "-P", "-b", pipeline.kafka.bootstrap_servers, "-t", topic]
-    for name, val in {**pipeline.kafka.client_config, **_secret(pipeline)}.items():
-        argv += ["-X", f"{name}={val}"]
+    argv: list[str | bytes] = [exe, "-P", "-b", kafka.bootstrap_servers, "-t", topic]
     if case.key is not None:
         argv += [b"-k", case.key]
     for hname, hval in case.headers:
@@ -199,16 +204,12 @@ def _kcat(pipeline: Pipeline, topic: str, sent: Sent, case: Case, tmp: Path) -> 
             (hname if isinstance(hname, bytes) else hname.encode()) + b"=" + (hval or b""),
         ]
     argv.append(str(value))
-    proc = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    env = {**os.environ, **login}
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
     if proc.returncode == 0 and b"fail" not in proc.stderr.lower():
         sent.delivered = True
     else:
         sent.error = f"kcat exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}"
-
-
-def _secret(pipeline: Pipeline) -> dict[str, str]:
-    password = getattr(pipeline.kafka, "sasl_password", None)
-    return {} if password is None else {"sasl.password": password.get_secret_value()}
 
 
 def _expected_id(case: Case, sent: Sent) -> str:
