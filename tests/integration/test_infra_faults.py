@@ -10,6 +10,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from infra.kafka_clients import consumer_config, producer_config
 from infra.provision import cassandra_session, provision_keyspace
 
 MESSAGES = 60
@@ -21,17 +22,18 @@ def test_kafka_survives_a_killed_broker_and_takes_it_back(
     kafka_cluster, pipeline_settings, unique_name
 ):
     topic = kafka_cluster.create_topic(unique_name, partitions=3)
-    bootstrap = kafka_cluster.get_bootstrap_server()
+    kafka = pipeline_settings.kafka.model_copy(
+        update={"bootstrap_servers": kafka_cluster.get_bootstrap_server()}
+    )
 
     kafka_cluster.kill_node("kafka-2")
     try:
+        # The test backend's client settings: TLS + SCRAM as admin on a secure cluster.
         producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "acks": "all",
-                "enable.idempotence": True,
-                "delivery.timeout.ms": 90_000,
-            }
+            producer_config(
+                kafka,
+                {"acks": "all", "enable.idempotence": True, "delivery.timeout.ms": 90_000},
+            )
         )
         errors: list[str] = []
         delivered: list[int] = []
@@ -57,12 +59,11 @@ def test_kafka_survives_a_killed_broker_and_takes_it_back(
     assert short == {}, f"kafka-2 did not rejoin the ISR: {short}"
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{unique_name}-g",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        consumer_config(
+            kafka,
+            f"{unique_name}-g",
+            {"auto.offset.reset": "earliest", "enable.auto.commit": False},
+        )
     )
     consumer.subscribe([topic])
     seen: set[bytes] = set()
