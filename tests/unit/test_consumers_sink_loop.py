@@ -20,7 +20,7 @@ Row = namedtuple("Row", "replication")
 Col = namedtuple("Col", "table_name column_name type")
 
 
-def wait_for(pred, timeout=10.0, what="condition"):
+def wait_for(pred, timeout=30.0, what="condition"):  # roomy: a loaded CI box
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
