@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_backends import security_env
 
 from consumers import queries
 from consumers.settings import SinkSection, SinkSettings
@@ -80,6 +81,7 @@ class Env:
         self.backend.grant_pipeline(self.prefix, sink_group=group)
         c = self.base.cassandra
         env = dict(os.environ)
+        env.update(security_env(self.base.security))  # the clusters' mode, not the default
         env.update(
             {
                 "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": self.base.kafka.bootstrap_servers,

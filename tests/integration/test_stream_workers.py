@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import skimage.data
+from cluster_backends import security_env
 from confluent_kafka import Consumer, Producer
 
 from infra.kafka_clients import consumer_config, producer_config
@@ -99,6 +100,7 @@ class Pipeline:
 
     def env(self, **extra: str) -> dict[str, str]:
         e = dict(os.environ)
+        e.update(security_env(self.kafka.backend.security()))  # the clusters' mode, not the default
         e.update(
             PIPELINE_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
             PIPELINE_STREAM__TOPIC_PREFIX=self.prefix,
