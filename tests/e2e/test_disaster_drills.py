@@ -105,6 +105,14 @@ def _wait_all(pipeline, ids: list[str], session: Any = None, timeout_s: float = 
     return acc
 
 
+def _local_cluster(cassandra_cluster) -> LocalCluster:
+    """The test backend's own LocalCluster: it carries the clusters' security settings
+    (mode, certificates, secrets), which a LocalCluster built from the environment
+    might not."""
+    lc: LocalCluster = cassandra_cluster.backend.cluster
+    return lc
+
+
 def _wait_group_empty(pipeline, group: str, timeout_s: float = 60.0) -> None:
     """Until the group has no members (a stopped consumer leaves on close)."""
     adm = kafka_state.admin(pipeline.kafka)
@@ -270,7 +278,7 @@ def _count_on_one_node(
 def test_one_node_disk_lost(stream, healthy, cassandra_cluster):
     pipeline = healthy
     t0 = time.monotonic()
-    lc = LocalCluster(stream.run_dir)
+    lc = _local_cluster(cassandra_cluster)
     victim, other = "cassandra-3", "cassandra-1"
     data = lc.dirs(node_by_name(victim)).data
     aside = data.with_name("data.drill-lost")
@@ -283,7 +291,7 @@ def test_one_node_disk_lost(stream, healthy, cassandra_cluster):
         rebuilt = True
         _figure("one_node_repair_s", round(res.repair_s, 1), pipeline.run_dir)
         assert _count_on_one_node(
-            "127.0.0.3", pipeline.keyspace, stream.ids, pipeline.cassandra
+            node_by_name(victim).host, pipeline.keyspace, stream.ids, pipeline.cassandra
         ) == len(stream.ids)
         cassandra_cluster.stop_node(other)
         try:
@@ -359,7 +367,7 @@ def test_bad_model_deploy_reprocess(stream, healthy):
 def test_all_nodes_data_lost(stream, healthy, cassandra_cluster):
     pipeline = healthy
     t0 = time.monotonic()
-    lc = LocalCluster(stream.run_dir)
+    lc = _local_cluster(cassandra_cluster)
     nodes = lc.known_nodes(CASSANDRA)
     datas = [lc.dirs(n).data for n in nodes]
     asides = [d.with_name("data.drill-kept") for d in datas]
@@ -371,7 +379,10 @@ def test_all_nodes_data_lost(stream, healthy, cassandra_cluster):
         for d, a in zip(datas, asides, strict=True):
             d.rename(a)  # every node's disk is gone (the originals go back at the end)
         for n in nodes:  # seed first, each once the previous answers (a fresh cluster)
-            cassandra_cluster.start_node(n.name)
+            cassandra_cluster.start_node(n.name)  # (waits for the old nodes' ports)
+        # As `infra up` on a fresh cluster: in secure mode the project's roles replace the
+        # default superuser (the nodes already run: this only bootstraps the roles).
+        lc.up(only=CASSANDRA, cassandra_nodes=len(nodes))
         from infra import cassandra_session
 
         cluster, session = cassandra_session.connect(pipeline.cassandra)
