@@ -113,6 +113,21 @@ def _local_cluster(cassandra_cluster) -> LocalCluster:
     return lc
 
 
+def _bootstrap_roles(lc: LocalCluster, nodes: list[Any]) -> None:
+    """As `infra up` does on a fresh cluster: in secure mode the project's roles replace
+    the default superuser (infra.cassandra_roles.bootstrap); nothing in plaintext."""
+    if not lc.security.secure:
+        return
+    from infra import cassandra_roles as roles
+
+    roles.bootstrap(
+        [n.host for n in nodes],
+        nodes[0].port,
+        roles.client_ssl_context(lc.security.resolved_ca_file()),
+        roles.role_passwords(lc.security.resolved_secrets_dir()),
+    )
+
+
 def _wait_group_empty(pipeline, group: str, timeout_s: float = 60.0) -> None:
     """Until the group has no members (a stopped consumer leaves on close)."""
     adm = kafka_state.admin(pipeline.kafka)
@@ -380,9 +395,7 @@ def test_all_nodes_data_lost(stream, healthy, cassandra_cluster):
             d.rename(a)  # every node's disk is gone (the originals go back at the end)
         for n in nodes:  # seed first, each once the previous answers (a fresh cluster)
             cassandra_cluster.start_node(n.name)  # (waits for the old nodes' ports)
-        # As `infra up` on a fresh cluster: in secure mode the project's roles replace the
-        # default superuser (the nodes already run: this only bootstraps the roles).
-        lc.up(only=CASSANDRA, cassandra_nodes=len(nodes))
+        _bootstrap_roles(lc, nodes)
         from infra import cassandra_session
 
         cluster, session = cassandra_session.connect(pipeline.cassandra)
