@@ -24,6 +24,7 @@ from infra import cassandra_session, groups
 from infra.cassandra_roles import READER, as_role
 from infra.kafka_retry import KafkaCallFailed
 from infra.logs import configure
+from infra.settings import PipelineSettings
 from orchestration import api as api_service
 from orchestration.readiness import NotReady, start_and_wait
 from orchestration.service_facts import stream_group
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("demo: the clusters did not start (see above)", file=sys.stderr)
                 return 1
         sink_settings = SinkSettings()
-        kafka = sink_settings.kafka
+        # The demo is the operator: group and offset probes run as the admin principal
+        # (each service's own principal sees only its topics and group).
+        kafka = PipelineSettings().kafka
         step(f"pipeline: starting {args.workers} stream workers and the sink, supervised")
         try:
             start_and_wait(
