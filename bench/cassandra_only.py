@@ -21,7 +21,7 @@ from consumers.records import KafkaRecord, map_record
 from consumers.settings import RetrySettings
 from consumers.statements import write_statements
 from consumers.writer import AsyncWriter, prepare_writes
-from infra.cassandra_session import consistency_level
+from infra.cassandra_session import consistency_level, security_kwargs
 from infra.settings import CassandraSettings
 from schemas import topics
 from schemas.raw import now_ms
@@ -45,6 +45,7 @@ def session_for(settings: CassandraSettings, protocol_version: int) -> tuple[Any
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=protocol_version,
         connect_timeout=10,
+        **security_kwargs(settings),  # TLS and the role's login on a secure cluster
     )
     return cluster, cluster.connect()
 
