@@ -31,8 +31,7 @@ from pydantic import SecretStr
 from infra.security import (
     CASSANDRA_ROLES,
     ensure_secret,
-    read_secret_file,
-    remember,
+    password_of,
     secret_path,
 )
 
@@ -68,11 +67,7 @@ class CassandraAuth:
     check_hostname: bool = True
 
     def secret(self) -> str:
-        if self.password is not None:
-            value = self.password.get_secret_value()
-            remember(value)
-            return value
-        return read_secret_file(self.password_file)
+        return password_of(self.password, self.password_file)
 
     def ssl_context(self) -> ssl.SSLContext:
         """Trusts only the configured CA; the node's certificate must name the address

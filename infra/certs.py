@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from infra.private_files import write_private
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -47,19 +48,6 @@ class ServerCert:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, mode 0600 from the first byte."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; make it exact
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -130,8 +118,8 @@ def ensure_ca(directory: Path | str, name: str = "torchstream local CA") -> tupl
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 
@@ -247,8 +235,8 @@ def _issue(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path, ca_cert_path, True
 
 
@@ -280,5 +268,5 @@ def ensure_node_cert(
     )
     pem = d / f"{name}.pem"
     if issued or not pem.exists():
-        _write_private(pem, key.read_bytes() + cert.read_bytes() + ca.read_bytes())
+        write_private(pem, key.read_bytes() + cert.read_bytes() + ca.read_bytes())
     return NodeCert(pem=pem, cert=cert, key=key, ca_cert=ca)

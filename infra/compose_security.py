@@ -44,6 +44,7 @@ from infra.local.topology import (
     MAX_NODES,
     NodeSpec,
 )
+from infra.private_files import write_private
 from infra.security import (
     CASSANDRA_ROLES,
     KAFKA_ADMIN,
@@ -295,14 +296,7 @@ def _write_if_changed(path: Path, data: bytes, uid: int | None) -> bool:
     """Write `path` 0600 (atomically) unless it already holds `data`; own it by `uid`."""
     changed = not path.is_file() or path.read_bytes() != data
     if changed:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private(path, data)
     _own(path, 0o600, uid)
     return changed
 

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
 
+from infra.private_files import write_private
+
 Mode = Literal["secure", "plaintext"]
 # Secure unless an operator asks for plaintext (development): PIPELINE_SECURITY__MODE.
 DEFAULT_MODE: Mode = "secure"
@@ -112,11 +114,7 @@ class KafkaAuth:
     mechanism: str = "SCRAM-SHA-512"
 
     def secret(self) -> str:
-        if self.password is not None:
-            value = self.password.get_secret_value()
-            remember(value)
-            return value
-        return read_secret_file(self.password_file)
+        return password_of(self.password, self.password_file)
 
     def __repr__(self) -> str:  # never show the password, even by accident
         return (
@@ -144,6 +142,16 @@ def remember(value: str) -> None:
             _known.add(value)
 
 
+def password_of(password: SecretStr | None, password_file: Path) -> str:
+    """A login's password: the one set in settings, else its file (read late, at connect
+    time, so a rotated file is picked up); either way remembered for masking."""
+    if password is not None:
+        value = password.get_secret_value()
+        remember(value)
+        return value
+    return read_secret_file(password_file)
+
+
 def secret_path(secrets_dir: Path, kind: str, name: str) -> Path:
     if kind not in SECRET_KINDS:
         raise ValueError(f"unknown secret kind {kind!r}; use one of {', '.join(SECRET_KINDS)}")
@@ -156,15 +164,7 @@ def _write_private(path: Path, data: bytes) -> None:
     """Write atomically, mode 0600 from the first byte, directory 0700."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_private(path, data)
 
 
 def read_secret_file(path: Path) -> str:
