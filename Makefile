@@ -48,8 +48,9 @@ demo: setup ## set everything up, run the pipeline end to end on sample photos, 
 backup: setup ## back up the result keyspace (every node, manifest, Kafka offsets): docs/backup.md
 	$(PY) -m infra backup
 
-bench: setup ## benchmarks: model-only vs pipeline vs transport (bench/results/)
+bench: setup ## benchmarks: model-only vs pipeline vs transport, then secure vs plaintext (bench/results/)
 	$(PY) -m bench
+	$(PY) -m bench.security_cost --quick
 
 lint: setup ## ruff (lint and format drift) and mypy; fails on any finding
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,8 @@
 On a shared 2-core machine throughput depends on what else runs; the CPU seconds each
 component spends per event do much less. Read from /proc (utime + stime of each
 process), for our services (by recorded pid) and the cluster nodes (the JVMs whose
-command line names `.run/kafka-N` or `.run/cassandra-N`), plus the whole machine's
+command line names `<run dir>/kafka-N/` or `<run dir>/cassandra-N/`, the run dir being
+$PIPELINE_RUN_DIR or ./.run: another set of clusters beside them is not counted), plus the whole machine's
 busy time from /proc/stat for the share the others took. The cluster JVMs also serve
 other people's tests: their CPU rate in an idle window just before a run (we send
 nothing) is subtracted as background, which is an estimate, not an exact split.
@@ -23,8 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from infra.local.layout import resolve_run_dir
+
 _TICK = os.sysconf("SC_CLK_TCK")
-_NODE = re.compile(r"\.run/((?:kafka|cassandra)-\d+)/")
+
+
+def _node_pattern() -> re.Pattern[str]:
+    """Node JVMs of this process's run dir (absolute in their command lines)."""
+    return re.compile(re.escape(str(resolve_run_dir())) + r"/((?:kafka|cassandra)-\d+)/")
 
 
 def cluster_pids() -> dict[str, int]:
@@ -36,11 +43,12 @@ def cluster_pids() -> dict[str, int]:
     except Exception:  # noqa: BLE001
         return {}
     found: dict[str, int] = {}
+    node = _node_pattern()
     for line in out.splitlines():
         pid_text, _, args = line.strip().partition(" ")
         if "java" not in args:
             continue
-        m = _NODE.search(args)
+        m = node.search(args)
         if m:
             found.setdefault(m.group(1), int(pid_text))
     return found

@@ -1,0 +1,54 @@
+"""The security-cost comparison: which clusters each side runs on, and the ratios."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import security_cost
+
+
+def test_plaintext_env_points_every_client_at_the_second_clusters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIPELINE_INFRA_INSTANCE", raising=False)
+    env = security_cost.plaintext_env(tmp_path)
+    assert env["PIPELINE_SECURITY__MODE"] == "plaintext"
+    assert env["PIPELINE_INFRA_INSTANCE"] == "1"
+    assert env["PIPELINE_RUN_DIR"] == str(tmp_path)
+    assert (
+        env["PIPELINE_KAFKA__BOOTSTRAP_SERVERS"]
+        == "127.0.0.1:20092,127.0.0.1:20093,127.0.0.1:20094"
+    )
+    assert env["PIPELINE_CASSANDRA__CONTACT_POINTS"] == "127.0.0.4,127.0.0.5,127.0.0.6"
+    # This process still addresses the first set of clusters afterwards.
+    assert "PIPELINE_INFRA_INSTANCE" not in os.environ
+
+
+def _result(images: float, events: float, cpu: dict[str, float]) -> dict:
+    return {
+        "pipeline": {"saturation": {"images_per_s": {"median": images}, "cpu_ms_per_image": cpu}},
+        "transport": {"events_per_s": {"median": events}, "cpu_ms_per_event": {}},
+        "_file": "x.json",
+    }
+
+
+def test_compare_gives_secure_over_plaintext_and_the_extra_cpu() -> None:
+    secure = security_cost.figures(_result(27.0, 1500.0, {"kafka": 9.0, "worker": 30.0}))
+    plain = security_cost.figures(_result(30.0, 2000.0, {"kafka": 6.0, "worker": 29.5}))
+    r = security_cost.compare(secure, plain)
+    assert r["pipeline_secure_over_plaintext"] == 0.9
+    assert r["transport_secure_over_plaintext"] == 0.75
+    assert r["pipeline_cpu_ms_per_image_secure_minus_plaintext"] == {"kafka": 3.0, "worker": 0.5}
+    assert r["goal_met"] is True
+    slower = security_cost.figures(_result(20.0, 1500.0, {}))
+    assert security_cost.compare(slower, plain)["goal_met"] is False
+
+
+def test_a_missing_figure_gives_no_ratio_and_no_goal() -> None:
+    empty = security_cost.figures({"incomplete": "TimeoutError: x"})
+    plain = security_cost.figures(_result(30.0, 2000.0, {}))
+    r = security_cost.compare(empty, plain)
+    assert r["pipeline_secure_over_plaintext"] is None and r["goal_met"] is False
