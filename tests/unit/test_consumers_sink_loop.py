@@ -296,7 +296,12 @@ class Harness:
             consumer=lambda _conf: self.consumer,
             producer=lambda _conf: self.producer,
         )
-        self.sink = Sink(SinkSettings(sink=section), group_id="g", clients=clients)
+        # Fake clients: no login to resolve (secure mode would read the run dir's secrets).
+        self.sink = Sink(
+            SinkSettings(sink=section, security={"mode": "plaintext"}),
+            group_id="g",
+            clients=clients,
+        )
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
