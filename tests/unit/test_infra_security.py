@@ -33,7 +33,7 @@ def test_mode_comes_from_the_environment_and_defaults_to_the_one_constant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("PIPELINE_SECURITY__MODE", raising=False)
-    assert PipelineSettings().security.mode == security.DEFAULT_MODE
+    assert PipelineSettings().security.mode == security.DEFAULT_MODE == "secure"
     monkeypatch.setenv("PIPELINE_SECURITY__MODE", "secure")
     assert PipelineSettings().security.secure
     monkeypatch.setenv("PIPELINE_SECURITY__MODE", "open")
