@@ -23,6 +23,7 @@ from infra.local.topology import (
     kafka_bootstrap,
     node_by_name,
 )
+from infra.logs import configure_cli
 from infra.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -199,14 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: this command moved: {moved} ...", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("cassandra", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.INFO)
+    configure_cli(args.verbose)
     from infra.kafka_retry import KafkaCallFailed
     from infra.provision import ProvisionError
 

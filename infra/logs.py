@@ -15,3 +15,11 @@ def configure(level: str = "INFO") -> None:
     )
     # The driver and librdkafka wrappers are chatty at INFO.
     logging.getLogger("cassandra").setLevel(logging.WARNING)
+
+
+def configure_cli(verbose: bool) -> None:
+    """The operator CLIs (`python -m infra`, `python -m orchestration`): INFO, or DEBUG with
+    -v; the Cassandra driver and Kafka wrappers only say errors unless -v."""
+    configure("DEBUG" if verbose else "INFO")
+    for noisy in ("cassandra", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)

@@ -8,12 +8,12 @@ directory as `python -m infra` (--run-dir, else $PIPELINE_RUN_DIR, else ./.run).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from infra.kafka_retry import KafkaCallFailed
 from infra.local import InfraError, resolve_run_dir
+from infra.logs import configure_cli
 from orchestration import monitor, pipeline_cli
 
 
@@ -36,14 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("cassandra", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.INFO)
+    configure_cli(args.verbose)
     try:
         return run(args)
     except (InfraError, KafkaCallFailed) as e:
