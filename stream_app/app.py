@@ -122,8 +122,7 @@ def create_app(settings: StreamSettings, web_port: int | None = None) -> tuple[f
     rt = Runtime(settings)
     processors = _build_processors(settings, rt)
     for name in w.stages:
-        if name in processors:  # infer has none of its own when fused into decode
-            _register_stage(app, rt, STAGE_BY_NAME[name], processors[name])
+        _register_stage(app, rt, STAGE_BY_NAME[name], processors[name])
     _register_health(app, rt)
     register_metrics(app, lambda: health_snapshot(app, rt), s.topic_prefix)
     return app, rt
@@ -167,10 +166,22 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         )
     if s.worker.fuse_decode_infer and "decode" in out and "infer" in out:
         from stream_app.fused import DecodeInferStage
+        from stream_app.infer import Inferencer
 
-        decode, infer = out.pop("decode"), out.pop("infer")
+        decode, infer = out["decode"], out["infer"]
         assert isinstance(decode, DecodeStage) and isinstance(infer, InferStage)
         out["decode"] = DecodeInferStage(decode, infer)
+        # infer keeps an agent of its own on images.decoded, idle while nothing is written
+        # there. Without it, what a decode-only worker of the same group writes there, or
+        # what was left there when the workers switched to fused, would never be inferred.
+        # It gets its own Inferencer (one per executor thread); the model is shared.
+        out["infer"] = InferStage(
+            STAGE_BY_NAME["infer"],
+            Inferencer(infer.inferencer.model, s.infer.max_forward_batch),
+            infer.info,
+            prefix,
+            topic_limits=limits,
+        )
     return out
 
 

@@ -44,6 +44,39 @@ def test_app_has_one_agent_per_stage_on_registry_topics(
         ex.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("stages", "fuse", "expected"),
+    [
+        # The default: decode runs fused with infer; infer keeps an agent on
+        # images.decoded for what a decode-only worker (or the unfused past) wrote there.
+        ('["decode","infer","postprocess"]', None, ("DecodeInferStage", "InferStage")),
+        ('["decode","infer","postprocess"]', "false", ("DecodeStage", "InferStage")),
+        ('["decode"]', None, ("DecodeStage", None)),  # one stage alone: unfused
+        ('["infer"]', None, (None, "InferStage")),
+    ],
+)
+def test_decode_and_infer_are_fused_only_where_one_worker_runs_both(
+    monkeypatch: pytest.MonkeyPatch, stages: str, fuse: str | None, expected: tuple
+) -> None:
+    from stream_app.app import Runtime, _build_processors
+    from stream_app.fused import DecodeInferStage
+
+    monkeypatch.setenv("PIPELINE_STREAM__WORKER__STAGES", stages)
+    if fuse is not None:
+        monkeypatch.setenv("PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER", fuse)
+    settings = StreamSettings()
+    procs = _build_processors(settings, Runtime(settings))
+    got = tuple(type(procs[s]).__name__ if s in procs else None for s in ("decode", "infer"))
+    assert got == expected
+    fused = procs.get("decode")
+    if isinstance(fused, DecodeInferStage):
+        assert fused.topics == ("images.decode.dlq", "images.inferred", "images.infer.dlq")
+        drain = procs["infer"]
+        # Two executor threads, two Inferencers (not thread-safe), one model.
+        assert drain.inferencer is not fused.infer.inferencer  # type: ignore[attr-defined]
+        assert drain.inferencer.model is fused.infer.inferencer.model  # type: ignore[attr-defined]
+
+
 def test_producer_is_idempotent() -> None:
     from faust.transport.drivers import aiokafka as drv
 

@@ -36,13 +36,13 @@ def jpeg(size: tuple[int, int], exif: Image.Exif | None = None) -> bytes:
 def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     s = StreamSettings().stream
     assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("frozen", True, False)
-    assert s.worker.producer_compression == "none" and not s.worker.fuse_decode_infer
+    assert s.worker.producer_compression == "none" and s.worker.fuse_decode_infer
     env = {
         "PIPELINE_STREAM__MODEL__RUNTIME": "eager",
         "PIPELINE_STREAM__MODEL__CHANNELS_LAST": "false",
         "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
         "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "lz4",
-        "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "true",
+        "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "false",
     }
     old = os.environ.copy()
     os.environ.update(env)
@@ -53,7 +53,7 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
         os.environ.update(old)
     assert (today.model.runtime, today.model.channels_last) == ("eager", False)
     assert (today.decode.jpeg_draft, today.worker.producer_compression) == (False, "lz4")
-    assert today.worker.fuse_decode_infer
+    assert not today.worker.fuse_decode_infer
 
 
 def test_frozen_runtime_gives_eager_logits() -> None:
