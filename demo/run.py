@@ -33,6 +33,7 @@ from producers.publisher import publish_items
 from producers.samples import sample_items
 from producers.settings import ProducerSettings
 from schemas import topics
+from stream_app.settings import StreamSettings
 
 log = logging.getLogger("demo")
 
@@ -70,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-dir", default=os.environ.get("PIPELINE_RUN_DIR", ".run"))
     return p
+
+
+def progress_topics(fused: bool) -> dict[str, str]:
+    """Progress column -> the stage topic whose new records it counts. Workers with decode
+    and infer fused (the default, which the workers started here inherit from this
+    environment) never write images.decoded: an image is decoded and inferred in the same
+    batch, so "inferred" is decode's progress too and a "decoded" column would stay at 0.
+    It is shown only for unfused workers, where images.decoded carries every decoded image."""
+    if fused:
+        return {"inferred": topics.INFERRED}
+    return {"decoded": topics.DECODED, "inferred": topics.INFERRED}
 
 
 def _done(acc: Accounting, produced_at: dict[str, int]) -> tuple[int, int]:
@@ -123,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             step(f"web page: {api_service.start(services, run_dir).page_url()}")
         except (TimeoutError, OSError) as exc:
             print(f"    web page not available: {exc} (log: {services.log_file('api')})")
-        counted = [topics.DECODED, topics.INFERRED]
-        before = groups.end_offsets(kafka, counted)
+        counted = progress_topics(StreamSettings().stream.worker.fuse_decode_infer)
+        before = groups.end_offsets(kafka, list(counted.values()))
 
         step(f"publish: 5 sample photos x {args.variants} variants + {args.corrupt} corrupt files")
         t_pub = time.time()
@@ -141,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         # Reads as the reader role: the sink's role may only write (secure mode).
         cluster, session = cassandra_session.connect(as_role(sink_settings, READER))
         keyspace = sink_settings.cassandra.keyspace
-        prog = StageProgress(len(ids), ["published", "decoded", "inferred", "stored", "rejected"])
+        prog = StageProgress(len(ids), ["published", *counted, "stored", "rejected"])
         acc, counts = wait_accounted(
             session,
             keyspace,
             ids,
             kafka=kafka,
-            counted={"decoded": topics.DECODED, "inferred": topics.INFERRED},
+            counted=counted,
             before=before,
             timeout_s=args.timeout,
             done=lambda a: _done(a, produced_at),
