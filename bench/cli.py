@@ -160,13 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         step("provision: bench topics (bench.t.*, bench.p.*, bench.f.*) and keyspace vision_bench")
         from infra.provision import provision
 
-        for prefix in (topology.PREFIX, topology.PIPELINE_PREFIX, topology.FAUST_PREFIX):
-            retrying(
-                lambda prefix=prefix: provision(
+        for prefix, (stream_group, sink_group) in topology.GROUPS.items():
+            retrying(  # secure mode: also the ACLs of the bench's own groups
+                lambda prefix=prefix, sg=stream_group, kg=sink_group: provision(
                     settings,
                     topic_prefix=prefix,  # type: ignore[misc]
                     keyspace=topology.KEYSPACE,
                     cassandra=prefix == topology.PREFIX,
+                    stream_group=sg,
+                    sink_group=kg,
                 ),
                 timeout_s=300,
                 what="provisioning",
@@ -372,7 +374,9 @@ def pipeline_section(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    kafka = ss.kafka
+    # The bench publishes and probes as the operator (admin principal); the workers it
+    # starts log in as `stream`, with the ACLs granted at provisioning.
+    kafka = PipelineSettings().kafka
     services = _services(args, env)
     specs = topology.pipeline_specs(args.workers, args.sinks, run_dir=args.run_dir)
     ports = topology.web_ports(args.workers)

@@ -27,6 +27,14 @@ PIPELINE_APP_ID = "bench-torchstream"
 FAUST_RELAY_APP_ID = "bench-faust-relay"
 FAUST_SINK_GROUP = "bench-faust-sink"
 FAUST_WEB_PORT_BASE = 6186
+# Topic prefix -> (stream group = Faust app id, sink group) the services there use; on a
+# secure cluster the `stream` and `sink` principals are granted exactly these. The relays
+# of bench.t. log in as admin, so that prefix's stream group is the pipeline default.
+GROUPS: dict[str, tuple[str | None, str]] = {
+    PREFIX: (None, TRANSPORT_SINK_GROUP),
+    PIPELINE_PREFIX: (PIPELINE_APP_ID, PIPELINE_SINK_GROUP),
+    FAUST_PREFIX: (FAUST_RELAY_APP_ID, FAUST_SINK_GROUP),
+}
 
 
 @dataclass(frozen=True)
