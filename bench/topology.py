@@ -113,6 +113,34 @@ def transport_specs(
     return specs
 
 
+def _workers_and_sinks(
+    names: tuple[str, str],
+    workers: int,
+    sinks: int,
+    web_port_base: int,
+    worker_env: dict[str, str],
+    prefix: str,
+    sink_group: str,
+    keyspace: str,
+) -> list[ServiceSpec]:
+    """`workers` real stream workers (one web port each) and `sinks` real sinks on `prefix`."""
+    py = sys.executable
+    specs = [
+        ServiceSpec(
+            f"{names[0]}-{i}",
+            [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)],
+            {"PIPELINE_STREAM__TOPIC_PREFIX": prefix, **worker_env},
+        )
+        for i in range(1, workers + 1)
+    ]
+    senv = sink_env(prefix, sink_group, keyspace)
+    specs += [
+        ServiceSpec(f"{names[1]}-{i}", [py, "-m", "consumers", "sink"], senv)
+        for i in range(1, sinks + 1)
+    ]
+    return specs
+
+
 def faust_transport_specs(
     workers: int = 2,
     sinks: int = 1,
@@ -120,27 +148,15 @@ def faust_transport_specs(
     keyspace: str = KEYSPACE,
 ) -> list[ServiceSpec]:
     """The real stream workers in relay mode (no model) and the real sink on bench.f.*."""
-    py = sys.executable
     env = {
-        "PIPELINE_STREAM__TOPIC_PREFIX": FAUST_PREFIX,
         "PIPELINE_STREAM__WORKER__APP_ID": FAUST_RELAY_APP_ID,
         "PIPELINE_STREAM__WORKER__DATA_DIR": f"{run_dir}/stream_app",
         "PIPELINE_STREAM__WORKER__RELAY": "true",
     }
-    specs = [
-        ServiceSpec(
-            f"frelay-{i}",
-            [py, "-m", "stream_app", "worker", "--web-port", str(FAUST_WEB_PORT_BASE + i)],
-            env,
-        )
-        for i in range(1, workers + 1)
-    ]
-    senv = sink_env(FAUST_PREFIX, FAUST_SINK_GROUP, keyspace)
-    specs += [
-        ServiceSpec(f"fsink-{i}", [py, "-m", "consumers", "sink"], senv)
-        for i in range(1, sinks + 1)
-    ]
-    return specs
+    return _workers_and_sinks(
+        ("frelay", "fsink"), workers, sinks, FAUST_WEB_PORT_BASE, env,
+        FAUST_PREFIX, FAUST_SINK_GROUP, keyspace,
+    )  # fmt: skip
 
 
 def pipeline_specs(
@@ -152,26 +168,14 @@ def pipeline_specs(
     keyspace: str = KEYSPACE,
 ) -> list[ServiceSpec]:
     """The real stream workers and sink, pointed at the bench topics and keyspace."""
-    py = sys.executable
     env = {
-        "PIPELINE_STREAM__TOPIC_PREFIX": prefix,
         "PIPELINE_STREAM__WORKER__APP_ID": PIPELINE_APP_ID,
         "PIPELINE_STREAM__WORKER__DATA_DIR": f"{run_dir}/stream_app",
     }
-    specs = [
-        ServiceSpec(
-            f"worker-{i}",
-            [py, "-m", "stream_app", "worker", "--web-port", str(web_port_base + i)],
-            env,
-        )
-        for i in range(1, workers + 1)
-    ]
-    senv = sink_env(prefix, PIPELINE_SINK_GROUP, keyspace)
-    specs += [
-        ServiceSpec(f"psink-{i}", [py, "-m", "consumers", "sink"], senv)
-        for i in range(1, sinks + 1)
-    ]
-    return specs
+    return _workers_and_sinks(
+        ("worker", "psink"), workers, sinks, web_port_base, env,
+        prefix, PIPELINE_SINK_GROUP, keyspace,
+    )  # fmt: skip
 
 
 def web_ports(workers: int, web_port_base: int = 6166) -> list[int]:
