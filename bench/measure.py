@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.cpu import CpuMeter
 from bench.stats import latency_summary, throughput
+from bench.waits import quiet
 from consumers import queries
 
 log = logging.getLogger(__name__)
@@ -97,3 +99,34 @@ def collect_rows(
             break
         time.sleep(0.5)
     return rows, len(pending)
+
+
+def read_back(
+    session: Any,
+    keyspace: str,
+    ids: list[str],
+    since_ms: float,
+    timeout_s: float,
+    done: Callable[[], bool],
+    meter: CpuMeter | None,
+    start: Any,
+) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any] | None]:
+    """collect_rows once `done` (transient probe errors mean "not yet"), and the CPU per
+    item from `start` to the moment `done` first held: before the read-back, which loads
+    Cassandra. Returns (rows, missing, cpu or None without a meter)."""
+    marks: dict[str, Any] = {}
+
+    def finished() -> bool:
+        if not done():
+            return False
+        if meter is not None:
+            marks["end"] = meter.snapshot()
+        return True
+
+    rows, missing = collect_rows(session, keyspace, ids, since_ms, timeout_s, quiet(finished))
+    cpu = (
+        meter.diff(start, marks["end"], len(ids))
+        if meter is not None and start is not None and "end" in marks
+        else None
+    )
+    return rows, missing, cpu

@@ -18,9 +18,10 @@ from typing import Any
 
 from bench import images, topology
 from bench.cpu import CpuMeter
-from bench.measure import RunResult, collect_rows
-from bench.waits import quiet, retrying
+from bench.measure import RunResult, read_back
+from bench.waits import retrying
 from infra import groups
+from infra.settings import PipelineSettings
 from producers.publisher import publish_items
 from producers.settings import ProducerSettings
 from schemas import topics
@@ -107,7 +108,7 @@ def run_once(
     settings = ProducerSettings()
     settings.producer.topic = prefix + topics.RAW
     settings.producer.rate = rate
-    kafka = settings.kafka
+    kafka = PipelineSettings().kafka  # probes as the operator: the producer may not describe groups
     pred_topic = prefix + topics.PREDICTIONS
     before = retrying(
         lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets"
@@ -133,20 +134,8 @@ def run_once(
             return False
         return groups.group_lag(kafka, topology.PIPELINE_SINK_GROUP, [pred_topic])["total"] == 0
 
-    marks: dict[str, Any] = {}
-
-    def finished() -> bool:
-        if not done():
-            return False
-        if meter is not None:
-            marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
-        return True
-
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = (
-        meter.diff(start, marks["end"], len(ids))
-        if meter is not None and start is not None and "end" in marks
-        else None
+    rows, missing, cpu = read_back(
+        session, topology.KEYSPACE, ids, first, timeout_s, done, meter, start
     )
     res = RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
     if lag is not None:

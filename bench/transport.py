@@ -21,8 +21,7 @@ from typing import Any
 
 from bench import topology
 from bench.cpu import CpuMeter
-from bench.measure import RunResult, collect_rows
-from bench.waits import quiet
+from bench.measure import RunResult, read_back
 from infra import groups
 from infra.kafka_clients import producer_config
 from infra.settings import PipelineSettings
@@ -127,19 +126,7 @@ def run_once(
         ]
         return not any(stages)
 
-    marks: dict[str, Any] = {}
-
-    def finished() -> bool:
-        if not sink_done():
-            return False
-        if meter is not None:
-            marks["end"] = meter.snapshot()  # before the read-back, which loads Cassandra
-        return True
-
-    rows, missing = collect_rows(session, topology.KEYSPACE, ids, first, timeout_s, quiet(finished))
-    cpu = (
-        meter.diff(start, marks["end"], count)
-        if meter is not None and start is not None and "end" in marks
-        else None
+    rows, missing, cpu = read_back(
+        session, topology.KEYSPACE, ids, first, timeout_s, sink_done, meter, start
     )
     return RunResult(f"transport {kind.name} {tag}", count, first, last, rows, missing, cpu)
