@@ -22,7 +22,7 @@ from consumers.settings import RetrySettings
 from consumers.statements import write_statements
 from consumers.writer import AsyncWriter, prepare_writes
 from infra.cassandra_session import consistency_level, security_kwargs
-from infra.settings import CassandraSettings
+from infra.settings import CassandraSettings, PipelineSettings
 from schemas import topics
 from schemas.raw import now_ms
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     configure("ERROR")
-    settings = CassandraSettings()
+    settings = PipelineSettings().cassandra  # the operator's role and TLS, in secure mode too
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
     for rnd in range(args.rounds):
         for name, cfg in CONFIGS.items():
