@@ -183,6 +183,10 @@ def connect(settings: CassandraSettings, keyspace: str | None = None) -> tuple[C
         connect_timeout=10,
     )
     session = cluster.connect(keyspace)
+    if settings.reconnect_watchdog:  # the driver gives up on a node after a refused login
+        from infra.cassandra_reconnect import watch
+
+        watch(cluster)
     log.info(
         "connected to Cassandra %s (keyspace %s, %s)",
         settings.contact_points,

@@ -86,6 +86,9 @@ class CassandraSettings(BaseModel):
     write_consistency: str = "LOCAL_QUORUM"
     read_consistency: str = "LOCAL_QUORUM"
     request_timeout_s: float = 10.0
+    # Restart the driver's reconnection to a node it gave up on (a refused login, a spent
+    # backoff): infra.cassandra_reconnect. Off only to show what happens without it.
+    reconnect_watchdog: bool = True
     # Secure mode: the role to log in as (unset: the service's own), its password (wins
     # over the file) or a file holding it (unset: <secrets dir>/cassandra/<role>).
     username: str | None = None
