@@ -20,6 +20,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,22 @@ import pytest
 import skimage.data
 from cluster_backends import security_env
 from confluent_kafka import Consumer, Producer
+from PIL import Image
 
+from infra.groups import end_offsets
 from infra.kafka_clients import consumer_config, producer_config
 from infra.settings import KafkaSettings
 from schemas import codec
 from schemas.dead_letter import read_dead_letter
 from schemas.raw import headers_dict, raw_headers, sniff_content_type
-from schemas.topics import DECODE_DLQ, INFER_DLQ, POSTPROCESS_DLQ, PREDICTIONS, topic_registry
+from schemas.topics import (
+    DECODE_DLQ,
+    DECODED,
+    INFER_DLQ,
+    POSTPROCESS_DLQ,
+    PREDICTIONS,
+    topic_registry,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -125,16 +135,13 @@ class Pipeline:
         self.workers.append(w)
         return w
 
-    def wait_assigned(
-        self, workers: list[Worker], timeout: float = 120.0, fused: bool = False
-    ) -> None:
-        """Until, for every stage, the workers together own all partitions. `fused`
-        workers (worker.fuse_decode_infer) run no infer stage: decode does both."""
+    def wait_assigned(self, workers: list[Worker], timeout: float = 120.0) -> None:
+        """Until, for every stage, the workers together own all partitions. Fused workers
+        (worker.fuse_decode_infer, the default) run decode and infer in decode's agent and
+        still keep an infer agent on images.decoded, so the need is the same either way."""
         parts = {t.name: t.partitions for t in topic_registry()}
         need = {"decode": parts["images.raw"], "infer": parts["images.decoded"],
                 "postprocess": parts["images.inferred"]}  # fmt: skip
-        if fused:
-            del need["infer"]
 
         def ready() -> bool:
             for w in workers:
@@ -151,16 +158,29 @@ class Pipeline:
 
         wait_for("workers to own every partition", ready, timeout)
 
-    def produce(self, items: list[tuple[str | None, bytes | None]]) -> None:
+    def produce(self, items: list[tuple[str | None, bytes | None]]) -> dict[str, tuple[int, int]]:
+        """Publish raw records; returns key -> (partition, offset) of each keyed one."""
         p = Producer(producer_config(self.settings))
+        landed: dict[str, tuple[int, int]] = {}
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is None and msg.key() is not None:
+                landed[msg.key().decode()] = (msg.partition(), msg.offset())
+
         for key, data in items:
             ctype = sniff_content_type(data or b"") or "application/octet-stream"
             p.produce(
                 self.prefix + "images.raw", key=key, value=data,
-                headers=raw_headers(ctype, "integration-test"),
+                headers=raw_headers(ctype, "integration-test"), on_delivery=delivered,
             )  # fmt: skip
             p.poll(0)
         assert p.flush(60) == 0, "raw records not delivered"
+        return landed
+
+    def decoded_written(self) -> int:
+        """Records ever written to this pipeline's images.decoded."""
+        topic = self.prefix + DECODED
+        return end_offsets(self.settings, [topic])[topic]
 
     def stop(self) -> None:
         for w in self.workers:
@@ -381,12 +401,13 @@ def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None
     assert stages["decode"]["dead_letters"] == 0
 
 
-@pytest.mark.parametrize("fused", ["false", "true"])  # worker.fuse_decode_infer (issue 16)
+# worker.fuse_decode_infer (issue 16): "false" is the unfused layout, set explicitly.
+@pytest.mark.parametrize("fused", ["false", "true"])
 def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     pipeline: Pipeline, unique_name: str, fused: str
 ) -> None:
     w = pipeline.start_worker(PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER=fused)
-    pipeline.wait_assigned([w], fused=fused == "true")
+    pipeline.wait_assigned([w])
     bad: dict[str, tuple[bytes | None, str]] = {
         "bad-empty": (b"", "empty"),
         "bad-null": (None, "empty"),  # a tombstone: no value at all
@@ -425,6 +446,126 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     for key in good:
         assert key not in results.dead
         assert results.predictions[key][0]["top_k"][0]["class_index"] in {ESPRESSO, *CATS}
+    # Unfused, every decoded image crossed images.decoded (at least once); fused, none did.
+    if fused == "true":
+        assert pipeline.decoded_written() == 0
+    else:
+        assert pipeline.decoded_written() >= len(good)
+
+
+def nan_on_black_model(tmp: Path) -> dict[str, str]:
+    """Worker env selecting a small TorchScript classifier (10 classes) whose logits are NaN
+    for an all-black image: the infer stage makes those dead letters (non-finite) after
+    decode succeeded, an infer failure a real worker meets on real records."""
+    import torch
+
+    class NanOnBlack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = self.fc(x.mean(dim=(2, 3)))
+            # Black, ImageNet-normalised, is about -2 in every channel; photos are far above.
+            black = x.mean(dim=(1, 2, 3)) < -1.9
+            return torch.where(black[:, None], torch.full_like(logits, float("nan")), logits)
+
+    path = tmp / "nan_on_black.pt"
+    torch.jit.save(torch.jit.script(NanOnBlack().eval()), str(path))
+    labels = tmp / "labels.txt"
+    labels.write_text("".join(f"class-{i}\n" for i in range(10)))
+    return {
+        "PIPELINE_STREAM__MODEL__KIND": "torchscript",
+        "PIPELINE_STREAM__MODEL__TORCHSCRIPT_PATH": str(path),
+        "PIPELINE_STREAM__MODEL__LABELS_PATH": str(labels),
+    }
+
+
+def black_png() -> bytes:
+    buf = BytesIO()
+    Image.new("RGB", (320, 240)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_fused_by_default_every_image_ends_once_with_both_stages_dead_letters(
+    pipeline: Pipeline, unique_name: str, tmp_path: Path
+) -> None:
+    """The default worker (fuse_decode_infer unset) decodes and infers in one agent: every
+    image ends as predictions or dead letters (never both), decode and infer failures
+    each go to their stage's DLQ naming the raw record, and images.decoded stays empty.
+    Then a decode-only worker joins the group: it runs unfused, and what it writes to
+    images.decoded is inferred by the fused worker's infer agent, not stranded."""
+    model = nan_on_black_model(tmp_path)
+    assert "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER" not in pipeline.env(), "not the default"
+    w = pipeline.start_worker(**model)
+    pipeline.wait_assigned([w])
+    items: list[tuple[str | None, bytes | None]] = []
+    for i in range(4):
+        items += [(f"good-{i}", photo("coffee.png")), (f"black-{i}", black_png())]
+    items += [("bad-text", b"not an image at all\n" * 20), ("bad-trunc", truncated_png())]
+    landed = pipeline.produce(items)
+    ids = {k for k, _ in items if k}
+    results = read_results(pipeline, f"{unique_name}-read", ids, timeout=240)
+
+    failing = {f"black-{i}": ("infer", "non-finite") for i in range(4)}
+    failing.update({"bad-text": ("decode", "not-an-image"), "bad-trunc": ("decode", "truncated")})
+    for key in ids:  # one outcome per image: results of one kind only
+        assert (key in results.predictions) != (key in results.dead), key
+        assert (key in results.dead) == (key in failing), key
+    for key in ids - set(failing):
+        assert len(results.predictions[key][0]["top_k"]) == 5
+    for key, (stage, reason) in failing.items():
+        letter = results.dead[key][0]
+        assert (letter["stage"], letter["reason"]) == (stage, reason), (key, letter["reason"])
+        assert results.dead_headers[key]["stage"] == stage
+        # Fused, an infer dead letter's origin is the raw record: images.decoded never saw it.
+        assert letter["origin_topic"] == pipeline.prefix + "images.raw"
+        assert (letter["origin_partition"], letter["origin_offset"]) == landed[key]
+        assert letter["payload"]  # decode: the raw bytes; infer: the decoded record
+    assert pipeline.decoded_written() == 0
+
+    def stage_health(x: Worker) -> dict[str, dict[str, Any]]:
+        return {s["stage"]: s for s in (x.health() or {"stages": []})["stages"]}
+
+    # The health view counts a batch just after its outputs are acknowledged.
+    wait_for(
+        "decode's health to count every raw record",
+        lambda: stage_health(w)["decode"]["records_in"] >= len(items),
+        timeout=30,
+    )
+    assert stage_health(w)["infer"]["records_in"] == 0
+
+    # A decode-only worker beside the fused one: unfused, it writes images.decoded.
+    d = pipeline.start_worker(PIPELINE_STREAM__WORKER__STAGES='["decode"]', **model)
+    raw_parts = {t.name: t.partitions for t in topic_registry()}["images.raw"]
+
+    def shared() -> dict[str, list[int]] | None:
+        for x in (w, d):
+            if x.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {x.proc.returncode}:\n{x.tail()}")
+        mine, its = d.assigned().get("decode"), w.assigned()
+        if not mine or set(mine) | set(its.get("decode", [])) != set(range(raw_parts)):
+            return None
+        return {"decode-only": mine, **its}
+
+    owned = wait_for("the decode-only worker to share images.raw", shared, timeout=120)
+    later: list[tuple[str | None, bytes | None]] = [
+        (f"mixed-{i}", photo("coffee.png")) for i in range(12)
+    ]
+    later.append(("mixed-black", black_png()))
+    landed = pipeline.produce(later)
+    via_decode_only = [k for k, (part, _) in landed.items() if part in owned["decode-only"]]
+    assert via_decode_only, f"no record landed on the decode-only worker's partitions {owned}"
+    later_ids = {k for k, _ in later if k}
+    results = read_results(pipeline, f"{unique_name}-read-2", later_ids, timeout=240)
+    assert {k for k in later_ids if k != "mixed-black"} <= set(results.predictions)
+    assert results.dead["mixed-black"][0]["reason"] == "non-finite"
+    assert pipeline.decoded_written() >= len(via_decode_only)
+    wait_for(
+        "the fused worker's infer agent to count what came through images.decoded",
+        lambda: stage_health(w)["infer"]["records_in"] >= len(via_decode_only),
+        timeout=30,
+    )
 
 
 def test_sigkill_one_of_two_workers_mid_stream_loses_nothing(
