@@ -235,6 +235,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
                 time.perf_counter() - started,
                 dead,
                 positions,
+                [(o.topic, o.reason if o.dead else None) for o in outs],
             )
             observe_batch(stage.name, records, time.perf_counter() - started)
 

@@ -29,6 +29,10 @@ class StageStats:
     max_batch_size: int = 0
     errors: int = 0  # batches that failed as a whole (send failures)
     reasons: dict[str, int] = field(default_factory=dict)
+    # Where the outputs went: a fused decode+infer stage writes images.inferred and two
+    # dead-letter topics, so the stage's name alone does not say which topic.
+    out_by_topic: dict[str, int] = field(default_factory=dict)
+    dead_by_topic: dict[str, dict[str, int]] = field(default_factory=dict)
     # next offset to process per partition of the source topic
     positions: dict[int, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
@@ -107,7 +111,15 @@ class StageStats:
         seconds: float,
         reasons: list[str],
         positions: dict[int, int],
+        sent: list[tuple[str, str | None]] | None = None,
     ) -> None:
+        """`sent`: (topic, dead-letter reason or None) per output, when known."""
+        for topic, reason in sent or ():
+            if reason is None:
+                self.out_by_topic[topic] = self.out_by_topic.get(topic, 0) + 1
+            else:
+                by = self.dead_by_topic.setdefault(topic, {})
+                by[reason] = by.get(reason, 0) + 1
         self.records_in += size
         self.records_out += out
         self.dead_letters += dead
@@ -140,6 +152,8 @@ class StageStats:
             "records_out": self.records_out,
             "dead_letters": self.dead_letters,
             "dead_letter_reasons": dict(self.reasons),
+            "records_out_by_topic": dict(self.out_by_topic),
+            "dead_letters_by_topic": {t: dict(r) for t, r in self.dead_by_topic.items()},
             "batches": self.batches,
             "last_batch_size": self.last_batch_size,
             "max_batch_size": self.max_batch_size,

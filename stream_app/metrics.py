@@ -192,9 +192,16 @@ def stage_metrics(snap: dict[str, Any], prefix: str, now: float) -> Iterator[Met
         out_topic = prefix + topics.sink if topics else ""
         dlq_topic = prefix + topics.dlq if topics else ""
         rin.add_metric([name, st["source"]], st["records_in"])
-        rout.add_metric([name, out_topic], st["records_out"])
-        for reason, n in sorted(st.get("dead_letter_reasons", {}).items()):
-            dead.add_metric([name, dlq_topic, reason], n)
+        if "records_out_by_topic" in st:  # the topics really written (fused stages too)
+            for topic, n in sorted(st["records_out_by_topic"].items()):
+                rout.add_metric([name, topic], n)
+            for topic, reasons in sorted(st["dead_letters_by_topic"].items()):
+                for reason, n in sorted(reasons.items()):
+                    dead.add_metric([name, topic, reason], n)
+        else:  # older snapshots: the stage's registry topics
+            rout.add_metric([name, out_topic], st["records_out"])
+            for reason, n in sorted(st.get("dead_letter_reasons", {}).items()):
+                dead.add_metric([name, dlq_topic, reason], n)
         failed.add_metric([name], st.get("failed_batches", 0))
         batches.add_metric([name], st.get("batches", 0))
         since = st.get("seconds_since_last_batch")

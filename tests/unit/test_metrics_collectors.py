@@ -428,3 +428,30 @@ def test_sink_endpoint_serves_and_a_taken_port_does_not_stop_the_sink() -> None:
 def test_sink_metrics_can_be_disabled() -> None:
     settings = sink_metrics.SinkMetricsSettings(metrics={"enabled": False})
     assert sink_metrics.serve_sink_metrics(FakeSink(), settings) is None
+
+
+def test_fused_stage_metrics_name_the_topics_really_written() -> None:
+    from stream_app.health import StageStats
+
+    st = StageStats("decode", "p.images.raw")
+    sent: list[tuple[str, str | None]] = [
+        ("p.images.inferred", None),
+        ("p.images.inferred", None),
+        ("p.images.decode.dlq", "corrupt"),
+        ("p.images.infer.dlq", "non-finite"),
+    ]
+    st.batch_done(4, 2, 2, 0.1, ["corrupt", "non-finite"], {0: 4}, sent)
+    snap = {"stages": [st.snapshot([0], 60.0)]}
+    s = _samples(generate_latest(stream_metrics.build_registry(lambda: snap, prefix="p.")))
+    out = {
+        dict(k[1])["topic"]: v
+        for k, v in s.items()
+        if k[0] == "torchstream_stage_records_out_total"
+    }
+    assert out == {"p.images.inferred": 2}  # not images.decoded, which a fused stage never writes
+    dead = {
+        (dict(k[1])["topic"], dict(k[1])["reason"]): v
+        for k, v in s.items()
+        if k[0] == "torchstream_stage_dead_letters_total"
+    }
+    assert dead == {("p.images.decode.dlq", "corrupt"): 1, ("p.images.infer.dlq", "non-finite"): 1}
