@@ -9,6 +9,9 @@ KafkaCallFailed (one line), never a bare KafkaException.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,46 @@ from infra.settings import KafkaSettings
 
 # One request never waits longer than this, so a retry can go to the new leader.
 MIN_REQUEST_S = 0.5
+
+# Probe clients, one per configuration, kept for the life of the process. Progress loops
+# probe several times a second; a fresh client each time meant a TLS handshake and a
+# SCRAM login (4096 PBKDF2 rounds on the broker too) per probe, a group-coordinator
+# connection torn down mid-login, and a crashed bench (SIGSEGV) in secure mode.
+# librdkafka clients are thread-safe and reconnect by themselves after a broker restart.
+_CLIENTS: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client(kind: str, conf: dict[str, Any]) -> Any:
+    key = (kind, tuple(sorted((k, repr(v)) for k, v in conf.items())))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = AdminClient(conf) if kind == "admin" else Consumer(conf)
+    return client
+
+
+def _admin(settings: KafkaSettings) -> AdminClient:
+    return _client("admin", admin_config(settings))
+
+
+def _probe_consumer(settings: KafkaSettings) -> Consumer:
+    """A consumer that never subscribes (it never joins a group): metadata and watermarks."""
+    conf = consumer_config(
+        settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
+    )
+    return _client("consumer", conf)
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        clients = list(_CLIENTS.items())
+        _CLIENTS.clear()
+    for (kind, _), client in clients:
+        if kind == "consumer":
+            with contextlib.suppress(Exception):  # exiting anyway
+                client.close()
 
 
 @dataclass(frozen=True)
@@ -65,7 +108,7 @@ def wait_for_group(
 
     Raises TimeoutError when it is not by `timeout_s` (also when the cluster kept failing
     retriably), KafkaCallFailed for an error that retrying cannot fix."""
-    admin = AdminClient(admin_config(settings))
+    admin = _admin(settings)
     deadline = Deadline(timeout_s)
     last: GroupState | None = None
     err: Exception | None = None
@@ -119,15 +162,7 @@ def _probe_high_watermarks(
     settings: KafkaSettings, topics: list[str], timeout_s: float, deadline_s: float
 ) -> dict[tuple[str, int], int]:
     """High watermark of every partition of `topics`, asked by a consumer that never joins."""
-    c = Consumer(
-        consumer_config(
-            settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
-        )
-    )
-    try:
-        return _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
-    finally:
-        c.close()
+    return _high_watermarks(_probe_consumer(settings), topics, timeout_s, Deadline(deadline_s))
 
 
 def end_offsets(
@@ -182,15 +217,8 @@ def group_lag(
 ) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
     deadline = Deadline(deadline_s)
-    admin = AdminClient(admin_config(settings))
-    done = committed_offsets(admin, group, timeout_s, deadline)
-    c = Consumer(
-        consumer_config(settings, group_id="probe-lag", overrides={"enable.auto.commit": False})
-    )
-    try:
-        highs = _high_watermarks(c, topics, timeout_s, deadline)
-    finally:
-        c.close()
+    done = committed_offsets(_admin(settings), group, timeout_s, deadline)
+    highs = _high_watermarks(_probe_consumer(settings), topics, timeout_s, deadline)
     lag: dict[str, int] = {}
     for (t, p), high in highs.items():
         pos = done.get((t, p), -1)
