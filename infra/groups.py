@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.kafka_clients import admin_config, consumer_config
@@ -190,22 +190,37 @@ def partition_end_offsets(
     return {p: high for (_t, p), high in highs.items()}
 
 
+def _group_consumer(settings: KafkaSettings, group: str) -> Consumer:
+    """A consumer with the group's id that never subscribes: it asks the group's committed
+    offsets (OffsetFetch) without joining it."""
+    conf = consumer_config(settings, group_id=group, overrides={"enable.auto.commit": False})
+    return _client("consumer", conf)
+
+
 def committed_offsets(
-    admin: AdminClient, group: str, timeout_s: float, deadline: Deadline
+    settings: KafkaSettings,
+    group: str,
+    partitions: list[tuple[str, int]],
+    timeout_s: float,
+    deadline: Deadline,
 ) -> dict[tuple[str, int], int]:
-    """The group's committed offset per partition (coordinator moves retried)."""
+    """The group's committed offset of each of `partitions` (negative: none yet), asked
+    through a consumer, not AdminClient.list_consumer_group_offsets: librdkafka 2.16's
+    admin client dereferences its absent consumer-group handle when that response
+    carries a coordinator error (SIGSEGV in rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op,
+    seen right after new groups formed on a secure cluster)."""
+    consumer = _group_consumer(settings, group)
+    wanted = [TopicPartition(t, p) for t, p in partitions]
 
     def once() -> Any:
-        t = _request_timeout(timeout_s, deadline)
-        req = ConsumerGroupTopicPartitions(group)
-        res = admin.list_consumer_group_offsets([req], request_timeout=t)[group].result(timeout=t)
-        for tp in res.topic_partitions:
+        res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
+        for tp in res:
             if tp.error is not None:
                 raise KafkaException(tp.error)
         return res
 
     res = call(once, f"committed offsets of group {group}", deadline=deadline)
-    return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions}
+    return {(tp.topic, tp.partition): tp.offset for tp in res}
 
 
 def group_lag(
@@ -217,8 +232,8 @@ def group_lag(
 ) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
     deadline = Deadline(deadline_s)
-    done = committed_offsets(_admin(settings), group, timeout_s, deadline)
     highs = _high_watermarks(_probe_consumer(settings), topics, timeout_s, deadline)
+    done = committed_offsets(settings, group, sorted(highs), timeout_s, deadline)
     lag: dict[str, int] = {}
     for (t, p), high in highs.items():
         pos = done.get((t, p), -1)
