@@ -76,25 +76,19 @@ def offsets_for_time(adm: AdminClient, topics: list[str], at_ms: int, dl: Deadli
     }
 
 
-def committed(adm: AdminClient, group: str, topics: list[str], dl: Deadline) -> Offsets:
-    """The group's committed offsets on `topics` (partitions it never committed: absent)."""
-    tps = partitions(adm, topics, dl)
+def committed(
+    adm: AdminClient, kafka: KafkaSettings, group: str, topics: list[str], dl: Deadline
+) -> Offsets:
+    """The group's committed offsets on `topics` (partitions it never committed: absent).
+    Asked through a consumer (infra.groups), not the admin client: see committed_offsets."""
+    from infra.groups import committed_offsets
 
-    def once() -> Any:
-        req = ConsumerGroupTopicPartitions(group, tps)
-        res = adm.list_consumer_group_offsets([req], request_timeout=_t(dl))[group].result(
-            timeout=_t(dl)
-        )
-        for tp in res.topic_partitions:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-        return res
-
-    res = call(once, f"committed offsets of group {group}", deadline=dl)
+    tps = [(tp.topic, tp.partition) for tp in partitions(adm, topics, dl)]
+    got = committed_offsets(kafka, group, tps, REQUEST_S, dl)
     out: Offsets = {}
-    for tp in res.topic_partitions:
-        if tp.offset >= 0:
-            out.setdefault(tp.topic, {})[str(tp.partition)] = int(tp.offset)
+    for (topic, partition), offset in sorted(got.items()):
+        if offset >= 0:
+            out.setdefault(topic, {})[str(partition)] = int(offset)
     return out
 
 

@@ -80,8 +80,10 @@ def kafka_offsets(settings: BackupSettings) -> dict[str, Any]:
     adm = kafka_state.admin(settings.kafka)
     dl = Deadline(KAFKA_DEADLINE_S)
     groups = {
-        b.sink_group: kafka_state.committed(adm, b.sink_group, b.result_topics, dl),
-        b.stream_group: kafka_state.committed(adm, b.stream_group, [b.raw_topic], dl),
+        b.sink_group: kafka_state.committed(adm, settings.kafka, b.sink_group, b.result_topics, dl),
+        b.stream_group: kafka_state.committed(
+            adm, settings.kafka, b.stream_group, [b.raw_topic], dl
+        ),
     }
     end = kafka_state.end_offsets(adm, [b.raw_topic, *b.result_topics], dl)
     return {"groups": groups, "end": end}
