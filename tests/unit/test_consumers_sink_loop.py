@@ -436,7 +436,12 @@ CL = ConsistencyLevel.LOCAL_QUORUM
 def test_transient_errors_hold_the_offset_until_written_and_never_dead_letter(err):
     failures = {"img-0": [err] * 5}
     with Harness([pred_msg(0, "img-0"), pred_msg(1, "img-1")], failures=failures) as h:
-        answer_until(h, lambda: h.sink._writer.stats.retries >= 5, "5 failed attempts")
+        # the writer exists once the sink's thread has connected (late on a loaded machine)
+        answer_until(
+            h,
+            lambda: h.sink._writer is not None and h.sink._writer.stats.retries >= 5,
+            "5 failed attempts",
+        )
         assert h.consumer.last_stored((P, 0)) is None  # img-1 is done, img-0 is not
         answer_until(h, lambda: h.consumer.last_stored((P, 0)) == 2, "stored once written")
     assert h.producer.sent == [] and h.sink._writer.stats.failed == 0
