@@ -278,6 +278,7 @@ def test_cqlsh_with_the_reader_role(
                 str(tmp_path / "credentials"),
             ),
             *(env["CQL_HOST"], "9042"),
+            *("--connect-timeout", "30"),  # cqlsh's 5 s is short on a loaded 2-core box
             *("-e", f"INSERT INTO {keyspace}.rejections (image_id, stage) VALUES ('z', 'x')"),
         ],
         capture_output=True,
