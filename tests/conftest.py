@@ -55,3 +55,12 @@ def pipeline_settings(cluster_backend: Backend) -> PipelineSettings:
 def unique_name() -> str:
     """A short name unique to this test, valid as a topic, group or keyspace name."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def secure(cluster_backend: Backend) -> PipelineSettings:
+    """The cluster's settings, for tests that need it secure (skipped on a plaintext one)."""
+    settings: PipelineSettings = cluster_backend.settings()
+    if not settings.security.secure:
+        pytest.skip("the cluster under test is plaintext (PIPELINE_SECURITY__MODE != secure)")
+    return settings

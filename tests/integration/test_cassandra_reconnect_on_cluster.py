@@ -89,14 +89,6 @@ class RefusedLogins:
             return sum(1 for a, t in self.refused if a == address and t >= t0)
 
 
-@pytest.fixture(scope="module")
-def secure(cluster_backend: Any) -> PipelineSettings:
-    settings: PipelineSettings = cluster_backend.settings()
-    if not settings.security.secure:
-        pytest.skip("the cluster under test is plaintext (PIPELINE_SECURITY__MODE != secure)")
-    return settings
-
-
 @pytest.fixture
 def admin(secure: PipelineSettings, cassandra_cluster: Any) -> Iterator[Any]:
     cluster, session = connect(secure.cassandra)

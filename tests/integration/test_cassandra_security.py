@@ -42,14 +42,6 @@ def _as_role(settings: PipelineSettings, role: str) -> PipelineSettings:
 
 
 @pytest.fixture(scope="module")
-def secure(cluster_backend: Any) -> PipelineSettings:
-    settings: PipelineSettings = cluster_backend.settings()
-    if not settings.security.secure:
-        pytest.skip("the cluster under test is plaintext (PIPELINE_SECURITY__MODE != secure)")
-    return settings
-
-
-@pytest.fixture(scope="module")
 def keyspace(secure: PipelineSettings, cassandra_cluster: Any) -> Iterator[str]:
     ks = f"sec{uuid.uuid4().hex[:10]}"
     provision_keyspace(secure, ks)
