@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cluster_backends import BACKENDS, Backend, CassandraCluster, KafkaCluster, make_backend
@@ -16,10 +17,29 @@ from infra.local import CASSANDRA, KAFKA
 from infra.settings import PipelineSettings
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal reporter is registered
 def pytest_configure(config: pytest.Config) -> None:
     name = os.environ.get("PIPELINE_TEST_BACKEND", "native").strip().lower() or "native"
     if name not in BACKENDS:
         raise pytest.UsageError(f"PIPELINE_TEST_BACKEND={name!r}: use one of {', '.join(BACKENDS)}")
+    global _terminal
+    _terminal = config.pluginmanager.get_plugin("terminalreporter")
+
+
+_terminal: Any = None
+INLINE_FAILURE_LINES = 40
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failure's last lines are printed as it happens, not only in the summary: a run cut
+    short (a CI time limit) still shows why its tests failed."""
+    if not report.failed or _terminal is None:
+        return
+    lines = report.longreprtext.splitlines()[-INLINE_FAILURE_LINES:]
+    _terminal.write_line("")
+    _terminal.write_line(f"FAILED ({report.when}) {report.nodeid} after {report.duration:.0f}s:")
+    for line in lines:
+        _terminal.write_line("    " + line)
 
 
 @pytest.fixture(scope="session")
