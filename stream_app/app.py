@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -202,42 +202,75 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
     async def send(o: OutRecord) -> Any:
         return await outputs[o.topic].send(key=o.key, value=o.value, headers=o.headers, force=True)
 
+    async def finish(
+        stream: faust.StreamT,
+        events: Sequence[Any],
+        records: list[InRecord],
+        outs: list[OutRecord],
+        started: float,
+    ) -> bool:
+        """Send a processed batch's outputs, wait for the broker's acks, then ack its
+        inputs. False when the sends failed: nothing acked, the worker is stopping."""
+        try:
+            await send_outputs(send, records, outs, processor.refused, w.send_timeout_s)
+        except Exception as exc:
+            stats.errors += 1
+            _fail_worker(rt, stage, records, exc)
+            return False  # events stay un-acked: never committed, redelivered after restart
+        for event in events:
+            await stream.ack(event)
+        positions: dict[int, int] = {}
+        for r in records:
+            positions[r.partition] = max(positions.get(r.partition, 0), r.offset + 1)
+        dead = [o.reason for o in outs if o.dead]
+        stats.batch_done(
+            len(records),
+            len(outs) - len(dead),
+            len(dead),
+            time.perf_counter() - started,
+            dead,
+            positions,
+            [(o.topic, o.reason if o.dead else None) for o in outs],
+        )
+        observe_batch(stage.name, records, time.perf_counter() - started)
+        return True
+
     async def run_stage(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         # noack_take is on faust.Stream, not on the StreamT protocol the agent is typed with.
         taker = cast(faust.Stream, stream)
-        async for events in taker.noack_take(w.batch_size, within=w.batch_window_s):
-            records = [_in_record(e) for e in events]
-            stats.batch_taken()
-            started = time.perf_counter()
-            try:
-                outs = await loop.run_in_executor(executor, processor.process, records)
-                if len(outs) != len(records):
-                    raise RuntimeError(
-                        f"{stage.name} produced {len(outs)} records for {len(records)} inputs"
-                    )
+        # The previous batch's sends and acks, running while this batch is processed
+        # (overlap_sends): the model does not sit idle through a replication round trip.
+        pending: asyncio.Task[bool] | None = None
+        try:
+            async for events in taker.noack_take(w.batch_size, within=w.batch_window_s):
+                records = [_in_record(e) for e in events]
+                stats.batch_taken()
+                started = time.perf_counter()
+                try:
+                    outs = await loop.run_in_executor(executor, processor.process, records)
+                    if len(outs) != len(records):
+                        raise RuntimeError(
+                            f"{stage.name} produced {len(outs)} records for {len(records)} inputs"
+                        )
+                except Exception as exc:
+                    stats.errors += 1
+                    _fail_worker(rt, stage, records, exc)
+                    return
                 stats.sends_started()
-                await send_outputs(send, records, outs, processor.refused, w.send_timeout_s)
-            except Exception as exc:
-                stats.errors += 1
-                _fail_worker(rt, stage, records, exc)
-                return  # events stay un-acked: never committed, redelivered after restart
-            for event in events:
-                await stream.ack(event)
-            positions: dict[int, int] = {}
-            for r in records:
-                positions[r.partition] = max(positions.get(r.partition, 0), r.offset + 1)
-            dead = [o.reason for o in outs if o.dead]
-            stats.batch_done(
-                len(records),
-                len(outs) - len(dead),
-                len(dead),
-                time.perf_counter() - started,
-                dead,
-                positions,
-                [(o.topic, o.reason if o.dead else None) for o in outs],
-            )
-            observe_batch(stage.name, records, time.perf_counter() - started)
+                # One batch's sends in flight at a time, acked in the order taken: a
+                # failed batch is never followed by an acked later one.
+                if pending is not None and not await pending:
+                    return
+                pending = asyncio.ensure_future(finish(stream, events, records, outs, started))
+                if not w.overlap_sends:
+                    done, pending = pending, None
+                    if not await done:
+                        return
+        finally:
+            # Stopping: a batch still sending is not acked and so is redelivered.
+            if pending is not None and not pending.done():
+                pending.cancel()
 
     run_stage.__name__ = run_stage.__qualname__ = f"{stage.name}_agent"
     app.agent(source, name=f"stream_app.{stage.name}")(run_stage)

@@ -37,11 +37,13 @@ class StageStats:
     positions: dict[int, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     last_batch_at: float | None = None
-    # Liveness: when the batch being processed was taken (None: none in hand); per
+    # Liveness: when the batch being processed was taken (None: none in processing),
+    # and when the batch whose sends await acks was taken (a worker processes the next
+    # batch while the previous one's acks come back, so both can be in hand); per
     # partition the last fresh lag, and since when records have waited there behind a
     # committed offset that did not move (absent: nothing waits).
     inflight_since: float | None = None
-    sending: bool = False
+    _sending: deque[float] = field(default_factory=deque)  # taken-at, oldest first
     fresh_lag: dict[int, int | None] = field(default_factory=dict)
     waiting_since: dict[int, float] = field(default_factory=dict)
     _committed: dict[int, int] = field(default_factory=dict)
@@ -51,12 +53,18 @@ class StageStats:
 
     def batch_taken(self) -> None:
         self.inflight_since = time.monotonic()
-        self.sending = False
 
     def sends_started(self) -> None:
         """Processing is done; from here the send timeout bounds the batch, not the
         watchdog (a broker election may take longer than the stall bound)."""
-        self.sending = True
+        if self.inflight_since is not None:
+            self._sending.append(self.inflight_since)
+        self.inflight_since = None
+
+    @property
+    def sending_since(self) -> float | None:
+        """When the oldest batch still awaiting its acks was taken."""
+        return self._sending[0] if self._sending else None
 
     def lag_measured(self, lag: dict[int, tuple[int, int] | None], at: float | None = None) -> None:
         """Fresh (committed offset, log end offset) per assigned partition, asked now;
@@ -90,16 +98,14 @@ class StageStats:
         """Age of the oldest input this stage holds, or that waits behind a commit that
         has not moved (a lower bound: it waited at least since then)."""
         starts = list(self.waiting_since.values())
-        if self.inflight_since is not None:
-            starts.append(self.inflight_since)
+        starts += [t for t in (self.inflight_since, self.sending_since) if t is not None]
         return now - min(starts) if starts else None
 
     def stuck_partitions(self, now: float, bound_s: float) -> list[int]:
         return sorted(p for p, t in self.waiting_since.items() if now - t > bound_s)
 
     def stalled(self, now: float, bound_s: float) -> bool:
-        held = self.inflight_since is not None and not self.sending
-        if held and now - self.inflight_since > bound_s:  # type: ignore[operator]
+        if self.inflight_since is not None and now - self.inflight_since > bound_s:
             return True
         return bool(self.stuck_partitions(now, bound_s))
 
@@ -132,7 +138,8 @@ class StageStats:
             self.positions[p] = max(self.positions.get(p, 0), nxt)
         now = time.monotonic()
         self.last_batch_at = now
-        self.inflight_since = None
+        if self._sending:  # batches finish in the order they were taken
+            self._sending.popleft()
         self._recent.append((now, size, seconds))
 
     def snapshot(self, assigned: list[int], stall_after_s: float) -> dict[str, Any]:

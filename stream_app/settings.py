@@ -159,6 +159,10 @@ class WorkerSettings(BaseModel):
     # 9.9 ms), same answers (BENCHMARKS.md, issue 16). A worker started for decode or
     # infer alone runs unfused; false restores separate agents everywhere.
     fuse_decode_infer: bool = True
+    # A stage processes its next micro-batch while the previous one's outputs await the
+    # brokers' acks (acks=all: a replication round trip). Inputs are still acked in
+    # order, each only after its own outputs are acked, with one batch in flight.
+    overlap_sends: bool = True
     # Watchdog: a stage that holds an unacknowledged input longer than stall_after_s, or
     # whose source has had records waiting that long with no progress at all, is
     # stalled; the worker then exits with code 76 and its supervisor restarts it

@@ -194,8 +194,10 @@ def test_stall_is_judged_from_held_input_and_waiting_records() -> None:
     st.inflight_since = t0
     assert st.stalled(t0 + 61, 60) and not st.stalled(t0 + 59, 60)
     assert st.oldest_unacked_age_s(t0 + 61) == pytest.approx(61)
+    st.sends_started()
+    assert st.inflight_since is None and st.sending_since == t0
     st.batch_done(1, 1, 0, 0.1, [], {0: 1})
-    assert st.inflight_since is None
+    assert st.sending_since is None and st.oldest_unacked_age_s(t0 + 61) is None
     # Records wait on partition 0 behind a commit that does not move: stalled past the
     # bound, even while partition 1 keeps committing (one stuck partition among others).
     t = t0 + 100
@@ -226,4 +228,23 @@ def test_an_unanswered_probe_or_a_batch_in_sending_is_never_a_stall() -> None:
     assert not st.stalled(t + 66, 60)  # observed anew at t + 65
     st.batch_taken()
     st.sends_started()  # bounded by send_timeout_s from here
-    assert not st.stalled(st.inflight_since + 100, 60)  # type: ignore[operator]
+    sent_at = st.sending_since
+    assert sent_at is not None and not st.stalled(sent_at + 100, 60)
+
+
+def test_a_batch_in_processing_while_the_previous_one_sends_is_judged_alone() -> None:
+    st = StageStats("decode", "images.raw")
+    st.batch_taken()
+    st.sends_started()  # batch 1 awaits its acks...
+    first = st.sending_since
+    st.batch_taken()  # ...while batch 2 is processed
+    second = st.inflight_since
+    assert first is not None and second is not None and second >= first
+    assert st.stalled(second + 61, 60)  # processing is bounded by the watchdog
+    assert st.oldest_unacked_age_s(first + 5) == pytest.approx(5)
+    st.sends_started()  # batch 2 done processing, queued behind batch 1's acks
+    assert not st.stalled(second + 1000, 60) and st.sending_since == first
+    st.batch_done(1, 1, 0, 0.1, [], {0: 1})  # batch 1 acked
+    assert st.sending_since == second and st.inflight_since is None
+    st.batch_done(1, 1, 0, 0.1, [], {0: 2})
+    assert st.sending_since is None and st.oldest_unacked_age_s(second + 1) is None
