@@ -9,10 +9,9 @@ KafkaCallFailed (one line), never a bare KafkaException.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,46 +24,27 @@ from infra.settings import KafkaSettings
 
 # One request never waits longer than this, so a retry can go to the new leader.
 MIN_REQUEST_S = 0.5
+# The group id of the consumers that only ask metadata and watermarks (never joined).
+WATERMARK_GROUP = "probe-watermarks"
 
-# Probe clients, one per configuration, kept for the life of the process. Progress loops
-# probe several times a second; a fresh client each time meant a TLS handshake and a
-# SCRAM login (4096 PBKDF2 rounds on the broker too) per probe, a group-coordinator
-# connection torn down mid-login, and a crashed bench (SIGSEGV) in secure mode.
-# librdkafka clients are thread-safe and reconnect by themselves after a broker restart.
-_CLIENTS: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _client(kind: str, conf: dict[str, Any]) -> Any:
-    key = (kind, tuple(sorted((k, repr(v)) for k, v in conf.items())))
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            client = _CLIENTS[key] = AdminClient(conf) if kind == "admin" else Consumer(conf)
-    return client
+# Probe clients are made per probe and closed after it. Kept for the process's life
+# (tried once), they went stale when a broker restarted: a never-subscribed consumer does
+# not refresh its partition leaders or its group coordinator, and kept asking the old ones
+# (NOT_LEADER_FOR_PARTITION, NOT_COORDINATOR) for minutes, so readiness waits timed out.
 
 
 def _admin(settings: KafkaSettings) -> AdminClient:
-    return _client("admin", admin_config(settings))
+    return AdminClient(admin_config(settings))
 
 
-def _probe_consumer(settings: KafkaSettings) -> Consumer:
-    """A consumer that never subscribes (it never joins a group): metadata and watermarks."""
-    conf = consumer_config(
-        settings, group_id="probe-watermarks", overrides={"enable.auto.commit": False}
-    )
-    return _client("consumer", conf)
-
-
-@atexit.register
-def _close_clients() -> None:
-    with _CLIENTS_LOCK:
-        clients = list(_CLIENTS.items())
-        _CLIENTS.clear()
-    for (kind, _), client in clients:
-        if kind == "consumer":
-            with contextlib.suppress(Exception):  # exiting anyway
-                client.close()
+@contextlib.contextmanager
+def _consumer(settings: KafkaSettings, group: str) -> Iterator[Consumer]:
+    """A consumer that never subscribes (it never joins `group`), closed after use."""
+    c = Consumer(consumer_config(settings, group_id=group, overrides={"enable.auto.commit": False}))
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @dataclass(frozen=True)
@@ -162,7 +142,8 @@ def _probe_high_watermarks(
     settings: KafkaSettings, topics: list[str], timeout_s: float, deadline_s: float
 ) -> dict[tuple[str, int], int]:
     """High watermark of every partition of `topics`, asked by a consumer that never joins."""
-    return _high_watermarks(_probe_consumer(settings), topics, timeout_s, Deadline(deadline_s))
+    with _consumer(settings, WATERMARK_GROUP) as c:
+        return _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
 
 
 def end_offsets(
@@ -190,13 +171,6 @@ def partition_end_offsets(
     return {p: high for (_t, p), high in highs.items()}
 
 
-def _group_consumer(settings: KafkaSettings, group: str) -> Consumer:
-    """A consumer with the group's id that never subscribes: it asks the group's committed
-    offsets (OffsetFetch) without joining it."""
-    conf = consumer_config(settings, group_id=group, overrides={"enable.auto.commit": False})
-    return _client("consumer", conf)
-
-
 def committed_offsets(
     settings: KafkaSettings,
     group: str,
@@ -209,17 +183,19 @@ def committed_offsets(
     admin client dereferences its absent consumer-group handle when that response
     carries a coordinator error (SIGSEGV in rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op,
     seen right after new groups formed on a secure cluster)."""
-    consumer = _group_consumer(settings, group)
     wanted = [TopicPartition(t, p) for t, p in partitions]
+    # A consumer with the group's id that never subscribes: it asks the group's committed
+    # offsets (OffsetFetch) without joining it.
+    with _consumer(settings, group) as consumer:
 
-    def once() -> Any:
-        res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
-        for tp in res:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-        return res
+        def once() -> Any:
+            res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
+            for tp in res:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            return res
 
-    res = call(once, f"committed offsets of group {group}", deadline=deadline)
+        res = call(once, f"committed offsets of group {group}", deadline=deadline)
     return {(tp.topic, tp.partition): tp.offset for tp in res}
 
 
@@ -232,7 +208,8 @@ def group_lag(
 ) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
     deadline = Deadline(deadline_s)
-    highs = _high_watermarks(_probe_consumer(settings), topics, timeout_s, deadline)
+    with _consumer(settings, WATERMARK_GROUP) as c:
+        highs = _high_watermarks(c, topics, timeout_s, deadline)
     done = committed_offsets(settings, group, sorted(highs), timeout_s, deadline)
     lag: dict[str, int] = {}
     for (t, p), high in highs.items():
