@@ -26,6 +26,8 @@ from infra.settings import KafkaSettings
 MIN_REQUEST_S = 0.5
 # The group id of the consumers that only ask metadata and watermarks (never joined).
 WATERMARK_GROUP = "probe-watermarks"
+# How long one admin client retries describing a group before a fresh one asks.
+DESCRIBE_ATTEMPT_S = 10.0
 
 # Probe clients are made per probe and closed after it. Kept for the process's life
 # (tried once), they went stale when a broker restarted: a never-subscribed consumer does
@@ -94,7 +96,9 @@ def wait_for_group(
     err: Exception | None = None
     while not deadline.passed():
         try:
-            last = describe_group(admin, group, deadline=deadline)
+            # Retried for a while, then by a fresh client (below).
+            attempt_s = max(MIN_REQUEST_S, min(DESCRIBE_ATTEMPT_S, deadline.left()))
+            last = describe_group(admin, group, deadline=attempt_s)
             err = None
             if (
                 last.state.upper() == "STABLE"
@@ -106,6 +110,9 @@ def wait_for_group(
             if not exc.retriable:
                 raise
             err = exc
+            # A client that met a moved coordinator may keep asking the old one
+            # (NOT_COORDINATOR for minutes after a broker SIGKILL): ask with a fresh one.
+            admin = _admin(settings)
         time.sleep(min(0.5, deadline.left()))
     raise TimeoutError(
         f"consumer group {group!r} not ready within {timeout_s:.0f}s "
