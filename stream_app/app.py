@@ -210,15 +210,17 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
         started: float,
     ) -> bool:
         """Send a processed batch's outputs, wait for the broker's acks, then ack its
-        inputs. False when the sends failed: nothing acked, the worker is stopping."""
+        inputs. False when that failed: the worker is stopping, and what is not acked is
+        redelivered after the restart. (It runs as a task of its own: an exception left
+        to escape would go unseen, so every failure stops the worker here.)"""
         try:
             await send_outputs(send, records, outs, processor.refused, w.send_timeout_s)
+            for event in events:
+                await stream.ack(event)
         except Exception as exc:
             stats.errors += 1
             _fail_worker(rt, stage, records, exc)
-            return False  # events stay un-acked: never committed, redelivered after restart
-        for event in events:
-            await stream.ack(event)
+            return False
         positions: dict[int, int] = {}
         for r in records:
             positions[r.partition] = max(positions.get(r.partition, 0), r.offset + 1)
