@@ -149,9 +149,21 @@ def _victim(cassandra_cluster: Any, cluster: Any) -> tuple[str, Any]:
     pytest.fail("every node holds the control connection?")
 
 
-def _coordinator_address(session: Any, host: Any) -> str:
-    """The node's own rpc_address, from a query sent to `host` only."""
-    rs = session.execute("SELECT rpc_address FROM system.local", host=host, timeout=30)
+def _coordinator_address(session: Any, host: Any, within_s: float = 60.0) -> str:
+    """The node's own rpc_address, from a query sent to `host` only. On a cluster that
+    has just started, a node can be marked down for a moment after the session saw it
+    up (gossip settling): such a refusal is retried until `within_s`."""
+    from cassandra.cluster import NoHostAvailable
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            rs = session.execute("SELECT rpc_address FROM system.local", host=host, timeout=30)
+            break
+        except NoHostAvailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
     assert rs.response_future.coordinator_host == host
     return str(rs.one().rpc_address)
 
