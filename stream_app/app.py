@@ -202,6 +202,10 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
     async def send(o: OutRecord) -> Any:
         return await outputs[o.topic].send(key=o.key, value=o.value, headers=o.headers, force=True)
 
+    def fail(records: list[InRecord], exc: BaseException) -> None:
+        stats.errors += 1
+        _fail_worker(rt, stage, records, exc)
+
     async def finish(
         stream: faust.StreamT,
         events: Sequence[Any],
@@ -218,8 +222,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
             for event in events:
                 await stream.ack(event)
         except Exception as exc:
-            stats.errors += 1
-            _fail_worker(rt, stage, records, exc)
+            fail(records, exc)
             return False
         positions: dict[int, int] = {}
         for r in records:
@@ -256,8 +259,7 @@ def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Proces
                             f"{stage.name} produced {len(outs)} records for {len(records)} inputs"
                         )
                 except Exception as exc:
-                    stats.errors += 1
-                    _fail_worker(rt, stage, records, exc)
+                    fail(records, exc)
                     return
                 stats.sends_started()
                 # One batch's sends in flight at a time, acked in the order taken: a
