@@ -19,7 +19,15 @@ exercises each patch). The internals relied on:
    MAX_BATCH_BYTES; one that does not fit is not handed out as it is: each of its
    offsets comes out as a marker record (`refused_batch_reason`), which the stage
    turns into a dead letter, so every record is still accounted for.
-3. Faust's worker stops on SIGTERM and commits only acked offsets: `request_exit`
+3. `AIOKafkaConsumerThread.seek_to_committed`, which Faust calls after every rebalance
+   and whenever it drops fetched records because flow is stopped (a rebalance under
+   way). aiokafka's `seek_to_committed` moves only partitions whose committed offset
+   is above 0, so a partition nobody has committed yet (a worker SIGKILLed before its
+   first commit) stays *after* the records Faust just dropped: they were never handed
+   to a stage, and the survivor stalled behind them until the watchdog restarted it.
+   Such partitions are reset the way the consumer resets them anyway
+   (`consumer_auto_offset_reset`, earliest here).
+4. Faust's worker stops on SIGTERM and commits only acked offsets: `request_exit`
    uses that to stop with an exit code, and a watchdog thread ends the process if the
    graceful stop itself hangs.
 """
@@ -32,7 +40,7 @@ import signal
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +242,28 @@ class HeaderSafeMemoryRecords(memory_records._MemoryRecordsPy):
         return _HeaderSafeBatch(batch, raw)
 
 
+async def seek_to_committed_or_reset(consumer: Any, reset: str) -> Mapping[Any, int | None]:
+    """Seek every assigned partition of an aiokafka consumer to its committed offset, and
+    one without a committed offset (or at 0) to where `reset` (earliest/latest) puts it.
+    Returns aiokafka's committed offsets, as Faust expects."""
+    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
+    unmoved = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
+    if unmoved:
+        if reset == "latest":
+            await consumer.seek_to_end(*unmoved)
+        else:
+            await consumer.seek_to_beginning(*unmoved)
+    return committed
+
+
+async def _thread_seek_to_committed(self: Any) -> Mapping[Any, int | None]:
+    reset = self.app.conf.consumer_auto_offset_reset
+    committed: Mapping[Any, int | None] = await self.call_thread(
+        seek_to_committed_or_reset, self._ensure_consumer(), reset
+    )
+    return committed
+
+
 _installed = False
 
 
@@ -244,6 +274,7 @@ def install() -> None:
         return
     faust_aiokafka.Transport.Producer = IdempotentProducer
     aiokafka_fetcher.MemoryRecords = HeaderSafeMemoryRecords
+    faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _thread_seek_to_committed  # type: ignore[method-assign,assignment]
     _installed = True
 
 

@@ -62,6 +62,7 @@ def test_install_patches_the_fetcher_and_the_producer() -> None:
     faust_seam.install()
     assert fetcher.MemoryRecords is faust_seam.HeaderSafeMemoryRecords
     assert drv.Transport.Producer is faust_seam.IdempotentProducer
+    assert drv.AIOKafkaConsumerThread.seek_to_committed is faust_seam._thread_seek_to_committed
 
 
 @pytest.mark.parametrize("codec", [1, 2, 3, 4])  # gzip, snappy, lz4, zstd
