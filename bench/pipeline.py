@@ -72,14 +72,21 @@ class LagSampler:
             self.max_lag[stage] = max(self.max_lag.get(stage, 0), lag)
         self.samples += 1
 
-    def maybe_sample(self) -> None:
+    def maybe_sample(self, probe: groups.Prober | None = None) -> None:
+        """`probe`: the run's kept probe clients (fresh clients per sample otherwise)."""
         now = self.clock()
         if now < self.next_at:
             return
         self.next_at = now + self.every_s
+
+        def lag(group: str, topics: list[str]) -> dict[str, Any]:
+            if probe is not None:
+                return probe.group_lag(group, topics)
+            return groups.group_lag(self.kafka, group, topics)
+
         try:
-            app = groups.group_lag(self.kafka, self.app_group, list(self.stage_of))
-            sink = groups.group_lag(self.kafka, self.sink_group, [self.sink_topic])
+            app = lag(self.app_group, list(self.stage_of))
+            sink = lag(self.sink_group, [self.sink_topic])
         except Exception as exc:  # noqa: BLE001 - informative only
             log.debug("lag sample failed: %s", exc)
             return
@@ -110,33 +117,32 @@ def run_once(
     settings.producer.rate = rate
     kafka = PipelineSettings().kafka  # probes as the operator: the producer may not describe groups
     pred_topic = prefix + topics.PREDICTIONS
-    before = retrying(
-        lambda: groups.end_offsets(kafka, [pred_topic])[pred_topic], what="end offsets"
-    )
-    alive()
-    if meter is not None:
-        meter.sample_background_once()
-    start = meter.snapshot() if meter is not None else None
-    result = publish_items(images.items(count, tag), settings)
-    if result.summary.failed:
-        raise RuntimeError(
-            f"publish failed for {result.summary.failed} image(s): {result.summary.failures[:3]}"
-        )
-    produced = [t for _, t in result.delivered]
-    ids = [i for i, _ in result.delivered]
-    first, last = min(produced), max(produced)
-
-    def done() -> bool:
+    with groups.Prober(kafka) as probe:  # polled every 0.5 s: kept clients, not new logins
+        before = retrying(lambda: probe.end_offsets([pred_topic])[pred_topic], what="end offsets")
         alive()
-        if lag is not None:
-            lag.maybe_sample()
-        if groups.end_offsets(kafka, [pred_topic])[pred_topic] - before < len(ids):
-            return False
-        return groups.group_lag(kafka, topology.PIPELINE_SINK_GROUP, [pred_topic])["total"] == 0
+        if meter is not None:
+            meter.sample_background_once()
+        start = meter.snapshot() if meter is not None else None
+        result = publish_items(images.items(count, tag), settings)
+        if result.summary.failed:
+            raise RuntimeError(
+                f"publish failed for {result.summary.failed} image(s): {result.summary.failures[:3]}"
+            )
+        produced = [t for _, t in result.delivered]
+        ids = [i for i, _ in result.delivered]
+        first, last = min(produced), max(produced)
 
-    rows, missing, cpu = read_back(
-        session, topology.KEYSPACE, ids, first, timeout_s, done, meter, start
-    )
+        def done() -> bool:
+            alive()
+            if lag is not None:
+                lag.maybe_sample(probe)
+            if probe.end_offsets([pred_topic])[pred_topic] - before < len(ids):
+                return False
+            return probe.group_lag(topology.PIPELINE_SINK_GROUP, [pred_topic])["total"] == 0
+
+        rows, missing, cpu = read_back(
+            session, topology.KEYSPACE, ids, first, timeout_s, done, meter, start
+        )
     res = RunResult(f"pipeline {tag}", len(ids), first, last, rows, missing, cpu)
     if lag is not None:
         res.extra["lag"] = lag.summary()

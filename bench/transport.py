@@ -115,18 +115,19 @@ def run_once(
     ids, first, last = publish_events(settings, tag, count, rate, kind.prefix)
     pred_topic = kind.prefix + topics.PREDICTIONS
 
-    def sink_done() -> bool:
-        alive()
-        lag = groups.group_lag(settings.kafka, kind.sink_group, [pred_topic])["total"]
-        if lag:
-            return False
-        stages = [
-            groups.group_lag(settings.kafka, group, sources)["total"]
-            for group, sources in kind.stage_groups().items()
-        ]
-        return not any(stages)
+    with groups.Prober(settings.kafka) as probe:  # polled every 0.5 s: kept clients
 
-    rows, missing, cpu = read_back(
-        session, topology.KEYSPACE, ids, first, timeout_s, sink_done, meter, start
-    )
+        def sink_done() -> bool:
+            alive()
+            if probe.group_lag(kind.sink_group, [pred_topic])["total"]:
+                return False
+            stages = [
+                probe.group_lag(group, sources)["total"]
+                for group, sources in kind.stage_groups().items()
+            ]
+            return not any(stages)
+
+        rows, missing, cpu = read_back(
+            session, topology.KEYSPACE, ids, first, timeout_s, sink_done, meter, start
+        )
     return RunResult(f"transport {kind.name} {tag}", count, first, last, rows, missing, cpu)

@@ -39,10 +39,16 @@ def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(admin_config(settings))
 
 
+def _new_consumer(settings: KafkaSettings, group: str) -> Consumer:
+    return Consumer(
+        consumer_config(settings, group_id=group, overrides={"enable.auto.commit": False})
+    )
+
+
 @contextlib.contextmanager
 def _consumer(settings: KafkaSettings, group: str) -> Iterator[Consumer]:
     """A consumer that never subscribes (it never joins `group`), closed after use."""
-    c = Consumer(consumer_config(settings, group_id=group, overrides={"enable.auto.commit": False}))
+    c = _new_consumer(settings, group)
     try:
         yield c
     finally:
@@ -161,10 +167,7 @@ def end_offsets(
 ) -> dict[str, int]:
     """Sum of high watermarks per topic (records ever written, minus none deleted)."""
     highs = _probe_high_watermarks(settings, topics, timeout_s, deadline_s)
-    out = dict.fromkeys(topics, 0)
-    for (t, _p), high in highs.items():
-        out[t] += high
-    return out
+    return _sum_by_topic(topics, highs)
 
 
 def partition_end_offsets(
@@ -190,20 +193,47 @@ def committed_offsets(
     admin client dereferences its absent consumer-group handle when that response
     carries a coordinator error (SIGSEGV in rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op,
     seen right after new groups formed on a secure cluster)."""
-    wanted = [TopicPartition(t, p) for t, p in partitions]
     # A consumer with the group's id that never subscribes: it asks the group's committed
     # offsets (OffsetFetch) without joining it.
     with _consumer(settings, group) as consumer:
+        return _committed(consumer, group, partitions, timeout_s, deadline)
 
-        def once() -> Any:
-            res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
-            for tp in res:
-                if tp.error is not None:
-                    raise KafkaException(tp.error)
-            return res
 
-        res = call(once, f"committed offsets of group {group}", deadline=deadline)
+def _committed(
+    consumer: Consumer,
+    group: str,
+    partitions: list[tuple[str, int]],
+    timeout_s: float,
+    deadline: Deadline,
+) -> dict[tuple[str, int], int]:
+    wanted = [TopicPartition(t, p) for t, p in partitions]
+
+    def once() -> Any:
+        res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
+        for tp in res:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return res
+
+    res = call(once, f"committed offsets of group {group}", deadline=deadline)
     return {(tp.topic, tp.partition): tp.offset for tp in res}
+
+
+def _lag(
+    group: str, highs: dict[tuple[str, int], int], done: dict[tuple[str, int], int]
+) -> dict[str, Any]:
+    lag: dict[str, int] = {}
+    for (t, p), high in highs.items():
+        pos = done.get((t, p), -1)
+        lag[f"{t}[{p}]"] = high - pos if pos >= 0 else high
+    return {"group": group, "total": sum(lag.values()), "partitions": lag}
+
+
+def _sum_by_topic(topics: list[str], highs: dict[tuple[str, int], int]) -> dict[str, int]:
+    out = dict.fromkeys(topics, 0)
+    for (t, _p), high in highs.items():
+        out[t] += high
+    return out
 
 
 def group_lag(
@@ -218,8 +248,68 @@ def group_lag(
     with _consumer(settings, WATERMARK_GROUP) as c:
         highs = _high_watermarks(c, topics, timeout_s, deadline)
     done = committed_offsets(settings, group, sorted(highs), timeout_s, deadline)
-    lag: dict[str, int] = {}
-    for (t, p), high in highs.items():
-        pos = done.get((t, p), -1)
-        lag[f"{t}[{p}]"] = high - pos if pos >= 0 else high
-    return {"group": group, "total": sum(lag.values()), "partitions": lag}
+    return _lag(group, highs, done)
+
+
+class Prober:
+    """end_offsets and group_lag for a caller that asks every second or more (a bench
+    polling for completion), with its clients kept for at most `max_age_s`.
+
+    On a secure cluster each new client is a TLS handshake and a SCRAM login per broker
+    it talks to: a bench asking through fresh clients opened ~16 per second, and that
+    load was measured as the pipeline's. A call that fails closes its client, and no
+    client outlives `max_age_s`, so a stale leader or coordinator (see above) costs one
+    failed probe, not minutes."""
+
+    def __init__(self, settings: KafkaSettings, max_age_s: float = 30.0) -> None:
+        self.settings = settings
+        self.max_age_s = max_age_s
+        self._clients: dict[str, tuple[float, Consumer]] = {}
+
+    @contextlib.contextmanager
+    def _client(self, group: str) -> Iterator[Consumer]:
+        born, c = self._clients.pop(group, (0.0, None))
+        if c is not None and time.monotonic() - born > self.max_age_s:
+            c.close()
+            c = None
+        if c is None:
+            born = time.monotonic()
+            c = _new_consumer(self.settings, group)
+        try:
+            yield c
+        except BaseException:
+            c.close()
+            raise
+        self._clients[group] = (born, c)
+
+    def end_offsets(
+        self, topics: list[str], timeout_s: float = 10.0, deadline_s: float = DEFAULT_DEADLINE_S
+    ) -> dict[str, int]:
+        with self._client(WATERMARK_GROUP) as c:
+            highs = _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
+        return _sum_by_topic(topics, highs)
+
+    def group_lag(
+        self,
+        group: str,
+        topics: list[str],
+        timeout_s: float = 10.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+    ) -> dict[str, Any]:
+        deadline = Deadline(deadline_s)
+        with self._client(WATERMARK_GROUP) as c:
+            highs = _high_watermarks(c, topics, timeout_s, deadline)
+        with self._client(group) as c:
+            done = _committed(c, group, sorted(highs), timeout_s, deadline)
+        return _lag(group, highs, done)
+
+    def close(self) -> None:
+        while self._clients:
+            _group, (_born, c) = self._clients.popitem()
+            c.close()
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

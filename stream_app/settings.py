@@ -162,10 +162,8 @@ class WorkerSettings(BaseModel):
     # A stage processes its next micro-batch while the previous one's outputs await the
     # brokers' acks (acks=all: a replication round trip). Inputs are still acked in
     # order, each only after its own outputs are acked, with one batch in flight.
-    # Off by default: in one clean-clone run with it on, after a worker was SIGKILLed
-    # the survivor's agent was never handed 5 records of a partition it took over (the
-    # stall watchdog caught it, 60 s later); whether the batch in flight during the
-    # rebalance plays a part is not known yet (BENCHMARKS.md, issue 16).
+    # Off by default: on warm servers it gained nothing (the cores are full at
+    # saturation, BENCHMARKS.md), and it is one more thing in flight at a rebalance.
     overlap_sends: bool = False
     # Watchdog: a stage that holds an unacknowledged input longer than stall_after_s, or
     # whose source has had records waiting that long with no progress at all, is
