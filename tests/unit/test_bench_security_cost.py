@@ -52,3 +52,31 @@ def test_a_missing_figure_gives_no_ratio_and_no_goal() -> None:
     plain = security_cost.figures(_result(30.0, 2000.0, {}))
     r = security_cost.compare(empty, plain)
     assert r["pipeline_secure_over_plaintext"] is None and r["goal_met"] is False
+
+
+def test_the_plaintext_half_warms_then_measures_then_stops_its_clusters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def run_bench(tag: str, env: dict[str, str], args: list[str]) -> dict:
+        calls.append((tag, env["KEEP"]))
+        if tag == "cost-plaintext" and fail:
+            raise RuntimeError("bench run 'cost-plaintext' wrote no result (exit 1)")
+        return _result(31.0, 1700.0, {"worker": 30.0})
+
+    def subprocess_run(cmd: list[str], env: dict[str, str]) -> None:
+        calls.append((" ".join(cmd[1:]), env["PIPELINE_INFRA_INSTANCE"]))
+
+    monkeypatch.setattr(security_cost, "run_bench", run_bench)
+    monkeypatch.setattr(security_cost.subprocess, "run", subprocess_run)
+    env = {"PIPELINE_INFRA_INSTANCE": "1"}
+    fail = False
+    assert security_cost.measure_plaintext(env, [])["pipeline_images_per_s"] == 31.0
+    stop = ("-m infra down", "1")
+    assert calls == [("cost-plaintext-warm", "1"), ("cost-plaintext", "1"), stop]
+    calls.clear()
+    fail = True
+    with pytest.raises(RuntimeError):
+        security_cost.measure_plaintext(env, [])
+    assert calls[-1] == stop
