@@ -45,16 +45,6 @@ def _new_consumer(settings: KafkaSettings, group: str) -> Consumer:
     )
 
 
-@contextlib.contextmanager
-def _consumer(settings: KafkaSettings, group: str) -> Iterator[Consumer]:
-    """A consumer that never subscribes (it never joins `group`), closed after use."""
-    c = _new_consumer(settings, group)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 @dataclass(frozen=True)
 class GroupState:
     group: str
@@ -151,14 +141,6 @@ def _high_watermarks(
     return out
 
 
-def _probe_high_watermarks(
-    settings: KafkaSettings, topics: list[str], timeout_s: float, deadline_s: float
-) -> dict[tuple[str, int], int]:
-    """High watermark of every partition of `topics`, asked by a consumer that never joins."""
-    with _consumer(settings, WATERMARK_GROUP) as c:
-        return _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
-
-
 def end_offsets(
     settings: KafkaSettings,
     topics: list[str],
@@ -166,8 +148,8 @@ def end_offsets(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> dict[str, int]:
     """Sum of high watermarks per topic (records ever written, minus none deleted)."""
-    highs = _probe_high_watermarks(settings, topics, timeout_s, deadline_s)
-    return _sum_by_topic(topics, highs)
+    with Prober(settings) as probe:
+        return probe.end_offsets(topics, timeout_s, deadline_s)
 
 
 def partition_end_offsets(
@@ -177,7 +159,8 @@ def partition_end_offsets(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> dict[int, int]:
     """High watermark of each partition of `topic` (for read-backs: where new records start)."""
-    highs = _probe_high_watermarks(settings, [topic], timeout_s, deadline_s)
+    with Prober(settings) as probe:
+        highs = probe.high_watermarks([topic], timeout_s, Deadline(deadline_s))
     return {p: high for (_t, p), high in highs.items()}
 
 
@@ -193,30 +176,8 @@ def committed_offsets(
     admin client dereferences its absent consumer-group handle when that response
     carries a coordinator error (SIGSEGV in rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op,
     seen right after new groups formed on a secure cluster)."""
-    # A consumer with the group's id that never subscribes: it asks the group's committed
-    # offsets (OffsetFetch) without joining it.
-    with _consumer(settings, group) as consumer:
-        return _committed(consumer, group, partitions, timeout_s, deadline)
-
-
-def _committed(
-    consumer: Consumer,
-    group: str,
-    partitions: list[tuple[str, int]],
-    timeout_s: float,
-    deadline: Deadline,
-) -> dict[tuple[str, int], int]:
-    wanted = [TopicPartition(t, p) for t, p in partitions]
-
-    def once() -> Any:
-        res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
-        for tp in res:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-        return res
-
-    res = call(once, f"committed offsets of group {group}", deadline=deadline)
-    return {(tp.topic, tp.partition): tp.offset for tp in res}
+    with Prober(settings) as probe:
+        return probe.committed(group, partitions, timeout_s, deadline)
 
 
 def _lag(
@@ -244,11 +205,8 @@ def group_lag(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> dict[str, Any]:
     """Per-partition lag of `group` on `topics`: high watermark minus committed offset."""
-    deadline = Deadline(deadline_s)
-    with _consumer(settings, WATERMARK_GROUP) as c:
-        highs = _high_watermarks(c, topics, timeout_s, deadline)
-    done = committed_offsets(settings, group, sorted(highs), timeout_s, deadline)
-    return _lag(group, highs, done)
+    with Prober(settings) as probe:
+        return probe.group_lag(group, topics, timeout_s, deadline_s)
 
 
 class Prober:
@@ -282,12 +240,17 @@ class Prober:
             raise
         self._clients[group] = (born, c)
 
+    def high_watermarks(
+        self, topics: list[str], timeout_s: float, deadline: Deadline
+    ) -> dict[tuple[str, int], int]:
+        """Asked by a consumer that never joins a group."""
+        with self._client(WATERMARK_GROUP) as c:
+            return _high_watermarks(c, topics, timeout_s, deadline)
+
     def end_offsets(
         self, topics: list[str], timeout_s: float = 10.0, deadline_s: float = DEFAULT_DEADLINE_S
     ) -> dict[str, int]:
-        with self._client(WATERMARK_GROUP) as c:
-            highs = _high_watermarks(c, topics, timeout_s, Deadline(deadline_s))
-        return _sum_by_topic(topics, highs)
+        return _sum_by_topic(topics, self.high_watermarks(topics, timeout_s, Deadline(deadline_s)))
 
     def group_lag(
         self,
@@ -297,11 +260,26 @@ class Prober:
         deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> dict[str, Any]:
         deadline = Deadline(deadline_s)
-        with self._client(WATERMARK_GROUP) as c:
-            highs = _high_watermarks(c, topics, timeout_s, deadline)
-        with self._client(group) as c:
-            done = _committed(c, group, sorted(highs), timeout_s, deadline)
-        return _lag(group, highs, done)
+        highs = self.high_watermarks(topics, timeout_s, deadline)
+        return _lag(group, highs, self.committed(group, sorted(highs), timeout_s, deadline))
+
+    def committed(
+        self, group: str, partitions: list[tuple[str, int]], timeout_s: float, deadline: Deadline
+    ) -> dict[tuple[str, int], int]:
+        """See committed_offsets. A consumer with the group's id that never subscribes asks
+        the group's committed offsets (OffsetFetch) without joining it."""
+        wanted = [TopicPartition(t, p) for t, p in partitions]
+        with self._client(group) as consumer:
+
+            def once() -> Any:
+                res = consumer.committed(wanted, timeout=_request_timeout(timeout_s, deadline))
+                for tp in res:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return res
+
+            res = call(once, f"committed offsets of group {group}", deadline=deadline)
+        return {(tp.topic, tp.partition): tp.offset for tp in res}
 
     def close(self) -> None:
         while self._clients:

@@ -22,6 +22,12 @@ class FakeConsumer:
     def close(self) -> None:
         self.closed = True
 
+    def committed(self, wanted: list[Any], timeout: float) -> list[Any]:
+        assert not self.closed
+        for tp in wanted:
+            tp.offset = 4
+        return wanted
+
 
 @pytest.fixture
 def probe(monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -37,12 +43,7 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> Any:
             raise groups.KafkaCallFailed("watermarks", RuntimeError("NOT_LEADER"), 3, 1.0, True)
         return {(t, p): 10 for t in topics for p in range(2)}
 
-    def committed(c: FakeConsumer, group: str, parts: list[Any], *_: Any) -> dict[Any, int]:
-        assert c.group == group and not c.closed
-        return dict.fromkeys(parts, 4)
-
     monkeypatch.setattr(groups, "_high_watermarks", highs)
-    monkeypatch.setattr(groups, "_committed", committed)
     p = groups.Prober(KafkaSettings(), max_age_s=30.0)
     return p, clock, fail
 
