@@ -2,7 +2,8 @@
 
 Shared by the pipeline and transport benchmarks: both end in Cassandra rows with
 `produced_at` (set by the publisher) and `stored_at` (the coordinator's clock at write),
-so throughput is count / (last stored_at - first produce) and latency is per row.
+so throughput is count / (last stored_at - first produce), the steady rate is taken
+over the middle 80 % of the stored_at times, and latency is per row.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.cpu import CpuMeter
-from bench.stats import latency_summary, throughput
+from bench.stats import latency_summary, steady_rate, throughput
 from bench.waits import quiet
 from consumers import queries
 
@@ -51,6 +52,8 @@ class RunResult:
             "publish_s": round((self.last_produce_ms - self.first_produce_ms) / 1000.0, 3),
             "span_s": round((last - self.first_produce_ms) / 1000.0, 3) if last else None,
             "per_s": _round(throughput(len(stored), self.first_produce_ms, last)) if last else None,
+            # The rate while a backlog was queued: the middle 80 % of the completions.
+            "steady_per_s": _round(steady_rate(stored)),
             "offered_per_s": round(
                 throughput(self.count, self.first_produce_ms, self.last_produce_ms) or 0.0, 2
             ),

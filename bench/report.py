@@ -78,6 +78,13 @@ def _agreement(a: dict[str, Any] | None) -> None:
         print(f"    ... and {len(diff) - 10} more (see the JSON)")
 
 
+def _steady(section: dict[str, Any], unit: str) -> None:
+    """The burst's rate over the middle 80 % of its completions (no fill, no drain)."""
+    key = f"steady_{unit}_per_s"
+    if (section.get(key) or {}).get("median") is not None:
+        print(f"    steady {unit}/s (middle 80 %)".ljust(38) + _fmt(section[key]))
+
+
 def print_table(out: dict[str, Any]) -> None:
     m = out.get("model_only")
     p = out.get("pipeline")
@@ -104,10 +111,12 @@ def print_table(out: dict[str, Any]) -> None:
         print(
             "  pipeline images/s, today's path".ljust(38) + _fmt(po["saturation"]["images_per_s"])
         )
+        _steady(po["saturation"], "images")
     if p and "saturation" in p:
         sat, half = p["saturation"], p["half_rate"]
         print("  pipeline warm-up".ljust(38) + _warm(p.get("warm_up")))
         print("  pipeline images/s at saturation".ljust(38) + _fmt(sat["images_per_s"]))
+        _steady(sat, "images")
         print(
             "    latency p50 / p95 / p99 (ms)".ljust(38)
             + " / ".join(_fmt(sat[k], digits=0).split()[0] for k in ("p50_ms", "p95_ms", "p99_ms"))
@@ -146,6 +155,7 @@ def print_table(out: dict[str, Any]) -> None:
             f"  transport events/s ({t['hops']} identity hops + sink)".ljust(38)
             + _fmt(t["events_per_s"])
         )
+        _steady(t, "events")
         print(
             "    latency p50 / p99 (ms)".ljust(38)
             + " / ".join(_fmt(t[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms"))
@@ -160,6 +170,7 @@ def print_table(out: dict[str, Any]) -> None:
             )
             + _fmt(tf["events_per_s"])
         )
+        _steady(tf, "events")
         print(
             "    latency p50 / p99 (ms)".ljust(38)
             + " / ".join(_fmt(tf[k], digits=0).split()[0] for k in ("p50_ms", "p99_ms"))
@@ -170,7 +181,8 @@ def print_table(out: dict[str, Any]) -> None:
     print("  " + "-" * 76)
     if r.get("pipeline_new_over_old") is not None:
         print(
-            f"  pipeline new / today's path: {r['pipeline_new_over_old']} "
+            f"  pipeline new / today's path: {r['pipeline_new_over_old']} end to end, "
+            f"{r.get('pipeline_new_over_old_steady')} steady "
             f"(goal >= {r.get('goal_pipeline_new_over_old')})"
         )
     print(
@@ -178,6 +190,12 @@ def print_table(out: dict[str, Any]) -> None:
         f"paired per burst {r.get('pipeline_over_model_only_paired')} "
         f"{r.get('pipeline_over_model_only_paired_range')} (goal >= {r.get('goal_pipeline_over_model_only')})"
     )
+    if r.get("pipeline_steady_over_model_only") is not None:
+        print(
+            f"  pipeline steady / model-only: {r['pipeline_steady_over_model_only']}, paired per "
+            f"burst {r.get('pipeline_steady_over_model_only_paired')} "
+            f"{r.get('pipeline_steady_over_model_only_paired_range')}"
+        )
     print(
         f"  CPU efficiency (model CPU/image / pipeline CPU/image): own processes "
         f"{r.get('cpu_efficiency_own_processes')}, incl. Kafka+Cassandra "

@@ -94,6 +94,7 @@ def test_new_over_old_faust_and_agreement_in_ratios_and_table(
 ) -> None:
     sat = lambda rate, worker: {  # noqa: E731
         "images_per_s": {"n": 1, "median": rate, "min": rate, "max": rate},
+        "steady_images_per_s": {"n": 1, "median": rate + 5, "min": rate + 5, "max": rate + 5},
         "cpu_ms_per_image": {"kafka": 15.0, "worker": worker, "total": 15.0 + worker},
     }
     out: dict[str, Any] = {
@@ -152,13 +153,17 @@ def test_new_over_old_faust_and_agreement_in_ratios_and_table(
     r = ratios(out)
     assert r["pipeline_new_over_old"] == 2.2
     assert r["pipeline_over_model_only"] == 0.88
+    assert r["pipeline_new_over_old_steady"] == 1.96  # 49 / 25
+    assert r["pipeline_steady_over_model_only"] == 0.98
     assert r["transport_faust_over_relay"] == 0.25
     assert r["agreement_fraction"] == 0.99826
     out["ratios"] = r
     print_table(out)
     text = capsys.readouterr().out
     assert "best layout: frozen+cl p2 t1 b1" in text
-    assert "pipeline new / today's path: 2.2 (goal >= 2.0)" in text
+    assert "pipeline new / today's path: 2.2 end to end, 1.96 steady (goal >= 2.0)" in text
+    assert "pipeline steady / model-only: 0.98" in text
+    assert "steady images/s (middle 80 %)" in text
     assert "r0/coins.png/full: a -> b" in text
     assert "0.25 x the relay processes'" in text
     assert "today's   new" in text and "worker" in text

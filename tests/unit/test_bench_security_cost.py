@@ -29,7 +29,13 @@ def test_plaintext_env_points_every_client_at_the_second_clusters(
 
 def _result(images: float, events: float, cpu: dict[str, float]) -> dict:
     return {
-        "pipeline": {"saturation": {"images_per_s": {"median": images}, "cpu_ms_per_image": cpu}},
+        "pipeline": {
+            "saturation": {
+                "images_per_s": {"median": images},
+                "steady_images_per_s": {"median": images * 1.2},
+                "cpu_ms_per_image": cpu,
+            }
+        },
         "transport": {"events_per_s": {"median": events}, "cpu_ms_per_event": {}},
         "_file": "x.json",
     }
@@ -40,6 +46,8 @@ def test_compare_gives_secure_over_plaintext_and_the_extra_cpu() -> None:
     plain = security_cost.figures(_result(30.0, 2000.0, {"kafka": 6.0, "worker": 29.5}))
     r = security_cost.compare(secure, plain)
     assert r["pipeline_secure_over_plaintext"] == 0.9
+    assert r["pipeline_steady_secure_over_plaintext"] == 0.9
+    assert r["goal_met_steady"] is True
     assert r["transport_secure_over_plaintext"] == 0.75
     assert r["pipeline_cpu_ms_per_image_secure_minus_plaintext"] == {"kafka": 3.0, "worker": 0.5}
     assert r["goal_met"] is True

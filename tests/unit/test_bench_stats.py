@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stats import latency_summary, percentile, ratio, stage_breakdown, summarize, throughput
+from bench.stats import (
+    latency_summary,
+    percentile,
+    ratio,
+    stage_breakdown,
+    steady_rate,
+    summarize,
+    throughput,
+)
 
 
 def test_percentile_nearest_rank() -> None:
@@ -46,6 +54,26 @@ def test_throughput_and_ratio() -> None:
     assert ratio(40.0, 50.0) == 0.8
     assert ratio(None, 50.0) is None
     assert ratio(1.0, 0.0) is None
+
+
+def test_steady_rate_leaves_out_the_fill_and_the_drain() -> None:
+    # 100 completions: the first 10 trickle in over 2 s while the pipeline fills, the
+    # middle 80 come at 50/s, the last 10 drain over 2 s.
+    fill = [i * 200.0 for i in range(10)]
+    middle = [2000.0 + i * 20.0 for i in range(80)]
+    drain = [3600.0 + i * 200.0 for i in range(1, 11)]
+    times = fill + middle + drain
+    assert throughput(len(times), 0.0, max(times)) == 100 / 5.6
+    # Indexes 10..89 of the sorted times: 79 intervals of 20 ms.
+    assert steady_rate(reversed(times)) == 79 / 1.58
+    assert steady_rate(times, trim=0.0) == 99 / 5.6
+
+
+def test_steady_rate_needs_enough_completions_and_a_span() -> None:
+    assert steady_rate([float(i) for i in range(19)]) is None
+    assert steady_rate([5.0] * 50) is None
+    with pytest.raises(ValueError):
+        steady_rate([1.0, 2.0], trim=0.5)
 
 
 def test_stage_breakdown_hops() -> None:

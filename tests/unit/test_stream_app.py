@@ -104,3 +104,24 @@ def test_decode_and_postprocess_workers_do_not_import_torch(tmp_path: Path) -> N
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "['decode', 'postprocess'] False"
+
+
+def test_the_worker_freezes_its_start_up_heap_out_of_the_collectors_walks() -> None:
+    import gc
+
+    from stream_app.worker import freeze_startup_heap
+
+    alive = [[i] for i in range(5000)]  # start-up state: the model, the app, modules
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen >= len(alive) == 5000
+        assert gc.get_freeze_count() == frozen
+        # A full collection no longer walks them: no generation holds them any more.
+        tracked = {id(o) for gen in range(3) for o in gc.get_objects(generation=gen)}
+        assert not any(id(o) in tracked for o in alive)
+        garbage = [[]]
+        garbage[0].append(garbage)  # a cycle made after start-up is still collected
+        del garbage
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
