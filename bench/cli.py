@@ -36,7 +36,7 @@ from bench import paths, pipeline, topology, transport
 from bench.cpu import CpuMeter, cluster_pids
 from bench.machine import machine_info
 from bench.report import print_table
-from bench.stats import ratio, stage_breakdown, summarize
+from bench.stats import median_at, paired_ratios, ratio, stage_breakdown, summarize
 from bench.waits import liveness, retrying, wait_caught_up
 from infra import cassandra_session
 from infra.logs import configure
@@ -399,8 +399,7 @@ def pipeline_section(
     )
     bursts: list[dict[str, Any]] = []
     paced: list[dict[str, Any]] = []
-    pairs: list[float] = []
-    steady_pairs: list[float] = []
+    model_rates: list[float | None] = []  # the model-only pass run just before each burst
     half = 0.0
     step(
         f"pipeline: starting {args.workers} stream worker(s) and {args.sinks} sink(s) on {prefix}*"
@@ -457,11 +456,9 @@ def pipeline_section(
             s["stages"] = stage_breakdown(run.rows.values(), [st.name for st in topics.STAGES])
             s["batches"] = batch_delta(pipeline.batch_summary(h0), pipeline.batch_summary(h1))
             bursts.append(s)
+            model_rates.append(m_rate)
             if m_rate and s["per_s"]:
-                pairs.append(s["per_s"] / m_rate)
                 s["model_only_images_per_s_just_before"] = round(m_rate, 2)
-            if m_rate and s["steady_per_s"]:
-                steady_pairs.append(s["steady_per_s"] / m_rate)
             step(
                 f"pipeline burst {r + 1}/{reps}: {s['per_s']} images/s end to end, "
                 f"{s['steady_per_s']} steady, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"
@@ -488,8 +485,10 @@ def pipeline_section(
             )
         res["health_after"] = pipeline.worker_health(ports)
     finally:
-        res["paired_ratio_over_model_only"] = summarize(pairs)
-        res["paired_steady_ratio_over_model_only"] = summarize(steady_pairs)
+        res["paired_ratio_over_model_only"] = summarize(paired_ratios(bursts, "per_s", model_rates))
+        res["paired_steady_ratio_over_model_only"] = summarize(
+            paired_ratios(bursts, "steady_per_s", model_rates)
+        )
         res["saturation"] = {
             "images_per_s": summarize([b["per_s"] for b in bursts if b["per_s"]]),
             "steady_images_per_s": summarize(
@@ -683,28 +682,22 @@ def cpu_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _median(section: dict[str, Any] | None, *path: str) -> Any:
-    for key in path:
-        section = (section or {}).get(key)
-    return (section or {}).get("median")
-
-
 def ratios(out: dict[str, Any]) -> dict[str, Any]:
-    model = _median(out.get("model_only"), "images_per_s")
-    pipe = _median(out.get("pipeline"), "saturation", "images_per_s")
-    steady = _median(out.get("pipeline"), "saturation", "steady_images_per_s")
-    trans = _median(out.get("transport"), "events_per_s")
+    model = median_at(out.get("model_only"), "images_per_s")
+    pipe = median_at(out.get("pipeline"), "saturation", "images_per_s")
+    steady = median_at(out.get("pipeline"), "saturation", "steady_images_per_s")
+    trans = median_at(out.get("transport"), "events_per_s")
     paired = (out.get("pipeline") or {}).get("paired_ratio_over_model_only", {})
     paired_steady = (out.get("pipeline") or {}).get("paired_steady_ratio_over_model_only", {})
-    model_cpu = (out.get("model_only") or {}).get("cpu_ms_per_image", {}).get("median")
+    model_cpu = median_at(out.get("model_only"), "cpu_ms_per_image")
     pipe_cpu = (out.get("pipeline") or {}).get("saturation", {}).get("cpu_ms_per_image", {})
     own = sum(v for k, v in pipe_cpu.items() if k in ("worker", "psink", "bench") and v) or None
     total = pipe_cpu.get("total") or None
-    old = _median(out.get("pipeline_old"), "saturation", "images_per_s")
-    old_steady = _median(out.get("pipeline_old"), "saturation", "steady_images_per_s")
-    faust = _median(out.get("transport_faust"), "events_per_s")
-    faust_steady = _median(out.get("transport_faust"), "steady_events_per_s")
-    trans_steady = _median(out.get("transport"), "steady_events_per_s")
+    old = median_at(out.get("pipeline_old"), "saturation", "images_per_s")
+    old_steady = median_at(out.get("pipeline_old"), "saturation", "steady_images_per_s")
+    faust = median_at(out.get("transport_faust"), "events_per_s")
+    faust_steady = median_at(out.get("transport_faust"), "steady_events_per_s")
+    trans_steady = median_at(out.get("transport"), "steady_events_per_s")
     agreement = out.get("agreement") or {}
     return {
         "pipeline_new_over_old": ratio(pipe, old),

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import ratio
+from bench.stats import median_at, ratio
 from infra.local.topology import INSTANCE_ENV, cassandra_contact_points, kafka_bootstrap
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,10 +93,10 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     sat = (result.get("pipeline") or {}).get("saturation") or {}
     trans = result.get("transport") or {}
     return {
-        "pipeline_images_per_s": (sat.get("images_per_s") or {}).get("median"),
-        "pipeline_steady_images_per_s": (sat.get("steady_images_per_s") or {}).get("median"),
+        "pipeline_images_per_s": median_at(sat, "images_per_s"),
+        "pipeline_steady_images_per_s": median_at(sat, "steady_images_per_s"),
         "pipeline_cpu_ms_per_image": sat.get("cpu_ms_per_image") or {},
-        "transport_events_per_s": (trans.get("events_per_s") or {}).get("median"),
+        "transport_events_per_s": median_at(trans, "events_per_s"),
         "transport_cpu_ms_per_event": trans.get("cpu_ms_per_event") or {},
         "incomplete": result.get("incomplete"),
         "file": result.get("_file"),

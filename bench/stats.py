@@ -83,6 +83,20 @@ def steady_rate(times_ms: Iterable[float], trim: float = 0.1, min_items: int = 2
     return (hi - lo) / span
 
 
+def median_at(section: Mapping[str, Any] | None, *path: str) -> Any:
+    """The "median" of the summary at `path` in a result dict; None where any key is absent."""
+    for key in path:
+        section = (section or {}).get(key)
+    return (section or {}).get("median")
+
+
+def paired_ratios(
+    bursts: Sequence[Mapping[str, Any]], key: str, references: Sequence[float | None]
+) -> list[float]:
+    """bursts[i][key] / references[i] for each burst measured right after its reference."""
+    return [b[key] / ref for b, ref in zip(bursts, references, strict=True) if ref and b.get(key)]
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None

@@ -6,6 +6,8 @@ import pytest
 
 from bench.stats import (
     latency_summary,
+    median_at,
+    paired_ratios,
     percentile,
     ratio,
     stage_breakdown,
@@ -74,6 +76,15 @@ def test_steady_rate_needs_enough_completions_and_a_span() -> None:
     assert steady_rate([5.0] * 50) is None
     with pytest.raises(ValueError):
         steady_rate([1.0, 2.0], trim=0.5)
+
+
+def test_median_at_and_paired_ratios() -> None:
+    out = {"pipeline": {"saturation": {"images_per_s": {"median": 40.0}}}}
+    assert median_at(out, "pipeline", "saturation", "images_per_s") == 40.0
+    assert median_at(out, "pipeline", "missing", "images_per_s") is None
+    assert median_at(None, "x") is None
+    bursts = [{"per_s": 30.0}, {"per_s": None}, {"per_s": 45.0}]
+    assert paired_ratios(bursts, "per_s", [60.0, 50.0, None]) == [0.5]
 
 
 def test_stage_breakdown_hops() -> None:
