@@ -14,6 +14,7 @@ from __future__ import annotations
 OLD_PATH_ENV: dict[str, str] = {
     "PIPELINE_STREAM__MODEL__RUNTIME": "eager",
     "PIPELINE_STREAM__MODEL__CHANNELS_LAST": "false",
+    "PIPELINE_STREAM__MODEL__FOLD_PADDING": "false",
     "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
     "PIPELINE_STREAM__INFER__MAX_FORWARD_BATCH": "4",
     "PIPELINE_STREAM__WORKER__BATCH_SIZE": "16",

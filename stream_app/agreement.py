@@ -41,7 +41,7 @@ AGREEMENT_BAR = 0.995
 
 # Today's path (before issue 16), as settings.
 TODAY = StreamSection(
-    model=ModelSettings(runtime="eager", channels_last=False),
+    model=ModelSettings(runtime="eager", channels_last=False, fold_padding=False),
     decode=DecodeSettings(jpeg_draft=False),
     infer=InferSettings(max_forward_batch=4),
 )

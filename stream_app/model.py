@@ -60,7 +60,11 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     loaded = _load_lite0(settings) if settings.kind == LITE0 else _load_torchscript(settings)
     _self_check(loaded)
     loaded.module = build_runtime(
-        loaded.module, settings.runtime, settings.channels_last, loaded.preprocess.input_size
+        loaded.module,
+        settings.runtime,
+        settings.channels_last,
+        loaded.preprocess.input_size,
+        fold=settings.fold_padding,
     )
     loaded.channels_last = settings.channels_last
     log.info(

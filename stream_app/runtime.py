@@ -12,6 +12,14 @@ once per worker at start (the build time is logged). Runtimes:
 `channels_last` stores the weights and feeds the input in NHWC memory order (the logical
 shape stays N x C x H x W); oneDNN's depthwise kernels prefer it.
 
+`fold_padding` moves a convolution's separate zero padding (TensorFlow "SAME" padding,
+which EfficientNet-Lite0's port applies as a ZeroPad2d before each padded convolution)
+into the convolution itself when it is the same on both sides. The result is
+bit-identical, and the frozen graph loses a dense <-> oneDNN layout round trip per
+padded convolution: `aten::pad` has no oneDNN kernel, so each one had the activation
+reordered out of oneDNN's blocked layout and back (26 reorder pairs -> 5 in Lite0; the
+5 left are the stride-2 convolutions, whose SAME padding is one pixel wider at the end).
+
 Every runtime is checked against the eager module on a fixed input at build time: the
 logits must agree within `BUILD_TOLERANCE`, else the build fails (ModelLoadError) rather
 than serve different answers.
@@ -19,6 +27,7 @@ than serve different answers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -55,10 +64,39 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def fold_padding(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """A copy of `module` in which every Conv2d that zero-pads its input by the same
+    amount on both sides (a `static_padding` ZeroPad2d, convolution padding 0) pads in
+    the convolution instead; and how many were folded. Others are left as they are, and
+    so is a TorchScript module (its forward is compiled code, not these submodules)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module, 0
+    folded = copy.deepcopy(module)
+    count = 0
+    for sub in folded.modules():
+        pad = getattr(sub, "static_padding", None)
+        if not isinstance(sub, torch.nn.Conv2d) or not isinstance(pad, torch.nn.ZeroPad2d):
+            continue
+        left, right, top, bottom = pad.padding
+        if left != right or top != bottom or tuple(sub.padding) != (0, 0):
+            continue
+        if sub.padding_mode != "zeros":
+            continue
+        sub.padding = (top, left)
+        sub.static_padding = torch.nn.Identity()
+        count += 1
+    return folded, count
+
+
 def build_runtime(
-    module: torch.nn.Module, runtime: Runtime, channels_last: bool, input_size: int
+    module: torch.nn.Module,
+    runtime: Runtime,
+    channels_last: bool,
+    input_size: int,
+    fold: bool = False,
 ) -> torch.nn.Module:
-    """The module to run for `runtime`; `module` must be in eval mode, gradients off."""
+    """The module to run for `runtime`; `module` must be in eval mode, gradients off.
+    `fold`: fold symmetric zero padding into the convolutions first (`fold_padding`)."""
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"unknown model runtime {runtime!r}; choose one of {RUNTIMES}")
     started = time.perf_counter()
@@ -66,6 +104,9 @@ def build_runtime(
     probe = _probe(input_size).contiguous(memory_format=fmt)
     with torch.inference_mode():
         reference = module(_probe(input_size))
+    folds = 0
+    if fold:
+        module, folds = fold_padding(module)
     if channels_last:
         module = module.to(memory_format=fmt)
     try:
@@ -82,13 +123,16 @@ def build_runtime(
     diff = float((out.float() - reference.float()).abs().max())
     if not diff <= BUILD_TOLERANCE:
         raise ModelLoadError(
-            f"{runtime} runtime (channels_last={channels_last}) differs from eager by {diff:.2e} "
+            f"{runtime} runtime (channels_last={channels_last}, fold={fold}) differs from eager "
+            f"by {diff:.2e} "
             f"on the check input (tolerance {BUILD_TOLERANCE:g})"
         )
     log.info(
-        "model runtime %s, channels_last=%s: built in %.2f s (max |logit - eager| %.1e)",
+        "model runtime %s, channels_last=%s, %d paddings folded: built in %.2f s "
+        "(max |logit - eager| %.1e)",
         runtime,
         channels_last,
+        folds,
         time.perf_counter() - started,
         diff,
     )

@@ -19,7 +19,7 @@ from stream_app.decode import decode_image
 from stream_app.errors import ModelLoadError
 from stream_app.infer import Inferencer
 from stream_app.model import load_model
-from stream_app.runtime import Frozen, build_runtime
+from stream_app.runtime import Frozen, build_runtime, fold_padding
 from stream_app.settings import DecodeSettings, ModelSettings, StreamSettings
 from stream_app.spec import LITE0_PREPROCESS
 
@@ -36,10 +36,12 @@ def jpeg(size: tuple[int, int], exif: Image.Exif | None = None) -> bytes:
 def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     s = StreamSettings().stream
     assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("frozen", True, False)
+    assert s.model.fold_padding
     assert s.worker.producer_compression == "none" and s.worker.fuse_decode_infer
     env = {
         "PIPELINE_STREAM__MODEL__RUNTIME": "eager",
         "PIPELINE_STREAM__MODEL__CHANNELS_LAST": "false",
+        "PIPELINE_STREAM__MODEL__FOLD_PADDING": "false",
         "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
         "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "lz4",
         "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "false",
@@ -52,6 +54,7 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
         os.environ.clear()
         os.environ.update(old)
     assert (today.model.runtime, today.model.channels_last) == ("eager", False)
+    assert not today.model.fold_padding
     assert (today.decode.jpeg_draft, today.worker.producer_compression) == (False, "lz4")
     assert not today.worker.fuse_decode_infer
 
@@ -71,6 +74,54 @@ def test_frozen_runtime_gives_eager_logits() -> None:
             assert a.logits is not None and b.logits is not None
             np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
             assert int(a.logits.argmax()) == int(b.logits.argmax())
+
+
+class _SamePadConv(torch.nn.Conv2d):
+    """A convolution padded the way EfficientNet-Lite0's port pads ("SAME")."""
+
+    def __init__(self, k: int, stride: int, pads: tuple[int, int, int, int]) -> None:
+        super().__init__(2, 2, k, stride, groups=2)
+        self.static_padding = torch.nn.ZeroPad2d(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.static_padding(x))
+
+
+def test_fold_padding_moves_symmetric_padding_into_the_convolution_exactly() -> None:
+    net = torch.nn.Sequential(
+        _SamePadConv(3, 1, (1, 1, 1, 1)),  # stride 1: symmetric, folded
+        _SamePadConv(5, 2, (1, 2, 1, 2)),  # stride 2: one pixel wider at the end, kept
+        _SamePadConv(5, 1, (2, 2, 2, 2)),
+    ).eval()
+    folded, count = fold_padding(net)
+    assert count == 2
+    assert [tuple(m.padding) for m in folded if isinstance(m, torch.nn.Conv2d)] == [
+        (1, 1),
+        (0, 0),
+        (2, 2),
+    ]
+    assert isinstance(net[0].static_padding, torch.nn.ZeroPad2d)  # the original is untouched
+    x = torch.rand(3, 2, 17, 17)
+    with torch.inference_mode():
+        assert torch.equal(folded(x), net(x))
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    assert fold_padding(scripted) == (scripted, 0)
+
+
+def test_lite0_frozen_with_folded_padding_has_fewer_layout_round_trips() -> None:
+    def graph_ops(settings: ModelSettings) -> tuple[dict[str, int], torch.nn.Module]:
+        module = load_model(settings).module
+        assert isinstance(module, Frozen)
+        kinds = [n.kind() for n in module.graph.graph.nodes()]
+        return {k: kinds.count(k) for k in ("aten::pad", "aten::to_dense")}, module
+
+    plain, unfolded = graph_ops(ModelSettings(fold_padding=False))
+    fewer, folded = graph_ops(ModelSettings())
+    assert fewer["aten::pad"] < plain["aten::pad"]
+    assert fewer["aten::to_dense"] < plain["aten::to_dense"]
+    x = torch.rand(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=1e-5)
 
 
 def test_unknown_runtime_and_a_model_that_cannot_be_traced_fail_at_load() -> None:
