@@ -14,11 +14,11 @@ shape stays N x C x H x W); oneDNN's depthwise kernels prefer it.
 
 `fold_padding` moves a convolution's separate zero padding (TensorFlow "SAME" padding,
 which EfficientNet-Lite0's port applies as a ZeroPad2d before each padded convolution)
-into the convolution itself when it is the same on both sides. The result is
-bit-identical, and the frozen graph loses a dense <-> oneDNN layout round trip per
-padded convolution: `aten::pad` has no oneDNN kernel, so each one had the activation
-reordered out of oneDNN's blocked layout and back (26 reorder pairs -> 5 in Lite0; the
-5 left are the stride-2 convolutions, whose SAME padding is one pixel wider at the end).
+into the convolution itself; padding wider at one end is made symmetric by widening the
+kernel with zeros. Lite0's logits are bit-identical, and its frozen graph loses a
+dense <-> oneDNN layout round trip per padded convolution: `aten::pad` has no oneDNN
+kernel, so each one had the activation reordered out of oneDNN's blocked layout and back
+(26 reorder pairs -> 1, the input's).
 
 Every runtime is checked against the eager module on a fixed input at build time: the
 logits must agree within `BUILD_TOLERANCE`, else the build fails (ModelLoadError) rather
@@ -65,10 +65,15 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def fold_padding(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
-    """A copy of `module` in which every Conv2d that zero-pads its input by the same
-    amount on both sides (a `static_padding` ZeroPad2d, convolution padding 0) pads in
-    the convolution instead; and how many were folded. Others are left as they are, and
-    so is a TorchScript module (its forward is compiled code, not these submodules)."""
+    """A copy of `module` in which every Conv2d that zero-pads its input first (a
+    `static_padding` ZeroPad2d; convolution padding 0, dilation 1) pads in the
+    convolution instead; and how many were folded. Others are left as they are, and so is
+    a TorchScript module (its forward is compiled code, not these submodules).
+
+    A convolution pads symmetrically. Padding that is wider on one side (SAME padding of
+    a stride-2 convolution: one pixel more at the end) becomes the wider amount on both
+    sides, and the kernel gets zero rows/columns on the side that gained padding, so each
+    output still reads exactly the inputs it read before (the zeros add exact zeros)."""
     if isinstance(module, torch.jit.ScriptModule):
         return module, 0
     folded = copy.deepcopy(module)
@@ -78,11 +83,25 @@ def fold_padding(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
         if not isinstance(sub, torch.nn.Conv2d) or not isinstance(pad, torch.nn.ZeroPad2d):
             continue
         left, right, top, bottom = pad.padding
-        if left != right or top != bottom or tuple(sub.padding) != (0, 0):
+        if (
+            tuple(sub.padding) != (0, 0)
+            or tuple(sub.dilation) != (1, 1)
+            or sub.padding_mode != "zeros"
+            or min(pad.padding) < 0  # a negative pad crops
+        ):
             continue
-        if sub.padding_mode != "zeros":
-            continue
-        sub.padding = (top, left)
+        widened = torch.nn.functional.pad(
+            sub.weight.detach(),
+            (
+                max(0, right - left),
+                max(0, left - right),
+                max(0, bottom - top),
+                max(0, top - bottom),
+            ),
+        )
+        sub.weight = torch.nn.Parameter(widened, requires_grad=False)
+        sub.kernel_size = (int(widened.shape[-2]), int(widened.shape[-1]))
+        sub.padding = (max(top, bottom), max(left, right))
         sub.static_padding = torch.nn.Identity()
         count += 1
     return folded, count
