@@ -45,8 +45,9 @@ class ModelSettings(BaseModel):
     # at worker start, or eager (the path before issue 16). channels_last: NHWC memory.
     runtime: Literal["eager", "frozen"] = "frozen"
     channels_last: bool = True
-    # Symmetric zero padding done by the convolution, not a separate pad op before it
-    # (bit-identical; the frozen graph then keeps oneDNN's layout across it).
+    # Zero padding done by the convolution, not a separate pad op before it (padding
+    # wider at one end widens the kernel with zeros; bit-identical on Lite0, and the
+    # frozen graph then keeps oneDNN's layout throughout).
     fold_padding: bool = True
 
     @model_validator(mode="after")

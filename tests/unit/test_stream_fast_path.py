@@ -80,9 +80,14 @@ class _SamePadConv(torch.nn.Conv2d):
     """A convolution padded the way EfficientNet-Lite0's port pads ("SAME")."""
 
     def __init__(
-        self, k: int, stride: int, pads: tuple[int, int, int, int], dilation: int = 1
+        self,
+        k: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        pads: tuple[int, int, int, int],
+        dilation: int = 1,
+        groups: int = 2,
     ) -> None:
-        super().__init__(2, 2, k, stride, dilation=dilation, groups=2)
+        super().__init__(2, 2, k, stride, dilation=dilation, groups=groups)
         self.static_padding = torch.nn.ZeroPad2d(pads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +123,35 @@ def test_fold_padding_moves_the_padding_into_the_convolution_and_keeps_the_outpu
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
     assert fold_padding(scripted) == (scripted, 0)
+
+
+def test_fold_padding_keeps_the_outputs_over_random_strides_kernels_and_sizes() -> None:
+    rng = np.random.default_rng(16)
+    for _ in range(40):
+        kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        left, right, top, bottom = (int(v) for v in rng.integers(0, 4, 4))
+        conv = _SamePadConv(
+            (kh, kw), (sh, sw), (left, right, top, bottom), groups=int(rng.integers(1, 3))
+        )
+        net = torch.nn.Sequential(conv).eval()
+        folded, count = fold_padding(net)
+        assert count == 1
+        h, w = (int(v) for v in rng.integers(max(kh, kw) + 1, 20, 2))
+        x = torch.rand(2, 2, h, w) * 4 - 2
+        with torch.inference_mode():
+            torch.testing.assert_close(folded(x), net(x), rtol=0, atol=1e-5)
+
+
+def test_fold_padding_leaves_a_convolution_whose_forward_does_not_pad_first() -> None:
+    class PadsAfter(_SamePadConv):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.static_padding(torch.nn.Conv2d.forward(self, x))
+
+    net = torch.nn.Sequential(PadsAfter(3, 1, (1, 1, 1, 1))).eval()
+    folded, count = fold_padding(net)
+    assert count == 0 and isinstance(folded[0].static_padding, torch.nn.ZeroPad2d)
+    assert tuple(folded[0].padding) == (0, 0)
 
 
 def test_lite0_frozen_with_folded_padding_has_fewer_layout_round_trips() -> None:
