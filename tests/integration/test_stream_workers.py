@@ -589,7 +589,9 @@ def test_sigkill_one_of_two_workers_mid_stream_loses_nothing(
     b = pipeline.start_worker(**small_batches)
     pipeline.wait_assigned([a, b])
     names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
-    items = [(f"k{i:03d}", photo(names[i % 4])) for i in range(48)]
+    # Enough work to still be mid-stream at a poll: with the padding folded into the
+    # convolutions, two workers stored 48 images between two polls once.
+    items = [(f"k{i:03d}", photo(names[i % 4])) for i in range(144)]
     ids = {k for k, _ in items}
     pipeline.produce(items)
 
