@@ -29,22 +29,24 @@ M = "PIPELINE_STREAM__MODEL__"
 
 
 def steps(old_batch: int = 4, new_batch: int = 1) -> list[tuple[str, dict[str, str], int]]:
-    """(name, settings env, batch size) per step. The first four add one change each,
+    """(name, settings env, batch size) per step. The first five add one change each,
     from today's path to the new defaults (frozen TorchScript, channels-last, padding
-    folded into the convolutions); the last two add one more change to the defaults,
-    each a candidate the defaults left off."""
+    folded into the convolutions, oneDNN Graph fusion); the last two add one more change
+    to the defaults, each a candidate the defaults left off."""
     today = dict(OLD_PATH_ENV)
     frozen = {**today, M + "RUNTIME": "frozen"}
     cl = {**frozen, M + "CHANNELS_LAST": "true"}
     fold = {**cl, M + "FOLD_PADDING": "true"}
-    draft = {**fold, "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "true"}
+    onednn = {**fold, M + "RUNTIME": "onednn"}
+    draft = {**onednn, "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "true"}
     return [
         (f"today: eager, contiguous, full-size decode, batch {old_batch}", today, old_batch),
         ("+ frozen TorchScript", frozen, old_batch),
         ("+ channels-last", cl, old_batch),
-        ("+ padding folded into the convolutions (= the new defaults)", fold, old_batch),
+        ("+ padding folded into the convolutions", fold, old_batch),
+        ("+ oneDNN Graph fusion (= the new defaults)", onednn, old_batch),
         ("defaults + JPEG draft decode (not default)", draft, old_batch),
-        (f"defaults + batch {new_batch} (not default)", fold, new_batch),
+        (f"defaults + batch {new_batch} (not default)", onednn, new_batch),
     ]
 
 

@@ -146,7 +146,7 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         from stream_app.model import configure_torch, load_model
 
         configure_torch(s.infer.torch_threads)
-        model = load_model(s.model)
+        model = load_model(s.model, s.infer.max_forward_batch)
         labels = model.labels
         rt.model_name, rt.model_version = model.info.name, model.info.version
         inferencer = Inferencer(model, s.infer.max_forward_batch)

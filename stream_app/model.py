@@ -56,7 +56,10 @@ def file_digest(path: Path, chars: int = 12) -> str:
     return h.hexdigest()[:chars]
 
 
-def load_model(settings: ModelSettings) -> LoadedModel:
+def load_model(settings: ModelSettings, warm_batches: int = 4) -> LoadedModel:
+    """The model `settings` name, built for its runtime; `warm_batches`: the largest
+    forward batch the caller will run (a runtime that compiles per shape is run at each
+    size up to it first)."""
     loaded = _load_lite0(settings) if settings.kind == LITE0 else _load_torchscript(settings)
     _self_check(loaded)
     loaded.module = build_runtime(
@@ -65,6 +68,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         settings.channels_last,
         loaded.preprocess.input_size,
         fold=settings.fold_padding,
+        warm_batches=warm_batches,
     )
     loaded.channels_last = settings.channels_last
     log.info(

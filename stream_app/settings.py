@@ -42,8 +42,9 @@ class ModelSettings(BaseModel):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     # How the forward pass runs (stream_app/runtime.py): frozen TorchScript, built once
-    # at worker start, or eager (the path before issue 16). channels_last: NHWC memory.
-    runtime: Literal["eager", "frozen"] = "frozen"
+    # at worker start, run by oneDNN ops (frozen) or by oneDNN Graph's fused kernels
+    # (onednn); or eager (the path before issue 16). channels_last: NHWC memory.
+    runtime: Literal["eager", "frozen", "onednn"] = "onednn"
     channels_last: bool = True
     # Zero padding done by the convolution, not a separate pad op before it (padding
     # wider at one end widens the kernel with zeros; bit-identical on Lite0, and the

@@ -174,7 +174,7 @@ def test_model_steps_change_one_thing_at_a_time() -> None:
 
     plan = steps(old_batch=4, new_batch=1)
     assert plan[0][1] == paths.OLD_PATH_ENV and plan[0][2] == 4
-    parents = [0, 1, 2, 3, 3]  # the last two branch off the defaults (step 3)
+    parents = [0, 1, 2, 3, 4, 4]  # the last two branch off the defaults (step 4)
     for (_, env_b, b_b), parent in zip(plan[1:], parents, strict=True):
         _, env_a, b_a = plan[parent]
         changed = {k for k in {*env_a, *env_b} if env_a.get(k) != env_b.get(k)}

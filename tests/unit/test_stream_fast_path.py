@@ -19,7 +19,7 @@ from stream_app.decode import decode_image
 from stream_app.errors import ModelLoadError
 from stream_app.infer import Inferencer
 from stream_app.model import load_model
-from stream_app.runtime import Frozen, build_runtime, fold_padding
+from stream_app.runtime import Frozen, Runtime, build_runtime, fold_padding
 from stream_app.settings import DecodeSettings, ModelSettings, StreamSettings
 from stream_app.spec import LITE0_PREPROCESS
 
@@ -35,7 +35,7 @@ def jpeg(size: tuple[int, int], exif: Image.Exif | None = None) -> bytes:
 
 def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     s = StreamSettings().stream
-    assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("frozen", True, False)
+    assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("onednn", True, False)
     assert s.model.fold_padding
     assert s.worker.producer_compression == "none" and s.worker.fuse_decode_infer
     env = {
@@ -59,21 +59,53 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     assert not today.worker.fuse_decode_infer
 
 
-def test_frozen_runtime_gives_eager_logits() -> None:
+@pytest.mark.parametrize("runtime", ["frozen", "onednn"])
+def test_frozen_runtimes_give_eager_logits(runtime: Runtime) -> None:
     eager = load_model(ModelSettings(runtime="eager", channels_last=False))
-    frozen = load_model(ModelSettings())
+    frozen = load_model(ModelSettings(runtime=runtime))
     assert isinstance(frozen.module, Frozen) and frozen.channels_last
     assert not frozen.module.training and not list(frozen.module.parameters())
     assert not isinstance(eager.module, Frozen)
     blobs = [(PHOTOS / p).read_bytes() for p in ("coffee.png", "chelsea.png", "rocket.jpg")]
     arrays = [decode_image(b, LITE0_PREPROCESS, DecodeSettings()).pixels for b in blobs]
-    for batch in (1, 3):
+    for batch in (1, 2, 3):
         new = Inferencer(frozen, batch).run(arrays)
         ref = Inferencer(eager, 4).run(arrays)
         for a, b in zip(new, ref, strict=True):
             assert a.logits is not None and b.logits is not None
             np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
             assert int(a.logits.argmax()) == int(b.logits.argmax())
+
+
+def test_onednn_runtime_runs_fused_kernels_at_every_batch_size() -> None:
+    """The oneDNN Graph runtime really fuses (its executed graph holds fusion groups,
+    the clamps gone into them), at warmed batch sizes and at one compiled on first use,
+    with eager's answers; and a `frozen` build after it (the switch is process-wide)
+    leaves both serving eager's answers."""
+    eager = load_model(ModelSettings(runtime="eager", channels_last=False)).module
+    fused = load_model(ModelSettings(runtime="onednn"), warm_batches=2).module
+    assert isinstance(fused, Frozen)
+
+    def check(module: torch.nn.Module, batch: int) -> None:
+        gen = torch.Generator().manual_seed(batch)
+        x = torch.rand(batch, 3, 224, 224, generator=gen).contiguous(
+            memory_format=torch.channels_last
+        )
+        with torch.inference_mode():
+            for _ in range(3):  # the third call of a new shape runs its fused graph
+                got = module(x)
+            torch.testing.assert_close(got, eager(x.contiguous()), rtol=0, atol=1e-3)
+
+    for batch in (1, 2, 5):
+        check(fused, batch)
+        graph = torch.jit.last_executed_optimized_graph()
+        groups = graph.findAllNodes("prim::oneDNNFusionGroup", recurse=True)
+        assert len(groups) >= 40, f"batch {batch}: {len(groups)} fusion groups"
+        assert not graph.findAllNodes("aten::clamp", recurse=False)
+    plain = load_model(ModelSettings(runtime="frozen")).module
+    for batch in (3, 2):
+        check(plain, batch)
+        check(fused, batch)
 
 
 class _SamePadConv(torch.nn.Conv2d):
@@ -161,8 +193,8 @@ def test_lite0_frozen_with_folded_padding_has_fewer_layout_round_trips() -> None
         kinds = [n.kind() for n in module.graph.graph.nodes()]
         return {k: kinds.count(k) for k in ("aten::pad", "aten::to_dense")}, module
 
-    plain, unfolded = graph_ops(ModelSettings(fold_padding=False))
-    fewer, folded = graph_ops(ModelSettings())
+    plain, unfolded = graph_ops(ModelSettings(runtime="frozen", fold_padding=False))
+    fewer, folded = graph_ops(ModelSettings(runtime="frozen"))
     assert plain["aten::pad"] > 0 and fewer["aten::pad"] == 0
     assert fewer["aten::to_dense"] < plain["aten::to_dense"]
     x = torch.rand(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
