@@ -10,7 +10,7 @@ once per worker at start (the build time is logged). Runtimes:
           eager at batch 1 (docs/stream_app.md, "Model runtime").
   onednn  `torch.jit.trace` + `torch.jit.freeze`, run by oneDNN Graph fusion
           (`torch.jit.enable_onednn_fusion`): each convolution runs with its ReLU6 and
-          residual add fused in, where `frozen` runs 33 separate clamp passes (12 % of its
+          residual add fused in, where `frozen` runs 33 separate clamp passes (11 % of its
           forward). The executor compiles its fused graph per input shape on the first
           calls of that shape, so the build runs every batch size up to `warm_batches`
           first. The switch is process-wide: a later `frozen` build turns it off, and
