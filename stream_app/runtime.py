@@ -153,9 +153,28 @@ def build_runtime(
     """The module to run for `runtime`; `module` must be in eval mode, gradients off.
     `fold`: move the convolutions' zero padding into them first (`fold_padding`).
     `warm_batches`: the `onednn` runtime is run at batch sizes 1..warm_batches before it
-    is returned (larger ones compile on first use)."""
+    is returned (larger ones compile on first use), and each size's output is checked.
+    An `onednn` build that fails or differs from eager falls back to `frozen` (logged):
+    the default runtime must not stop a model that the plain frozen graph serves."""
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"unknown model runtime {runtime!r}; choose one of {RUNTIMES}")
+    try:
+        return _build(module, runtime, channels_last, input_size, fold, warm_batches)
+    except ModelLoadError as exc:
+        if runtime != "onednn":
+            raise
+        log.warning("%s; building the frozen runtime instead", exc)
+        return _build(module, "frozen", channels_last, input_size, fold, warm_batches)
+
+
+def _build(
+    module: torch.nn.Module,
+    runtime: Runtime,
+    channels_last: bool,
+    input_size: int,
+    fold: bool,
+    warm_batches: int,
+) -> torch.nn.Module:
     started = time.perf_counter()
     fmt = memory_format(channels_last)
     probe = _probe(input_size).contiguous(memory_format=fmt)
@@ -166,11 +185,12 @@ def build_runtime(
         module, folds = fold_padding(module)
     if channels_last:
         module = module.to(memory_format=fmt)
+    warm_diff = 0.0
     try:
         built = module if runtime == "eager" else _frozen(module, probe, runtime == "onednn")
         with torch.inference_mode():
             if runtime == "onednn":
-                _warm(built, probe, warm_batches)
+                warm_diff = _warm(built, probe, reference[:1], warm_batches)
             out = built(probe)
             out = built(probe)  # the second call runs the optimised graph (profiling done)
     except ModelLoadError:
@@ -179,7 +199,7 @@ def build_runtime(
         raise ModelLoadError(f"cannot build the {runtime} runtime: {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.shape != reference.shape:
         raise ModelLoadError(f"{runtime} runtime changes the output shape")
-    diff = float((out.float() - reference.float()).abs().max())
+    diff = max(float((out.float() - reference.float()).abs().max()), warm_diff)
     if not diff <= BUILD_TOLERANCE:
         raise ModelLoadError(
             f"{runtime} runtime (channels_last={channels_last}, fold={fold}) differs from eager "
@@ -204,13 +224,20 @@ def _probe(size: int) -> torch.Tensor:
     return torch.rand(2, 3, size, size, generator=gen) * 4.0 - 2.0
 
 
-def _warm(built: torch.nn.Module, probe: torch.Tensor, batches: int) -> None:
-    """Runs `built` WARM_CALLS times at each batch size 1..batches (from the probe's
-    first image), so no stream batch pays for compiling its shape."""
+def _warm(built: torch.nn.Module, probe: torch.Tensor, want: torch.Tensor, batches: int) -> float:
+    """Runs `built` WARM_CALLS times at each batch size 1..batches (the probe's first
+    image, repeated), so no stream batch pays for compiling its shape; returns the
+    largest |difference| of the compiled graphs' outputs from `want` (eager's logits
+    for that image)."""
+    diff = 0.0
     for n in range(1, min(max(1, batches), MAX_WARM_BATCH) + 1):
         x = probe[:1].expand(n, -1, -1, -1).contiguous(memory_format=_format_of(probe))
         for _ in range(WARM_CALLS):
-            built(x)
+            out = built(x)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != n:
+            raise ModelLoadError(f"onednn runtime returns a wrong shape at batch {n}")
+        diff = max(diff, float((out.float() - want.float()).abs().max()))
+    return diff
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:

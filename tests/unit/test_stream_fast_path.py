@@ -108,6 +108,27 @@ def test_onednn_runtime_runs_fused_kernels_at_every_batch_size() -> None:
         check(fused, batch)
 
 
+def test_an_onednn_build_that_fails_falls_back_to_frozen(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default runtime must not stop a model the plain frozen graph serves: a
+    failing oneDNN Graph build (here its warm-up raises) logs why and builds `frozen`."""
+    from stream_app import runtime
+
+    def broken(*args: object) -> float:
+        raise RuntimeError("no partition for this op")
+
+    monkeypatch.setattr(runtime, "_warm", broken)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU6(), torch.nn.Flatten())
+    with caplog.at_level("WARNING", logger="stream_app.runtime"):
+        built = build_runtime(net.eval(), "onednn", True, 8)
+    assert "cannot build the onednn runtime: no partition" in caplog.text
+    assert "building the frozen runtime instead" in caplog.text
+    assert isinstance(built, Frozen) and not torch.jit.onednn_fusion_enabled()
+    kinds = {n.kind() for n in built.graph.graph.nodes()}
+    assert "prim::mkldnn_convolution" in kinds  # optimize_for_inference's graph
+
+
 class _SamePadConv(torch.nn.Conv2d):
     """A convolution padded the way EfficientNet-Lite0's port pads ("SAME")."""
 
@@ -207,14 +228,15 @@ def test_unknown_runtime_and_a_model_that_cannot_be_traced_fail_at_load() -> Non
     with pytest.raises(ModelLoadError, match="unknown model runtime"):
         build_runtime(net, "compiled", False, 8)  # type: ignore[arg-type]
 
-    class Branchy(torch.nn.Module):
-        """Data-dependent control flow: a trace bakes in one branch."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([r * 2 if r.sum() > 0 else r * 3 for r in x]).flatten(1)
-
     with pytest.raises(ModelLoadError, match="differs from eager"):
-        build_runtime(_FirstSample(Branchy()).eval(), "frozen", False, 4)
+        build_runtime(_FirstSample(_Branchy()).eval(), "frozen", False, 4)
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent control flow: a trace bakes in one branch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([r * 2 if r.sum() > 0 else r * 3 for r in x]).flatten(1)
 
 
 class _FirstSample(torch.nn.Module):
