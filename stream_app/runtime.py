@@ -13,8 +13,12 @@ once per worker at start (the build time is logged). Runtimes:
           residual add fused in, where `frozen` runs 33 separate clamp passes (11 % of its
           forward). The executor compiles its fused graph per input shape on the first
           calls of that shape, so the build runs every batch size up to `warm_batches`
-          first. The switch is process-wide: a later `frozen` build turns it off, and
-          shapes an `onednn` module has not yet seen then run unfused (same answers).
+          first. The switch is process-wide and set before each build: a `frozen`
+          build turns it off (an `onednn` module built before keeps fusing, measured).
+          oneDNN's fused clamp maps NaN to a finite value where eager keeps NaN, so a
+          model whose own arithmetic can make NaN (a user's TorchScript that divides,
+          say) would answer instead of failing `non-finite`; Lite0's uint8 inputs and
+          finite weights cannot, and user TorchScript models default to `frozen`.
 
 `channels_last` stores the weights and feeds the input in NHWC memory order (the logical
 shape stays N x C x H x W); oneDNN's depthwise kernels prefer it.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 import warnings
 from typing import Literal
@@ -60,15 +65,23 @@ BUILD_TOLERANCE = 1e-3
 
 class Frozen(torch.nn.Module):
     """A frozen graph behind the usual nn.Module face (eval mode, no parameters): freezing
-    drops the script module's `training` attribute, which callers may ask about."""
+    drops the script module's `training` attribute, which callers may ask about.
+
+    One call at a time: a worker's fused decode+infer stage and its infer stage share
+    the model from two executor threads, and two threads compiling new shapes of one
+    oneDNN Graph module at once left those shapes failing on every later call (seen in
+    review: "Partition inputs are missing"). A worker runs one torch thread per core,
+    so the lock costs no parallelism."""
 
     def __init__(self, graph: torch.jit.ScriptModule) -> None:
         super().__init__()
         self.graph = graph
+        self._lock = threading.Lock()
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.graph(x)
+        with self._lock:
+            out: torch.Tensor = self.graph(x)
         return out
 
 
@@ -180,6 +193,8 @@ def _build(
     probe = _probe(input_size).contiguous(memory_format=fmt)
     with torch.inference_mode():
         reference = module(_probe(input_size))
+    if not bool(torch.isfinite(reference).all()):
+        raise ModelLoadError("the model gives non-finite logits on the check input")
     folds = 0
     if fold:
         module, folds = fold_padding(module)
@@ -190,7 +205,7 @@ def _build(
         built = module if runtime == "eager" else _frozen(module, probe, runtime == "onednn")
         with torch.inference_mode():
             if runtime == "onednn":
-                warm_diff = _warm(built, probe, reference[:1], warm_batches)
+                warm_diff = _warm(built, probe, reference, warm_batches)
             out = built(probe)
             out = built(probe)  # the second call runs the optimised graph (profiling done)
     except ModelLoadError:
@@ -225,18 +240,19 @@ def _probe(size: int) -> torch.Tensor:
 
 
 def _warm(built: torch.nn.Module, probe: torch.Tensor, want: torch.Tensor, batches: int) -> float:
-    """Runs `built` WARM_CALLS times at each batch size 1..batches (the probe's first
-    image, repeated), so no stream batch pays for compiling its shape; returns the
-    largest |difference| of the compiled graphs' outputs from `want` (eager's logits
-    for that image)."""
+    """Runs `built` WARM_CALLS times at each batch size 1..batches (the probe's images in
+    turn), so no stream batch pays for compiling its shape; returns the largest
+    |difference| of the compiled graphs' outputs from `want` (eager's logits for the
+    probe's images)."""
     diff = 0.0
     for n in range(1, min(max(1, batches), MAX_WARM_BATCH) + 1):
-        x = probe[:1].expand(n, -1, -1, -1).contiguous(memory_format=_format_of(probe))
+        rows = torch.arange(n) % probe.shape[0]
+        x = probe[rows].contiguous(memory_format=_format_of(probe))
         for _ in range(WARM_CALLS):
             out = built(x)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n:
             raise ModelLoadError(f"onednn runtime returns a wrong shape at batch {n}")
-        diff = max(diff, float((out.float() - want.float()).abs().max()))
+        diff = max(diff, float((out.float() - want[rows].float()).abs().max()))
     return diff
 
 

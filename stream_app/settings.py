@@ -44,6 +44,8 @@ class ModelSettings(BaseModel):
     # How the forward pass runs (stream_app/runtime.py): frozen TorchScript, built once
     # at worker start, run by oneDNN ops (frozen) or by oneDNN Graph's fused kernels
     # (onednn); or eager (the path before issue 16). channels_last: NHWC memory.
+    # Unset for kind=torchscript it is frozen: oneDNN's fused clamp turns NaN into a
+    # finite value, which would hide a user model's non-finite outputs.
     runtime: Literal["eager", "frozen", "onednn"] = "onednn"
     channels_last: bool = True
     # Zero padding done by the convolution, not a separate pad op before it (padding
@@ -53,6 +55,8 @@ class ModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
+        if self.kind == "torchscript" and "runtime" not in self.model_fields_set:
+            self.runtime = "frozen"
         if self.kind == "torchscript":
             if self.torchscript_path is None:
                 raise ValueError("model.kind=torchscript needs model.torchscript_path")

@@ -108,6 +108,56 @@ def test_onednn_runtime_runs_fused_kernels_at_every_batch_size() -> None:
         check(fused, batch)
 
 
+def test_two_threads_compiling_new_shapes_of_one_onednn_model_at_once() -> None:
+    """A worker's fused decode+infer stage and its infer stage share the model from two
+    executor threads. Two threads compiling new batch sizes of one oneDNN Graph module
+    at once used to leave those sizes failing on every later call (review, 4 runs of 4):
+    the runtime serialises calls, so every size still gives eager's logits."""
+    import threading
+
+    eager = load_model(ModelSettings(runtime="eager", channels_last=False)).module
+    fused = load_model(ModelSettings(runtime="onednn"), warm_batches=2).module
+    gen = torch.Generator().manual_seed(3)
+    xs = {
+        n: (torch.rand(n, 3, 224, 224, generator=gen) * 4 - 2).contiguous(
+            memory_format=torch.channels_last
+        )
+        for n in (3, 4, 5, 6)
+    }
+    errors: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(order: list[int]) -> None:
+        barrier.wait()
+        try:
+            for n in order:
+                for _ in range(3):
+                    with torch.inference_mode():
+                        fused(xs[n])
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(f"{n}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(o,)) for o in ([3, 4, 5, 6], [6, 5, 4, 3])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with torch.inference_mode():
+        for x in xs.values():
+            torch.testing.assert_close(fused(x), eager(x.contiguous()), rtol=0, atol=1e-3)
+
+
+def test_a_users_torchscript_model_runs_frozen_unless_asked(tmp_path: Path) -> None:
+    """oneDNN's fused clamp maps NaN to a finite value, which would hide a user model's
+    non-finite outputs: a TorchScript model defaults to the plain frozen graph."""
+    files = {"torchscript_path": tmp_path / "m.pt", "labels_path": tmp_path / "labels.txt"}
+    assert ModelSettings(kind="torchscript", **files).runtime == "frozen"
+    chosen = ModelSettings(kind="torchscript", runtime="onednn", **files)
+    assert chosen.runtime == "onednn"
+    assert ModelSettings().runtime == "onednn"
+
+
 def test_an_onednn_build_that_fails_falls_back_to_frozen(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
