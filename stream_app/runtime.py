@@ -205,7 +205,7 @@ def _build(
         built = module if runtime == "eager" else _frozen(module, probe, runtime == "onednn")
         with torch.inference_mode():
             if runtime == "onednn":
-                warm_diff = _warm(built, probe, reference, warm_batches)
+                warm_diff = _warm(built, probe, reference, warm_batches, fmt)
             out = built(probe)
             out = built(probe)  # the second call runs the optimised graph (profiling done)
     except ModelLoadError:
@@ -239,26 +239,27 @@ def _probe(size: int) -> torch.Tensor:
     return torch.rand(2, 3, size, size, generator=gen) * 4.0 - 2.0
 
 
-def _warm(built: torch.nn.Module, probe: torch.Tensor, want: torch.Tensor, batches: int) -> float:
+def _warm(
+    built: torch.nn.Module,
+    probe: torch.Tensor,
+    want: torch.Tensor,
+    batches: int,
+    fmt: torch.memory_format,
+) -> float:
     """Runs `built` WARM_CALLS times at each batch size 1..batches (the probe's images in
-    turn), so no stream batch pays for compiling its shape; returns the largest
-    |difference| of the compiled graphs' outputs from `want` (eager's logits for the
-    probe's images)."""
+    turn, in memory order `fmt`), so no stream batch pays for compiling its shape;
+    returns the largest |difference| of the compiled graphs' outputs from `want`
+    (eager's logits for the probe's images)."""
     diff = 0.0
     for n in range(1, min(max(1, batches), MAX_WARM_BATCH) + 1):
         rows = torch.arange(n) % probe.shape[0]
-        x = probe[rows].contiguous(memory_format=_format_of(probe))
+        x = probe[rows].contiguous(memory_format=fmt)
         for _ in range(WARM_CALLS):
             out = built(x)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n:
             raise ModelLoadError(f"onednn runtime returns a wrong shape at batch {n}")
         diff = max(diff, float((out.float() - want[rows].float()).abs().max()))
     return diff
-
-
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return memory_format(channels_last)
 
 
 def _frozen(module: torch.nn.Module, example: torch.Tensor, onednn: bool) -> torch.nn.Module:

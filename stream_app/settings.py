@@ -55,9 +55,9 @@ class ModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:
-        if self.kind == "torchscript" and "runtime" not in self.model_fields_set:
-            self.runtime = "frozen"
         if self.kind == "torchscript":
+            if "runtime" not in self.model_fields_set:
+                self.runtime = "frozen"
             if self.torchscript_path is None:
                 raise ValueError("model.kind=torchscript needs model.torchscript_path")
             if self.labels_path is None:

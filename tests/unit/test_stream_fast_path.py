@@ -278,15 +278,14 @@ def test_unknown_runtime_and_a_model_that_cannot_be_traced_fail_at_load() -> Non
     with pytest.raises(ModelLoadError, match="unknown model runtime"):
         build_runtime(net, "compiled", False, 8)  # type: ignore[arg-type]
 
+    class Branchy(torch.nn.Module):
+        """Data-dependent control flow: a trace bakes in one branch."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([r * 2 if r.sum() > 0 else r * 3 for r in x]).flatten(1)
+
     with pytest.raises(ModelLoadError, match="differs from eager"):
-        build_runtime(_FirstSample(_Branchy()).eval(), "frozen", False, 4)
-
-
-class _Branchy(torch.nn.Module):
-    """Data-dependent control flow: a trace bakes in one branch."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([r * 2 if r.sum() > 0 else r * 3 for r in x]).flatten(1)
+        build_runtime(_FirstSample(Branchy()).eval(), "frozen", False, 4)
 
 
 class _FirstSample(torch.nn.Module):
