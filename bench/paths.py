@@ -5,7 +5,7 @@ Today's path is the model step before issue 16, as the stream app's own settings
 select it; it mirrors `stream_app.agreement.TODAY` (a unit test keeps them equal):
 full-size JPEG decode, the eager fp32 module in contiguous memory, forward batches of 4;
 and the workers' transport as it was: micro-batches of 16, uncompressed produce batches,
-decode and infer in separate agents (decoded pixels cross the brokers), and each batch's
+every stage its own agent (decoded pixels and logits cross the brokers), and each batch's
 acks awaited before the next batch is processed.
 """
 
@@ -20,6 +20,7 @@ OLD_PATH_ENV: dict[str, str] = {
     "PIPELINE_STREAM__WORKER__BATCH_SIZE": "16",
     "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "none",
     "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "false",
+    "PIPELINE_STREAM__WORKER__FUSE_POSTPROCESS": "false",
     "PIPELINE_STREAM__WORKER__OVERLAP_SENDS": "false",
 }
 

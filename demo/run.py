@@ -73,15 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def progress_topics(fused: bool) -> dict[str, str]:
-    """Progress column -> the stage topic whose new records it counts. Workers with decode
-    and infer fused (the default, which the workers started here inherit from this
-    environment) never write images.decoded: an image is decoded and inferred in the same
-    batch, so "inferred" is decode's progress too and a "decoded" column would stay at 0.
-    It is shown only for unfused workers, where images.decoded carries every decoded image."""
-    if fused:
-        return {"inferred": topics.INFERRED}
-    return {"decoded": topics.DECODED, "inferred": topics.INFERRED}
+def progress_topics(decode_infer_fused: bool, postprocess_fused: bool) -> dict[str, str]:
+    """Progress column -> the stage topic whose new records it counts. Workers running
+    stages fused (the settings the workers started here inherit from this environment)
+    never write the topics between those stages: with decode and infer fused (the
+    default) an image is decoded and inferred in the same batch, so "inferred" is
+    decode's progress too and a "decoded" column would stay at 0; with postprocess fused
+    as well, "predicted" (images.predictions) is the first topic written."""
+    columns = {} if decode_infer_fused else {"decoded": topics.DECODED}
+    if postprocess_fused:
+        columns["predicted"] = topics.PREDICTIONS
+    else:
+        columns["inferred"] = topics.INFERRED
+    return columns
 
 
 def _done(acc: Accounting, produced_at: dict[str, int]) -> tuple[int, int]:
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             step(f"web page: {api_service.start(services, run_dir).page_url()}")
         except (TimeoutError, OSError) as exc:
             print(f"    web page not available: {exc} (log: {services.log_file('api')})")
-        counted = progress_topics(StreamSettings().stream.worker.fuse_decode_infer)
+        w = StreamSettings().stream.worker
+        counted = progress_topics(w.fuse_decode_infer, w.fuse_postprocess)
         before = groups.end_offsets(kafka, list(counted.values()))
 
         step(f"publish: 5 sample photos x {args.variants} variants + {args.corrupt} corrupt files")

@@ -37,7 +37,7 @@ from stream_app.labels import load_labels
 from stream_app.lag import LagProbe
 from stream_app.metrics import observe_batch, register_metrics
 from stream_app.records import InRecord, OutRecord, normalize_headers
-from stream_app.settings import StreamSettings
+from stream_app.settings import StreamSettings, WorkerSettings
 from stream_app.spec import preprocess_for
 from stream_app.stages import DecodeStage, InferStage, PostprocessStage, topic_limits
 
@@ -164,25 +164,51 @@ def _build_processors(settings: StreamSettings, rt: Runtime) -> dict[str, Proces
         out["postprocess"] = PostprocessStage(
             STAGE_BY_NAME["postprocess"], labels, s.postprocess.top_k, prefix, topic_limits=limits
         )
-    if s.worker.fuse_decode_infer and "decode" in out and "infer" in out:
-        from stream_app.fused import DecodeInferStage
+    chain = _fused_chain(s.worker, stages)
+    if chain:
+        from stream_app.fused import FusedStages
+
+        # The chain runs in its first stage's agent. Each later stage keeps an agent of
+        # its own on its source topic, idle while nothing is written there: without it,
+        # what a worker running that stage's predecessor alone writes there, or what was
+        # left there when the workers switched to fused, would never be processed. Those
+        # agents get their own processors (one executor thread each; an Inferencer is
+        # not thread-safe); the model is shared.
+        fused: list[Any] = [out[n] for n in chain]
+        out[chain[0]] = FusedStages(fused)
+        for name, stage in zip(chain[1:], fused[1:], strict=True):
+            out[name] = _twin(stage, s.infer.max_forward_batch, prefix, limits)
+    return out
+
+
+def _fused_chain(w: WorkerSettings, stages: Sequence[str]) -> list[str]:
+    """The stages this worker runs as one agent, in pipeline order ([] for none): decode
+    and infer when fuse_decode_infer, infer and postprocess when fuse_postprocess, each
+    only where this worker runs both."""
+    chain: list[str] = []
+    for a, b, on in (
+        ("decode", "infer", w.fuse_decode_infer),
+        ("infer", "postprocess", w.fuse_postprocess),
+    ):
+        if on and a in stages and b in stages:
+            chain = (chain or [a]) + [b]  # the links share infer, so the chain stays whole
+    return chain
+
+
+def _twin(stage: Any, max_forward_batch: int, prefix: str, limits: dict[str, int]) -> Processor:
+    """A fresh processor like `stage`, for the idle agent on that stage's own source."""
+    if isinstance(stage, InferStage):
         from stream_app.infer import Inferencer
 
-        decode, infer = out["decode"], out["infer"]
-        assert isinstance(decode, DecodeStage) and isinstance(infer, InferStage)
-        out["decode"] = DecodeInferStage(decode, infer)
-        # infer keeps an agent of its own on images.decoded, idle while nothing is written
-        # there. Without it, what a decode-only worker of the same group writes there, or
-        # what was left there when the workers switched to fused, would never be inferred.
-        # It gets its own Inferencer (one per executor thread); the model is shared.
-        out["infer"] = InferStage(
-            STAGE_BY_NAME["infer"],
-            Inferencer(infer.inferencer.model, s.infer.max_forward_batch),
-            infer.info,
-            prefix,
-            topic_limits=limits,
+        inferencer = Inferencer(stage.inferencer.model, max_forward_batch)
+        return InferStage(
+            STAGE_BY_NAME["infer"], inferencer, stage.info, prefix, topic_limits=limits
         )
-    return out
+    if isinstance(stage, PostprocessStage):
+        return PostprocessStage(
+            STAGE_BY_NAME["postprocess"], stage.labels, stage.k, prefix, topic_limits=limits
+        )
+    raise TypeError(f"no idle twin for {type(stage).__name__}")
 
 
 def _register_stage(app: faust.App, rt: Runtime, stage: Stage, processor: Processor) -> None:

@@ -1,63 +1,87 @@
-"""Decode and infer in one agent (`PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER=true`).
+"""Consecutive stages run as one agent (`PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER`,
+`PIPELINE_STREAM__WORKER__FUSE_POSTPROCESS`).
 
-The decoded pixels (150,528 bytes per image, written to three replicas and fetched
-again) then never cross the brokers: a raw record is decoded and its pixels handed to
-the model in the same batch. The topology stays what docs/contracts.md describes for
-everything a reader sees: results go to images.inferred, decode failures to
-images.decode.dlq, infer failures to images.infer.dlq, each with its stage's reason, and
-every input still yields exactly one output. images.decoded is simply not written.
+What one stage would write to the next stage's topic is handed to that stage in memory,
+in the same batch: fused decode and infer keep the decoded pixels (150,528 bytes per
+image, written to three replicas and fetched again) off the brokers, and fused infer
+and postprocess do the same for the logits (4 KB per image, and one more Faust hop of
+consume, decode, encode and produce per image). The topology stays what
+docs/contracts.md describes for everything a reader sees: the last stage's outputs go to
+its usual topic, and each stage's failures to its own dead-letter topic with its
+stage's reason; every input still yields exactly one output. The topics between fused
+stages are simply not written.
 
-An infer dead letter made here names the raw record (images.raw, partition, offset) as
-its origin, since the decoded record it carries as payload was never in Kafka.
+A dead letter of a later stage names the record the chain read (e.g. images.raw,
+partition, offset) as its origin, since the intermediate record it carries as payload
+was never in Kafka.
 
-No torch here: the InferStage (and its Inferencer) is built by the caller.
+No torch here: the stages (and the InferStage's Inferencer) are built by the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from stream_app.records import InRecord, OutRecord
-from stream_app.stages import DecodeStage, InferStage
 
 
-class DecodeInferStage:
-    """images.raw -> images.inferred, through DecodeStage then InferStage in memory."""
+class ChainLink(Protocol):
+    name: str
+    sink: str
+    dlq: str
 
-    def __init__(self, decode: DecodeStage, infer: InferStage) -> None:
-        self.decode = decode
-        self.infer = infer
-        self.name = "decode"
+    def process(self, batch: Sequence[InRecord]) -> list[OutRecord]: ...
+
+    def refused(self, rec: InRecord, error: BaseException) -> OutRecord: ...
+
+
+class FusedStages:
+    """The first stage's source -> the last stage's sink, through every stage in memory."""
+
+    def __init__(self, stages: Sequence[ChainLink]) -> None:
+        if len(stages) < 2:
+            raise ValueError("fusing needs at least two stages")
+        self.stages = tuple(stages)
+        self.name = stages[0].name
         # Every topic this processor writes (the agent opens a producer topic for each).
-        self.topics = (decode.dlq, infer.sink, infer.dlq)
+        self.topics = tuple(s.dlq for s in stages) + (stages[-1].sink,)
 
     def process(self, batch: Sequence[InRecord]) -> list[OutRecord]:
-        """One output per input, in order: the inference, or the dead letter of the
-        stage that failed."""
-        decoded = self.decode.process(batch)
+        """One output per input, in order: the last stage's output, or the dead letter of
+        the stage that failed."""
         out: list[OutRecord | None] = [None] * len(batch)
-        handed: list[InRecord] = []
-        where: list[int] = []
-        for i, (rec, d) in enumerate(zip(batch, decoded, strict=True)):
-            if d.dead:
-                out[i] = d
-                continue
-            handed.append(
-                InRecord(
-                    topic=rec.topic,
-                    partition=rec.partition,
-                    offset=rec.offset,
-                    key=d.key,
-                    value=d.value,
-                    headers=list(d.headers),
-                    timestamp_ms=rec.timestamp_ms,
+        where = list(range(len(batch)))
+        todo = list(batch)
+        for n, stage in enumerate(self.stages):
+            results = stage.process(todo)
+            if n == len(self.stages) - 1:
+                for i, o in zip(where, results, strict=True):
+                    out[i] = o
+                break
+            handed: list[InRecord] = []
+            kept: list[int] = []
+            for i, rec, o in zip(where, todo, results, strict=True):
+                if o.dead:
+                    out[i] = o
+                    continue
+                # The next stage reads this output as if fetched from the topic between
+                # them, at the position of the record the chain read.
+                handed.append(
+                    InRecord(
+                        topic=rec.topic,
+                        partition=rec.partition,
+                        offset=rec.offset,
+                        key=o.key,
+                        value=o.value,
+                        headers=list(o.headers),
+                        timestamp_ms=rec.timestamp_ms,
+                    )
                 )
-            )
-            where.append(i)
-        for i, o in zip(where, self.infer.process(handed), strict=True):
-            out[i] = o
+                kept.append(i)
+            todo, where = handed, kept
         return [o for o in out if o is not None]
 
     def refused(self, rec: InRecord, error: BaseException) -> OutRecord:
-        """The bare dead letter of a raw record whose output the broker refused."""
-        return self.decode.refused(rec, error)
+        """The bare dead letter of a read record whose output the broker refused."""
+        return self.stages[0].refused(rec, error)

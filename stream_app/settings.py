@@ -168,6 +168,14 @@ class WorkerSettings(BaseModel):
     # 9.9 ms), same answers (BENCHMARKS.md, issue 16). A worker started for decode or
     # infer alone runs unfused; false restores separate agents everywhere.
     fuse_decode_infer: bool = True
+    # A worker running both infer and postprocess runs postprocess in infer's agent (in
+    # the fused decode+infer agent when that is on): the logits (4 KB per image, 3
+    # replicas) and one more Faust hop per image stay off the brokers; images.inferred
+    # is not written, predictions and postprocess's dead letters go to their usual
+    # topics. On by default: two same-run A/B pairs, Kafka CPU per image 2.6-2.7 vs
+    # 3.8-4.0 ms, total 19.5 vs 20.9 ms on warm servers (BENCHMARKS.md, issue 16).
+    # postprocess keeps its (idle) agent on images.inferred for what an unfused infer wrote.
+    fuse_postprocess: bool = True
     # A stage processes its next micro-batch while the previous one's outputs await the
     # brokers' acks (acks=all: a replication round trip). Inputs are still acked in
     # order, each only after its own outputs are acked, with one batch in flight.

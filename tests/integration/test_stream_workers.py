@@ -40,6 +40,7 @@ from schemas.topics import (
     DECODE_DLQ,
     DECODED,
     INFER_DLQ,
+    INFERRED,
     POSTPROCESS_DLQ,
     PREDICTIONS,
     topic_registry,
@@ -190,7 +191,11 @@ class Pipeline:
 
     def decoded_written(self) -> int:
         """Records ever written to this pipeline's images.decoded."""
-        topic = self.prefix + DECODED
+        return self.written(DECODED)
+
+    def written(self, name: str) -> int:
+        """Records ever written to this pipeline's topic `name`."""
+        topic = self.prefix + name
         return end_offsets(self.settings, [topic])[topic]
 
     def stop(self) -> None:
@@ -414,12 +419,16 @@ def test_photos_in_predictions_out(pipeline: Pipeline, unique_name: str) -> None
     assert stages["decode"]["dead_letters"] == 0
 
 
-# worker.fuse_decode_infer (issue 16): "false" is the unfused layout, set explicitly.
+# worker.fuse_decode_infer and fuse_postprocess (issue 16): "false" is the unfused layout,
+# set explicitly.
 @pytest.mark.parametrize("fused", ["false", "true"])
 def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     pipeline: Pipeline, unique_name: str, fused: str
 ) -> None:
-    w = pipeline.start_worker(PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER=fused)
+    w = pipeline.start_worker(
+        PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER=fused,
+        PIPELINE_STREAM__WORKER__FUSE_POSTPROCESS=fused,
+    )
     pipeline.wait_assigned([w])
     bad: dict[str, tuple[bytes | None, str]] = {
         "bad-empty": (b"", "empty"),
@@ -459,11 +468,13 @@ def test_corrupt_inputs_go_to_the_dlq_and_good_ones_around_them_are_predicted(
     for key in good:
         assert key not in results.dead
         assert results.predictions[key][0]["top_k"][0]["class_index"] in {ESPRESSO, *CATS}
-    # Unfused, every decoded image crossed images.decoded (at least once); fused, none did.
+    # Unfused, every decoded image crossed images.decoded and images.inferred (at least
+    # once); fused, none did.
     if fused == "true":
-        assert pipeline.decoded_written() == 0
+        assert pipeline.decoded_written() == 0 and pipeline.written(INFERRED) == 0
     else:
         assert pipeline.decoded_written() >= len(good)
+        assert pipeline.written(INFERRED) >= len(good)
 
 
 def nan_on_black_model(tmp: Path) -> dict[str, str]:
@@ -503,13 +514,17 @@ def black_png() -> bytes:
 def test_fused_by_default_every_image_ends_once_with_both_stages_dead_letters(
     pipeline: Pipeline, unique_name: str, tmp_path: Path
 ) -> None:
-    """The default worker (fuse_decode_infer unset) decodes and infers in one agent: every
-    image ends as predictions or dead letters (never both), decode and infer failures
-    each go to their stage's DLQ naming the raw record, and images.decoded stays empty.
-    Then a decode-only worker joins the group: it runs unfused, and what it writes to
-    images.decoded is inferred by the fused worker's infer agent, not stranded."""
+    """The default worker (fuse_decode_infer and fuse_postprocess unset) decodes, infers
+    and postprocesses in one agent: every image ends as predictions or dead letters
+    (never both), decode and infer failures each go to their stage's DLQ naming the raw
+    record, and images.decoded and images.inferred stay empty. Then a decode-only worker
+    joins the group: it runs unfused, and what it writes to images.decoded is inferred
+    and postprocessed by the fused worker's own infer and postprocess agents, not
+    stranded."""
     model = nan_on_black_model(tmp_path)
-    assert "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER" not in pipeline.env(), "not the default"
+    env = pipeline.env()
+    assert "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER" not in env, "not the default"
+    assert "PIPELINE_STREAM__WORKER__FUSE_POSTPROCESS" not in env, "not the default"
     w = pipeline.start_worker(**model)
     pipeline.wait_assigned([w])
     items: list[tuple[str | None, bytes | None]] = []
@@ -536,6 +551,7 @@ def test_fused_by_default_every_image_ends_once_with_both_stages_dead_letters(
         assert (letter["origin_partition"], letter["origin_offset"]) == landed[key]
         assert letter["payload"]  # decode: the raw bytes; infer: the decoded record
     assert pipeline.decoded_written() == 0
+    assert pipeline.written(INFERRED) == 0
 
     def stage_health(x: Worker) -> dict[str, dict[str, Any]]:
         return {s["stage"]: s for s in (x.health() or {"stages": []})["stages"]}
@@ -547,6 +563,7 @@ def test_fused_by_default_every_image_ends_once_with_both_stages_dead_letters(
         timeout=30,
     )
     assert stage_health(w)["infer"]["records_in"] == 0
+    assert stage_health(w)["postprocess"]["records_in"] == 0
 
     # A decode-only worker beside the fused one: unfused, it writes images.decoded.
     d = pipeline.start_worker(PIPELINE_STREAM__WORKER__STAGES='["decode"]', **model)
@@ -577,6 +594,15 @@ def test_fused_by_default_every_image_ends_once_with_both_stages_dead_letters(
     wait_for(
         "the fused worker's infer agent to count what came through images.decoded",
         lambda: stage_health(w)["infer"]["records_in"] >= len(via_decode_only),
+        timeout=30,
+    )
+    # Its inferences crossed images.inferred into the fused worker's postprocess agent
+    # (the black image stops at infer, as a dead letter).
+    inferred = [k for k in via_decode_only if k != "mixed-black"]
+    assert pipeline.written(INFERRED) >= len(inferred)
+    wait_for(
+        "the fused worker's postprocess agent to count what came through images.inferred",
+        lambda: stage_health(w)["postprocess"]["records_in"] >= len(inferred),
         timeout=30,
     )
 

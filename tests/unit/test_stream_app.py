@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,34 +48,46 @@ def test_app_has_one_agent_per_stage_on_registry_topics(
 @pytest.mark.parametrize(
     ("stages", "fuse", "expected"),
     [
-        # The default: decode runs fused with infer; infer keeps an agent on
-        # images.decoded for what a decode-only worker (or the unfused past) wrote there.
-        ('["decode","infer","postprocess"]', None, ("DecodeInferStage", "InferStage")),
-        ('["decode","infer","postprocess"]', "false", ("DecodeStage", "InferStage")),
-        ('["decode"]', None, ("DecodeStage", None)),  # one stage alone: unfused
-        ('["infer"]', None, (None, "InferStage")),
+        # The default: decode, infer and postprocess run in decode's agent; infer and
+        # postprocess keep agents on images.decoded and images.inferred for what an
+        # unfused worker (or the unfused past) wrote there.
+        ('["decode","infer","postprocess"]', {}, ("decode", "infer", "postprocess")),
+        ('["decode","infer","postprocess"]', {"POSTPROCESS": "false"}, ("decode", "infer")),
+        ('["decode","infer","postprocess"]', {"DECODE_INFER": "false", "POSTPROCESS": "false"}, ()),
+        ('["decode","infer","postprocess"]', {"DECODE_INFER": "false"}, ("infer", "postprocess")),
+        ('["infer","postprocess"]', {}, ("infer", "postprocess")),
+        ('["decode","infer"]', {}, ("decode", "infer")),
+        ('["decode","postprocess"]', {}, ()),  # not neighbours here
+        ('["decode"]', {}, ()),  # one stage alone: unfused
+        ('["infer"]', {}, ()),
     ],
 )
-def test_decode_and_infer_are_fused_only_where_one_worker_runs_both(
-    monkeypatch: pytest.MonkeyPatch, stages: str, fuse: str | None, expected: tuple
+def test_stages_are_fused_only_where_one_worker_runs_both_neighbours(
+    monkeypatch: pytest.MonkeyPatch, stages: str, fuse: dict[str, str], expected: tuple
 ) -> None:
     from stream_app.app import Runtime, _build_processors
-    from stream_app.fused import DecodeInferStage
+    from stream_app.fused import FusedStages
 
     monkeypatch.setenv("PIPELINE_STREAM__WORKER__STAGES", stages)
-    if fuse is not None:
-        monkeypatch.setenv("PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER", fuse)
+    for link, on in fuse.items():
+        monkeypatch.setenv(f"PIPELINE_STREAM__WORKER__FUSE_{link}", on)
     settings = StreamSettings()
     procs = _build_processors(settings, Runtime(settings))
-    got = tuple(type(procs[s]).__name__ if s in procs else None for s in ("decode", "infer"))
-    assert got == expected
-    fused = procs.get("decode")
-    if isinstance(fused, DecodeInferStage):
-        assert fused.topics == ("images.decode.dlq", "images.inferred", "images.infer.dlq")
-        drain = procs["infer"]
-        # Two executor threads, two Inferencers (not thread-safe), one model.
-        assert drain.inferencer is not fused.infer.inferencer  # type: ignore[attr-defined]
-        assert drain.inferencer.model is fused.infer.inferencer.model  # type: ignore[attr-defined]
+    assert sorted(procs) == sorted(json.loads(stages))
+    fused = [p for p in procs.values() if isinstance(p, FusedStages)]
+    assert (tuple(s.name for s in fused[0].stages) if fused else ()) == expected
+    if not fused:
+        return
+    (chain,) = fused
+    assert procs[expected[0]] is chain
+    for stage, name in zip(chain.stages[1:], expected[1:], strict=True):
+        # Each later stage keeps an idle agent on its own source, with a processor of
+        # its own: two executor threads, two Inferencers (not thread-safe), one model.
+        twin = procs[name]
+        assert type(twin) is type(stage) and twin is not stage
+        if name == "infer":
+            assert twin.inferencer is not stage.inferencer  # type: ignore[attr-defined]
+            assert twin.inferencer.model is stage.inferencer.model  # type: ignore[attr-defined]
 
 
 def test_producer_is_idempotent() -> None:

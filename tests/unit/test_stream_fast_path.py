@@ -38,6 +38,7 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     assert (s.model.runtime, s.model.channels_last, s.decode.jpeg_draft) == ("onednn", True, False)
     assert s.model.fold_padding
     assert s.worker.producer_compression == "none" and s.worker.fuse_decode_infer
+    assert s.worker.fuse_postprocess
     env = {
         "PIPELINE_STREAM__MODEL__RUNTIME": "eager",
         "PIPELINE_STREAM__MODEL__CHANNELS_LAST": "false",
@@ -45,6 +46,7 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
         "PIPELINE_STREAM__DECODE__JPEG_DRAFT": "false",
         "PIPELINE_STREAM__WORKER__PRODUCER_COMPRESSION": "lz4",
         "PIPELINE_STREAM__WORKER__FUSE_DECODE_INFER": "false",
+        "PIPELINE_STREAM__WORKER__FUSE_POSTPROCESS": "false",
     }
     old = os.environ.copy()
     os.environ.update(env)
@@ -56,7 +58,7 @@ def test_defaults_are_the_new_path_and_settings_reach_todays() -> None:
     assert (today.model.runtime, today.model.channels_last) == ("eager", False)
     assert not today.model.fold_padding
     assert (today.decode.jpeg_draft, today.worker.producer_compression) == (False, "lz4")
-    assert not today.worker.fuse_decode_infer
+    assert not today.worker.fuse_decode_infer and not today.worker.fuse_postprocess
 
 
 @pytest.mark.parametrize("runtime", ["frozen", "onednn"])
