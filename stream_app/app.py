@@ -59,7 +59,7 @@ RECORD_REFUSED = (
 class Processor(Protocol):
     def process(self, batch: list[InRecord]) -> list[OutRecord]: ...
 
-    def refused(self, rec: InRecord, error: BaseException) -> OutRecord: ...
+    def refused(self, rec: InRecord, error: BaseException, topic: str) -> OutRecord: ...
 
 
 def broker_url(bootstrap: list[str]) -> str:
@@ -310,12 +310,12 @@ async def send_outputs(
     send: Callable[[OutRecord], Awaitable[Any]],
     records: list[InRecord],
     outs: list[OutRecord],
-    refuse: Callable[[InRecord, BaseException], OutRecord],
+    refuse: Callable[[InRecord, BaseException, str], OutRecord],
     timeout_s: float,
 ) -> None:
     """Send every output (`send` returns a future of the broker's ack) and wait for all
     acks. A record the broker refuses for what it is (RECORD_REFUSED) is replaced in
-    `outs` by `refuse(record, error)`, its bare dead letter, and sent again; any other
+    `outs` by `refuse(record, error, topic it was for)`, its bare dead letter, and sent again; any other
     failure, or no ack within `timeout_s`, raises: the caller then acks nothing."""
     todo = list(range(len(outs)))
     for _ in range(3):
@@ -337,7 +337,7 @@ async def send_outputs(
         if not refused:
             return
         for i, error in refused:
-            outs[i] = refuse(records[i], error)
+            outs[i] = refuse(records[i], error, outs[i].topic)
         todo = sorted(i for i, _ in refused)
     raise RuntimeError(f"{len(todo)} record(s) refused by the broker even as bare dead letters")
 

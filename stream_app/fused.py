@@ -33,7 +33,7 @@ class ChainLink(Protocol):
 
     def process(self, batch: Sequence[InRecord]) -> list[OutRecord]: ...
 
-    def refused(self, rec: InRecord, error: BaseException) -> OutRecord: ...
+    def refused(self, rec: InRecord, error: BaseException, topic: str = "") -> OutRecord: ...
 
 
 class FusedStages:
@@ -82,6 +82,11 @@ class FusedStages:
             todo, where = handed, kept
         return [o for o in out if o is not None]
 
-    def refused(self, rec: InRecord, error: BaseException) -> OutRecord:
-        """The bare dead letter of a read record whose output the broker refused."""
-        return self.stages[0].refused(rec, error)
+    def refused(self, rec: InRecord, error: BaseException, topic: str = "") -> OutRecord:
+        """The bare dead letter of a read record whose output to `topic` the broker
+        refused, from the stage that wrote that output (a refused prediction is
+        postprocess's, as it would be unfused)."""
+        for stage in reversed(self.stages):
+            if topic in (stage.sink, stage.dlq):
+                return stage.refused(rec, error, topic)
+        return self.stages[0].refused(rec, error, topic)

@@ -29,8 +29,8 @@ class StageStats:
     max_batch_size: int = 0
     errors: int = 0  # batches that failed as a whole (send failures)
     reasons: dict[str, int] = field(default_factory=dict)
-    # Where the outputs went: a fused decode+infer stage writes images.inferred and two
-    # dead-letter topics, so the stage's name alone does not say which topic.
+    # Where the outputs went: fused stages write the last one's topic and each one's
+    # dead-letter topic, so the stage's name alone does not say which topic.
     out_by_topic: dict[str, int] = field(default_factory=dict)
     dead_by_topic: dict[str, dict[str, int]] = field(default_factory=dict)
     # next offset to process per partition of the source topic

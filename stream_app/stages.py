@@ -216,9 +216,9 @@ class BaseStage:
         )
         return OutRecord(self.dlq, rec.key, value, headers, dead=True, reason=reason)
 
-    def refused(self, rec: InRecord, error: BaseException) -> OutRecord:
-        """The bare dead letter (no payload) for a record whose output the broker refused
-        for its size or shape; its original size stays in a header."""
+    def refused(self, rec: InRecord, error: BaseException, topic: str = "") -> OutRecord:
+        """The bare dead letter (no payload) for a record whose output (to `topic`) the
+        broker refused for its size or shape; its original size stays in a header."""
         return self.dead(rec, reason="output-too-large", error=error, keep_payload=False)
 
     def read(self, rec: InRecord, schema: str) -> dict[str, Any]:

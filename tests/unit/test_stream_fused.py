@@ -164,3 +164,28 @@ def test_fusing_needs_two_stages(loaded: LoadedModel) -> None:
     decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
     with pytest.raises(ValueError, match="two stages"):
         FusedStages([decode])
+
+
+def test_a_refused_output_is_the_dead_letter_of_the_stage_that_wrote_it(
+    loaded: LoadedModel,
+) -> None:
+    """The broker refusing a prediction makes it postprocess's bare dead letter, as it
+    would be unfused; a refused infer dead letter stays infer's."""
+    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
+    infer = InferStage(STAGE_BY_NAME["infer"], Poisoned(loaded, 4), loaded.info, PREFIX)
+    post = PostprocessStage(STAGE_BY_NAME["postprocess"], loaded.labels, 5, PREFIX)
+    fused = FusedStages([decode, infer, post])
+    rec = raw(7, b"cat", (PHOTOS / "chelsea.png").read_bytes())
+    too_big = RuntimeError("MESSAGE_TOO_LARGE")
+    for topic, stage in [
+        ("t.images.predictions", "postprocess"),
+        ("t.images.postprocess.dlq", "postprocess"),
+        ("t.images.infer.dlq", "infer"),
+        ("t.images.decode.dlq", "decode"),
+    ]:
+        out = fused.refused(rec, too_big, topic)
+        dl = read_dead_letter(out.value, out.headers)
+        assert (out.topic, dl["stage"], dl["reason"]) == (
+            f"t.images.{stage}.dlq", stage, "output-too-large",
+        ), topic  # fmt: skip
+        assert (dl["origin_topic"], dl["origin_offset"], dl["payload"]) == ("t.images.raw", 7, b"")

@@ -17,7 +17,8 @@ def recs(n: int) -> tuple[list[InRecord], list[OutRecord]]:
     return ins, outs
 
 
-def bare(rec: InRecord, error: BaseException) -> OutRecord:
+def bare(rec: InRecord, error: BaseException, topic: str) -> OutRecord:
+    assert topic == "out"  # the topic of the output the broker refused
     return OutRecord("dlq", rec.key, b"", [], dead=True, reason="output-too-large")
 
 
