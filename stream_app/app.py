@@ -315,8 +315,9 @@ async def send_outputs(
 ) -> None:
     """Send every output (`send` returns a future of the broker's ack) and wait for all
     acks. A record the broker refuses for what it is (RECORD_REFUSED) is replaced in
-    `outs` by `refuse(record, error, topic it was for)`, its bare dead letter, and sent again; any other
-    failure, or no ack within `timeout_s`, raises: the caller then acks nothing."""
+    `outs` by `refuse(record, error, the topic it was for)`, its bare dead letter, and
+    sent again; any other failure, or no ack within `timeout_s`, raises: the caller then
+    acks nothing."""
     todo = list(range(len(outs)))
     for _ in range(3):
         futures: list[tuple[int, Any]] = []

@@ -21,6 +21,7 @@ No torch here: the stages (and the InferStage's Inferencer) are built by the cal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from stream_app.records import InRecord, OutRecord
@@ -53,33 +54,20 @@ class FusedStages:
         out: list[OutRecord | None] = [None] * len(batch)
         where = list(range(len(batch)))
         todo = list(batch)
-        for n, stage in enumerate(self.stages):
-            results = stage.process(todo)
-            if n == len(self.stages) - 1:
-                for i, o in zip(where, results, strict=True):
-                    out[i] = o
-                break
+        for stage in self.stages[:-1]:
             handed: list[InRecord] = []
             kept: list[int] = []
-            for i, rec, o in zip(where, todo, results, strict=True):
+            for i, rec, o in zip(where, todo, stage.process(todo), strict=True):
                 if o.dead:
                     out[i] = o
                     continue
                 # The next stage reads this output as if fetched from the topic between
                 # them, at the position of the record the chain read.
-                handed.append(
-                    InRecord(
-                        topic=rec.topic,
-                        partition=rec.partition,
-                        offset=rec.offset,
-                        key=o.key,
-                        value=o.value,
-                        headers=list(o.headers),
-                        timestamp_ms=rec.timestamp_ms,
-                    )
-                )
+                handed.append(replace(rec, key=o.key, value=o.value, headers=list(o.headers)))
                 kept.append(i)
             todo, where = handed, kept
+        for i, o in zip(where, self.stages[-1].process(todo), strict=True):
+            out[i] = o
         return [o for o in out if o is not None]
 
     def refused(self, rec: InRecord, error: BaseException, topic: str = "") -> OutRecord:

@@ -68,6 +68,16 @@ def chained(
     return outs
 
 
+def three_stages(
+    loaded: LoadedModel, inferencer: Inferencer
+) -> tuple[DecodeStage, InferStage, PostprocessStage]:
+    return (
+        DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX),
+        InferStage(STAGE_BY_NAME["infer"], inferencer, loaded.info, PREFIX),
+        PostprocessStage(STAGE_BY_NAME["postprocess"], loaded.labels, 5, PREFIX),
+    )
+
+
 def hostile_batch() -> list[InRecord]:
     buf = BytesIO()
     Image.new("RGB", (300, 300)).save(buf, "PNG")
@@ -81,8 +91,7 @@ def hostile_batch() -> list[InRecord]:
 
 
 def test_fused_gives_the_chained_stages_outputs(loaded: LoadedModel) -> None:
-    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
-    infer = InferStage(STAGE_BY_NAME["infer"], Poisoned(loaded, 4), loaded.info, PREFIX)
+    decode, infer, _ = three_stages(loaded, Poisoned(loaded, 4))
     fused = FusedStages([decode, infer])
     assert fused.topics == ("t.images.decode.dlq", "t.images.infer.dlq", "t.images.inferred")
     batch = hostile_batch()
@@ -124,9 +133,7 @@ COFFEE_TOP1 = 967  # espresso, the coffee photo's top-1
 
 
 def test_three_fused_stages_give_the_chained_stages_outputs(loaded: LoadedModel) -> None:
-    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
-    infer = InferStage(STAGE_BY_NAME["infer"], BadLogits(loaded, 4), loaded.info, PREFIX)
-    post = PostprocessStage(STAGE_BY_NAME["postprocess"], loaded.labels, 5, PREFIX)
+    decode, infer, post = three_stages(loaded, BadLogits(loaded, 4))
     fused = FusedStages([decode, infer, post])
     assert fused.name == "decode"
     assert fused.topics == (
@@ -161,7 +168,7 @@ def test_three_fused_stages_give_the_chained_stages_outputs(loaded: LoadedModel)
 
 
 def test_fusing_needs_two_stages(loaded: LoadedModel) -> None:
-    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
+    decode, _, _ = three_stages(loaded, Poisoned(loaded, 4))
     with pytest.raises(ValueError, match="two stages"):
         FusedStages([decode])
 
@@ -171,10 +178,7 @@ def test_a_refused_output_is_the_dead_letter_of_the_stage_that_wrote_it(
 ) -> None:
     """The broker refusing a prediction makes it postprocess's bare dead letter, as it
     would be unfused; a refused infer dead letter stays infer's."""
-    decode = DecodeStage(STAGE_BY_NAME["decode"], loaded.preprocess, DecodeSettings(), PREFIX)
-    infer = InferStage(STAGE_BY_NAME["infer"], Poisoned(loaded, 4), loaded.info, PREFIX)
-    post = PostprocessStage(STAGE_BY_NAME["postprocess"], loaded.labels, 5, PREFIX)
-    fused = FusedStages([decode, infer, post])
+    fused = FusedStages(three_stages(loaded, Poisoned(loaded, 4)))
     rec = raw(7, b"cat", (PHOTOS / "chelsea.png").read_bytes())
     too_big = RuntimeError("MESSAGE_TOO_LARGE")
     for topic, stage in [
