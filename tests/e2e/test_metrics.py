@@ -180,8 +180,21 @@ def test_metrics_of_a_run_scraped_and_in_prometheus(healthy: Pipeline, prometheu
     assert set(garbage) <= set(acc.rejected)
 
     # -- the endpoints, scraped directly ----------------------------------------------
-    after_w = _scrape_all(workers)
     stages = _working_stages(healthy)
+    # A fused agent writes the predictions itself: the sink can store the last one before
+    # that agent has counted its batch, so wait (with a deadline) until it has.
+    deadline = time.monotonic() + 30
+    while True:
+        after_w = _scrape_all(workers)
+        counted = _total(after_w, "torchstream_stage_input_age_seconds_count", stage="decode")
+        if (
+            counted
+            >= _total(before_w, "torchstream_stage_input_age_seconds_count", stage="decode")
+            + len(ids)
+            or time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.5)
     for stage in stages:
         delta = _total(after_w, "torchstream_stage_records_in_total", stage=stage) - _total(
             before_w, "torchstream_stage_records_in_total", stage=stage
